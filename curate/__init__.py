@@ -1,0 +1,3 @@
+"""scale-alibi curation: STAC scenes to aligned web-mercator S1 / S2 / NAIP tile triplets."""
+
+__version__ = "0.1.0"

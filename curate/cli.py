@@ -1,0 +1,40 @@
+"""The `curate` command line: one group, each subcommand in the module that owns its concept.
+
+Subcommands are imported lazily so that `curate plan` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from curate import __version__
+
+# name -> "module:attribute" of a click.Command; each module owns its own options and help.
+COMMANDS: dict[str, str] = {
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when that subcommand is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scale-alibi")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Build, serve and learn from aligned Sentinel-1 / Sentinel-2 / NAIP tile triplets."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

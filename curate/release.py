@@ -1,0 +1,149 @@
+"""The on-disk release: a public contract shared by `curate build` (writer), `serve` and the loader.
+
+Layout (the paper's, standard XYZ so any web map can show a layer directly)::
+
+    OUT/<release>/<layer>/<z>/<x>/<y>.png      layer in s1, s2, naip; naip also at z+1
+    OUT/<release>/manifest.parquet             one row per complete triplet; written last
+
+A release without ``manifest.parquet`` is unfinished: it is never served or trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+LAYERS: tuple[str, ...] = ("s1", "s2", "naip")
+MANIFEST_NAME = "manifest.parquet"
+
+# The four NAIP tiles at zoom z+1 that make the 512 px image of tile (z, x, y), in row-major
+# order: (dx, dy) offsets of the child (2x+dx, 2y+dy). Names are the triplet/shard member names.
+HIRES_CHILDREN: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (0, 1), (1, 1))
+HIRES_NAMES: tuple[str, ...] = ("naip_hires_0", "naip_hires_1", "naip_hires_2", "naip_hires_3")
+TRIPLET_MEMBERS: tuple[str, ...] = ("s1", "s2", "naip", *HIRES_NAMES)
+
+# Columns every manifest has; `curate build` may add more (documented in docs/manifest.md).
+REQUIRED_COLUMNS: dict[str, pa.DataType] = {
+    "z": pa.int32(),
+    "x": pa.int64(),
+    "y": pa.int64(),
+    "split": pa.string(),  # "train" or "heldout"
+    "hash_s1": pa.string(),  # sha256 hex of the PNG bytes
+    "hash_s2": pa.string(),
+    "hash_naip": pa.string(),
+    "hash_naip_hires": pa.list_(pa.string()),  # four hashes in HIRES_CHILDREN order
+}
+
+
+def content_hash(data: bytes) -> str:
+    """The content hash recorded in the manifest and used as the HTTP ETag."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either nothing or the whole file (temp + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Release:
+    """A named release under a data root: paths to its tiles and its manifest."""
+
+    root: Path
+    name: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root) / self.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+    @property
+    def is_finished(self) -> bool:
+        """A release is finished (servable) once its manifest exists."""
+        return self.manifest_path.is_file()
+
+    def tile_path(self, layer: str, z: int, x: int, y: int) -> Path:
+        return self.path / layer / str(z) / str(x) / f"{y}.png"
+
+    def triplet_paths(self, z: int, x: int, y: int) -> dict[str, Path]:
+        """Every file of the triplet at (z, x, y), keyed by its member name (TRIPLET_MEMBERS)."""
+        paths = {layer: self.tile_path(layer, z, x, y) for layer in LAYERS}
+        for name, (dx, dy) in zip(HIRES_NAMES, HIRES_CHILDREN):
+            paths[name] = self.tile_path("naip", z + 1, 2 * x + dx, 2 * y + dy)
+        return paths
+
+    def read_manifest(self) -> pa.Table:
+        return read_manifest(self.manifest_path)
+
+
+def write_manifest(table: pa.Table, path: Path, metadata: dict[str, object]) -> None:
+    """Validate and atomically write a manifest; `metadata` is stored as JSON in the file's key-value metadata."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"manifest lacks required columns {missing}")
+    table = table.sort_by([("z", "ascending"), ("x", "ascending"), ("y", "ascending")])
+    kv = dict(table.schema.metadata or {})
+    kv[b"scale_alibi"] = json.dumps(metadata, sort_keys=True, default=str).encode()
+    table = table.replace_schema_metadata(kv)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes_atomic(Path(path), sink.getvalue().to_pybytes())
+
+
+def read_manifest(path: Path) -> pa.Table:
+    """Read a manifest written by `write_manifest`."""
+    return pq.read_table(path)
+
+
+def manifest_metadata(table: pa.Table) -> dict[str, object]:
+    """The JSON metadata stored with a manifest (release, zoom, versions, item `updated` times, ...)."""
+    raw = (table.schema.metadata or {}).get(b"scale_alibi")
+    return json.loads(raw) if raw else {}
+
+
+def list_releases(root: Path) -> Iterator[Release]:
+    """Finished releases under a data root, by name."""
+    root = Path(root)
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        release = Release(root, child.name)
+        if release.is_finished:
+            yield release
+
+
+# ---- training-shard order: shared by the server (which cuts shards) and the loader (which asks) ----
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The deterministic order of a release's n manifest rows in one (seed, epoch)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def shard_count(n: int, shard_size: int) -> int:
+    """How many shards of `shard_size` triplets cover n rows (the last may be short)."""
+    return -(-n // shard_size)
+
+
+def shard_rows(n: int, seed: int, epoch: int, shard_size: int, index: int) -> np.ndarray:
+    """Manifest row indices of shard `index` in epoch order: the slice [index*size, (index+1)*size)."""
+    if not 0 <= index < shard_count(n, shard_size):
+        raise IndexError(f"shard {index} out of range for {n} rows in shards of {shard_size}")
+    return epoch_permutation(n, seed, epoch)[index * shard_size : (index + 1) * shard_size]
