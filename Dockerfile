@@ -1,0 +1,15 @@
+# One image for every role in docker-compose.yml (scheduler, workers, server, trainer).
+FROM python:3.11-slim
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+# torch first: the default index's plain `torch` is the multi-GB CUDA build. Trainers on GPU
+# hosts pass --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url ${TORCH_INDEX} "torch>=2.5"
+COPY pyproject.toml README.md ./
+COPY curate curate
+COPY serve serve
+COPY model model
+COPY regions regions
+RUN pip install .
+EXPOSE 8000 8786 8787
