@@ -1,0 +1,221 @@
+"""The Scale-ALiBi model: three encoders, two cross-encoders, an MAE decoder, and its losses.
+
+Data flow for a batch of B ground squares (tiles), low-res grid g x g (g = S2 px / p), hires grid
+2g x 2g (NAIP at twice the pixels, same patch size p, so each low-res patch covers 2x2 hires):
+
+1. One random MAE mask on the low-res grid, K = round(g*g*(1-mask_ratio)) kept patches per
+   sample (fixed per batch so FlexAttention never recompiles), shared by S1 and S2 and expanded
+   2x2 onto the hires grid (4K kept hires patches): every modality sees the same ground, so no
+   cross-attention can leak a masked patch's ground.
+2. E_radar(S1), E_lores(S2), E_hires(NAIP) encode their kept tokens (no position embeddings;
+   Scale-ALiBi biases from the tokens' ground coordinates, see model.attention).
+3. Each encoder's mean-pooled tokens -> MLP head -> L2-normalised embedding; InfoNCE over the
+   three distinct pairs (model.losses).
+4. Cross-encoder 1: S1 tokens attend to S2 tokens (both low-res grid). Cross-encoder 2: that
+   joint stream attends to the hires tokens (cross-grid bias: true ground distance). The
+   `croma` config stops after cross-encoder 1.
+5. The MAE decoder works on the **low-res grid**: the K joint tokens plus mask tokens for the
+   masked positions, 2D sin-cos position embeddings, transformer blocks, then one linear layer
+   predicting, per low-res patch, the packed pixels [S1 (2*p*p) | S2 (3*p*p) | NAIP as its four
+   hires sub-patches (4 * 3*p*p, sub-patch order (0,0), (0,1), (1,0), (1,1) = row-major)].
+   Reconstruction: per modality, MSE over masked patches against per-patch-normalised targets
+   (hires: normalised per hires sub-patch), averaged over the modalities.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.config import ModelConfig
+from model.geometry import patch_centres_m
+from model.losses import ContrastiveLoss, masked_mse, normalise_patches
+from model.vit import Block, CrossEncoder, Encoder, gather_tokens, patchify, sincos_2d
+
+MODALITIES = ("s1", "s2", "naip_hires")
+
+
+def keep_ids_from_mask(mask: Tensor) -> Tensor:
+    """Bool mask (B, N), True = masked, same count per row -> kept ids (B, K), ascending."""
+    kept = (~mask).sum(dim=1)
+    if not bool((kept == kept[0]).all()):
+        raise ValueError("every row of the MAE mask must keep the same number of patches")
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # kept (0) first, ascending
+    return order[:, : int(kept[0])]
+
+
+def random_mask(batch: int, n: int, mask_ratio: float, device: torch.device | str) -> Tensor:
+    """Bool (B, N) mask, True = masked, exactly round(n * (1 - ratio)) kept per row (>= 1).
+
+    Drawn from torch's global CPU RNG (the trainer saves/restores it for exact resume).
+    """
+    keep = max(1, int(round(n * (1.0 - mask_ratio))))
+    order = torch.argsort(torch.rand(batch, n), dim=1)
+    mask = torch.ones(batch, n, dtype=torch.bool)
+    mask.scatter_(1, order[:, :keep], False)
+    return mask.to(device)
+
+
+def expand_to_hires(ids_lo: Tensor, grid: int) -> Tensor:
+    """Low-res kept ids (B, K) on a grid x grid map -> their 2x2 hires children (B, 4K)."""
+    row, col = ids_lo // grid, ids_lo % grid
+    children = [(2 * row + di) * (2 * grid) + (2 * col + dj) for di in (0, 1) for dj in (0, 1)]
+    return torch.stack(children, dim=-1).reshape(ids_lo.shape[0], -1)  # (B, K*4), parent-major
+
+
+def pack_hires(patches: Tensor, grid: int) -> Tensor:
+    """Hires per-patch vectors (B, (2g)^2, P) -> (B, g^2, 4P): each low-res patch's 2x2 children."""
+    b, _, p = patches.shape
+    x = patches.reshape(b, grid, 2, grid, 2, p).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, grid * grid, 4 * p)
+
+
+def coords(tile_size_m: Tensor, grid: int, l_ref_m: float) -> Tensor:
+    """Patch centres of a grid x grid image of tiles tile_size_m wide, in units of L_ref (B, N, 2)."""
+    return patch_centres_m(grid, tile_size_m / grid) / l_ref_m
+
+
+class EmbeddingHead(nn.Module):
+    """Mean-pooled tokens -> LN -> MLP -> L2-normalised embedding (CROMA's GAP-FFN + projection)."""
+
+    def __init__(self, dim: int, ratio: float = 4.0):
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(),
+                                 nn.Linear(hidden, dim))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.normalize(self.net(tokens.mean(dim=1)), dim=-1)
+
+
+class MAEDecoder(nn.Module):
+    """Decoder on the low-res grid: joint tokens + mask tokens + 2D sin-cos -> packed pixels."""
+
+    def __init__(self, cfg: ModelConfig, out_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(cfg.dim, cfg.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(cfg.decoder_dim))
+        self.blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio,
+                                          alibi=False) for _ in range(cfg.decoder_depth))
+        self.norm = nn.LayerNorm(cfg.decoder_dim)
+        self.head = nn.Linear(cfg.decoder_dim, out_dim)
+
+    def forward(self, joint: Tensor, ids_keep: Tensor, grid: int) -> Tensor:
+        """joint (B, K, D), ids_keep (B, K) -> predictions (B, grid*grid, out_dim)."""
+        x = self.proj(joint)  # (B, K, Dd)
+        b, _, dd = x.shape
+        full = self.mask_token.to(x.dtype).expand(b, grid * grid, dd)
+        x = full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, dd), x)  # (B, N, Dd)
+        x = x + sincos_2d(grid, dd).to(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+class ScaleAlibiModel(nn.Module):
+    """Triple-contrastive + MAE model with Scale-ALiBi attention (see the module docstring)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.l_ref_m = cfg.reference_length_m
+        p, d, h, r, be = cfg.patch_size, cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.attn_backend
+        self.encoders = nn.ModuleDict({
+            "s1": Encoder(cfg.s1_channels, p, d, cfg.radar_depth, h, r, be),
+            "s2": Encoder(cfg.s2_channels, p, d, cfg.lores_depth, h, r, be),
+        })
+        if cfg.use_hires:
+            self.encoders["naip_hires"] = Encoder(cfg.hires_channels, p, d, cfg.hires_depth, h, r,
+                                                  be)
+        self.heads = nn.ModuleDict({m: EmbeddingHead(d, r) for m in self.encoders})
+        self.cross_lores = CrossEncoder(d, cfg.cross_depth, h, r, be)
+        self.cross_hires = CrossEncoder(d, cfg.cross_depth, h, r, be) if cfg.use_hires else None
+        self.pixel_dims = {"s1": cfg.s1_channels * p * p, "s2": cfg.s2_channels * p * p}
+        if cfg.use_hires:
+            self.pixel_dims["naip_hires"] = 4 * cfg.hires_channels * p * p
+        self.decoder = MAEDecoder(cfg, sum(self.pixel_dims.values()))
+        self.contrastive = ContrastiveLoss(cfg.temperature_init, cfg.max_logit_scale)
+        self.apply(_init_weights)
+        nn.init.normal_(self.decoder.mask_token, std=0.02)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities this config encodes, in loss order."""
+        return tuple(self.encoders)
+
+    def _grid(self, batch: dict[str, Tensor]) -> int:
+        h, w = batch["s2"].shape[-2:] if "s2" in batch else batch["s1"].shape[-2:]
+        if h != w:
+            raise ValueError(f"tiles must be square, got {h}x{w}")
+        return h // self.cfg.patch_size
+
+    def forward(self, batch: dict[str, Tensor]) -> dict:
+        """Training forward. Returns loss, contrastive, reconstruction (scalars), per-modality
+        reconstruction, embeddings {modality: (B, D)} and the mask used (B, g*g, True = masked)."""
+        cfg, p = self.cfg, self.cfg.patch_size
+        g = self._grid(batch)
+        n = g * g
+        b = batch["s2"].shape[0]
+        tile_m = batch["tile_size_m"].to(batch["s2"].device, torch.float32).reshape(b)
+        mask = batch.get("mask")
+        if mask is None:
+            mask = random_mask(b, n, cfg.mask_ratio, batch["s2"].device)
+        mask = mask.to(batch["s2"].device, torch.bool)
+        ids_lo = keep_ids_from_mask(mask)  # (B, K)
+        xy_lo = gather_tokens(coords(tile_m, g, self.l_ref_m), ids_lo)  # (B, K, 2)
+
+        tokens = {m: self.encoders[m](batch[m], xy_lo, ids_lo) for m in ("s1", "s2")}
+        if cfg.use_hires:
+            ids_hi = expand_to_hires(ids_lo, g)  # (B, 4K)
+            xy_hi = gather_tokens(coords(tile_m, 2 * g, self.l_ref_m), ids_hi)
+            tokens["naip_hires"] = self.encoders["naip_hires"](batch["naip_hires"], xy_hi, ids_hi)
+
+        embeddings = {m: self.heads[m](tokens[m]) for m in self.modalities}
+        contrastive, pair_losses = self.contrastive(embeddings)
+
+        joint = self.cross_lores(tokens["s1"], xy_lo, tokens["s2"], xy_lo)  # (B, K, D)
+        if cfg.use_hires:
+            joint = self.cross_hires(joint, xy_lo, tokens["naip_hires"], xy_hi)
+        pred = self.decoder(joint, ids_lo, g)  # (B, N, sum pixel dims)
+
+        targets = {"s1": patchify(batch["s1"], p), "s2": patchify(batch["s2"], p)}
+        if cfg.use_hires:
+            targets["naip_hires"] = pack_hires(normalise_patches(patchify(batch["naip_hires"], p)
+                                                                 .float()), g)
+        preds = dict(zip(self.pixel_dims, pred.split(list(self.pixel_dims.values()), dim=-1)))
+        recon = {}
+        for m, target in targets.items():
+            if m != "naip_hires":
+                target = normalise_patches(target.float())
+            recon[m] = masked_mse(preds[m].float(), target, mask)
+        reconstruction = torch.stack(list(recon.values())).mean()
+        loss = cfg.contrastive_weight * contrastive + cfg.reconstruction_weight * reconstruction
+        return {"loss": loss, "contrastive": contrastive, "reconstruction": reconstruction,
+                "reconstruction_per_modality": recon, "contrastive_per_pair": pair_losses,
+                "embeddings": embeddings, "mask": mask}
+
+    def embed(self, batch: dict[str, Tensor], modality: str) -> Tensor:
+        """L2-normalised (B, D) embedding of one modality, all patches (no masking)."""
+        if modality not in self.encoders:
+            raise KeyError(f"{modality!r} is not encoded by config {self.cfg.name!r}; "
+                           f"choose one of {self.modalities}")
+        img = batch[modality]
+        if img.shape[-1] != img.shape[-2]:
+            raise ValueError(f"images must be square, got {tuple(img.shape[-2:])}")
+        grid = img.shape[-1] // self.cfg.patch_size
+        tile_m = batch["tile_size_m"].to(img.device, torch.float32).reshape(img.shape[0])
+        tokens = self.encoders[modality](img, coords(tile_m, grid, self.l_ref_m))
+        return self.heads[modality](tokens)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """timm/MAE init: truncated-normal(0.02) linears with zero bias, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
