@@ -14,6 +14,8 @@ from curate import __version__
 
 # name -> "module:attribute" of a click.Command; each module owns its own options and help.
 COMMANDS: dict[str, str] = {
+    "train": "model.train_cli:train",
+    "plan": "curate.plan:plan",
 }
 
 
