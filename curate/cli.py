@@ -16,6 +16,7 @@ from curate import __version__
 COMMANDS: dict[str, str] = {
     "train": "model.train_cli:train",
     "plan": "curate.plan:plan",
+    "stats": "model.stats:stats",
 }
 
 

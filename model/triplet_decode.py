@@ -1,0 +1,63 @@
+"""PNG triplet members -> uint8 tensors (C, H, W), shared by the HTTP loader and the local-disk baseline.
+
+imagecodecs' libpng decoder is ~1.5x Pillow's on 256 px RGB tiles here (see benchmarks/loader_bench.py
+and ../shared/FIELD-NOTES.md); decoding bounds the loader, so it is used when installed.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from curate.release import HIRES_NAMES
+
+try:  # a declared dependency, but keep the loader usable with Pillow alone
+    import imagecodecs
+
+    _png_decode = imagecodecs.png_decode
+except ImportError:  # pragma: no cover - exercised only without imagecodecs
+    _png_decode = None
+
+MODALITIES: tuple[str, ...] = ("s1", "s2", "naip", "naip_hires")
+# Channels kept per modality: s1 PNGs are RGB with R empty, G = VV, B = VH.
+CHANNELS: dict[str, int] = {"s1": 2, "s2": 3, "naip": 3, "naip_hires": 3}
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> uint8 array (H, W, 3); gray is repeated, alpha dropped."""
+    if _png_decode is not None:
+        arr = _png_decode(data)
+    else:
+        from PIL import Image
+
+        arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected an 8-bit PNG, got {arr.dtype}")
+    return arr[:, :, :3]
+
+
+def _chw(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def assemble_hires(tiles: list[np.ndarray]) -> np.ndarray:
+    """Four z+1 tiles in HIRES_CHILDREN order ((0,0),(1,0),(0,1),(1,1)) -> one (2H, 2W, 3) image."""
+    top = np.concatenate([tiles[0], tiles[1]], axis=1)
+    bottom = np.concatenate([tiles[2], tiles[3]], axis=1)
+    return np.concatenate([top, bottom], axis=0)
+
+
+def decode_triplet(members: Mapping[str, bytes]) -> dict[str, torch.Tensor]:
+    """PNG bytes keyed by member name (s1, s2, naip, naip_hires_0..3) -> uint8 (C, H, W) tensors per modality."""
+    s1 = decode_png(members["s1"])
+    return {
+        "s1": _chw(s1[:, :, 1:3]),
+        "s2": _chw(decode_png(members["s2"])),
+        "naip": _chw(decode_png(members["naip"])),
+        "naip_hires": _chw(assemble_hires([decode_png(members[n]) for n in HIRES_NAMES])),
+    }
