@@ -258,8 +258,10 @@ _RETRIABLE = (urllib3.exceptions.HTTPError, http.client.HTTPException, StreamBro
 class ShardClient:
     """HTTP access to one server: release metadata and shard streams, with retries and backoff."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 10, backoff_s: float = 0.1, max_backoff_s: float = 5.0):
+    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 10, backoff_s: float = 0.1, max_backoff_s: float = 5.0,
+                 on_retry: Callable[[str], None] | None = None):
         self.url = url.rstrip("/")
+        self.on_retry = on_retry  # told about every retry (logs, tests); runs in the worker process
         self.timeout = urllib3.Timeout(connect=min(timeout_s, 5.0), read=timeout_s)
         self.retries = retries
         self.backoff_s = backoff_s
@@ -344,6 +346,8 @@ class ShardClient:
                 if failures >= self.retries:
                     raise UserError(f"shard {index} of {release} from {self.url} failed {failures + 1} times in a row: {exc}") from exc
                 log.warning("shard %s: %s; retrying from sample %s", index, exc, offset)
+                if self.on_retry is not None:
+                    self.on_retry(f"shard {index} from sample {offset}: {exc}")
                 self._sleep(failures)
                 failures += 1
                 self.reconnects += 1
@@ -405,12 +409,13 @@ class TripletStream(IterableDataset):
         decode: bool = True,
         retries: int = 10,
         timeout_s: float = 30.0,
+        on_retry: Callable[[str], None] | None = None,
     ):
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is not in 0..{world_size - 1}")
         if shard_size < 1 or prefetch < 1:
             raise UserError("shard_size and prefetch must be at least 1")
-        self.client = ShardClient(url, timeout_s=timeout_s, retries=retries)
+        self.client = ShardClient(url, timeout_s=timeout_s, retries=retries, on_retry=on_retry)
         self.release, self.split, self.shard_size = release, split, int(shard_size)
         self.seed, self.epoch = int(seed), int(epoch)
         self.rank, self.world_size = int(rank), int(world_size)
