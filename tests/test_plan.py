@@ -208,3 +208,98 @@ def test_bad_input_through_the_real_cli():
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == ["error: unknown release 'nope': use one of small, full, micro"]
+
+
+# ------------------------------------------------------------------ --scenes against a real STAC API
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def stac_catalog(tmp_path):
+    """rustac serve (in-memory) with one S2, S1 and NAIP item over block(0,0,2,2), one S2 item elsewhere,
+    and a loopback file server for assets that carry no `file:size` (sized by HEAD)."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+    import urllib.request
+
+    if shutil.which("rustac") is None:
+        pytest.skip("rustac CLI not installed (test extra)")
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "scl.tif").write_bytes(b"x" * 1234)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(files))
+    handler.log_message = lambda *a: None
+    fileserver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=fileserver.serve_forever, daemon=True).start()
+    file_url = f"http://127.0.0.1:{fileserver.server_address[1]}"
+
+    area = block(0, 0, 2, 2)
+    far = box(10.0, 10.0, 10.1, 10.1)
+    def item(id_, collection, geometry, assets):
+        return {"type": "Feature", "stac_version": "1.0.0", "id": id_, "collection": collection,
+                "geometry": geometry.__geo_interface__, "bbox": list(geometry.bounds),
+                "properties": {"datetime": "2022-06-01T00:00:00Z"}, "links": [], "assets": assets}
+    items = [
+        item("s2-a", "sentinel-2-l2a", area.buffer(0.01), {
+            "visual": {"href": f"{file_url}/visual.tif", "file:size": 1_000_000},
+            "SCL": {"href": f"{file_url}/scl.tif"}}),
+        item("s2-far", "sentinel-2-l2a", far, {"visual": {"href": f"{file_url}/v.tif", "file:size": 7}}),
+        item("s1-a", "sentinel-1-rtc", area.buffer(0.01), {
+            "vv": {"href": f"{file_url}/vv.tif", "file:size": 500},
+            "vh": {"href": f"{file_url}/missing.tif"}}),
+        item("naip-a", "naip", area, {"image": {"href": f"{file_url}/n.tif", "file:size": 40}}),
+    ]
+    hrefs = []
+    for collection in ("sentinel-2-l2a", "sentinel-1-rtc", "naip"):
+        path = tmp_path / f"{collection}.json"
+        path.write_text(json.dumps({
+            "type": "Collection", "stac_version": "1.0.0", "id": collection, "description": collection,
+            "license": "other", "links": [],
+            "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}},
+        }))
+        hrefs.append(str(path))
+    (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    hrefs.append(str(tmp_path / "items.json"))
+    port = _free_port()
+    server = subprocess.Popen(["rustac", "serve", "--addr", f"127.0.0.1:{port}", *hrefs],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        region = tmp_path / "area.geojson"
+        region.write_text(json.dumps(area.__geo_interface__))
+        yield url, region
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        fileserver.shutdown()
+
+
+def test_scenes_counts_items_over_the_region_and_bytes(stac_catalog):
+    url, region = stac_catalog
+    out = _json_plan("--region", str(region), "--zoom", str(Z), "--scenes", "--catalog", url)
+    assert out["tiles"] == 4
+    s2, s1, naip = out["scenes"]["s2"], out["scenes"]["s1"], out["scenes"]["naip"]
+    assert (s2["scenes"], s2["bytes"], s2["assets_unknown_size"]) == (1, 1_000_000 + 1234, 0)  # SCL by HEAD
+    assert (s1["scenes"], s1["bytes"], s1["assets_unknown_size"]) == (1, 500, 1)  # vh: 404
+    assert (naip["scenes"], naip["bytes"]) == (1, 40)
+    assert out["bytes"] == 1_000_000 + 1234 + 500 + 40
+
+
+def test_scenes_with_unreachable_catalog_is_one_line(tmp_path):
+    result = CliRunner().invoke(plan, ["--release", "small", "--scenes", "--catalog", f"http://127.0.0.1:{_free_port()}"])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot reach STAC catalog" in result.stderr
