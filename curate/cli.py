@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "train": "model.train_cli:train",
     "plan": "curate.plan:plan",
     "stats": "model.stats:stats",
+    "serve": "serve.cli:serve",
 }
 
 

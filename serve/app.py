@@ -1,0 +1,68 @@
+"""The FastAPI application: `create_app(data_dir)`, and `app_from_env()` for uvicorn workers."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from curate import __version__
+from serve import errors
+from serve.catalog import Catalog
+from serve.fastpath import TileFastPath
+from serve.files import BlobCache, SafeReader
+from serve.routers.health import health_router
+from serve.routers.releases import releases_router
+from serve.routers.shards import shards_router
+from serve.routers.tiles import tiles_router
+from serve.routers.triplets import triplets_router
+from serve.routers.viewer import static_files, viewer_router
+from serve.tiles import TileStore
+
+DATA_ENV = "SCALE_ALIBI_DATA"
+CACHE_ENV = "SCALE_ALIBI_TILE_CACHE_MB"
+DEFAULT_CACHE_MB = 256
+
+DESCRIPTION = """Tiles, aligned triplets and training shards of scale-alibi releases.
+
+Releases are immutable once their manifest exists; only finished releases are served.
+Tiles are standard XYZ PNGs (Leaflet, MapLibre, QGIS, GDAL read them unchanged).
+"""
+
+
+def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) -> FastAPI:
+    """The service for the releases under `data_dir` (indexed once, here, per process)."""
+    catalog = Catalog(data_dir)
+    reader = SafeReader(catalog.root)
+    mb = cache_mb if cache_mb is not None else int(os.environ.get(CACHE_ENV, DEFAULT_CACHE_MB))
+    store = TileStore(catalog, reader, BlobCache(mb * 2**20))
+
+    # Interactive docs pull their JS from a CDN; the schema itself is at /openapi.json.
+    app = FastAPI(title="scale-alibi", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None)
+    errors.install(app)
+    app.include_router(health_router(catalog))
+    app.include_router(releases_router(catalog))
+    app.include_router(shards_router(catalog, reader))
+    app.include_router(tiles_router(store))
+    app.include_router(triplets_router(catalog, reader))
+    app.include_router(viewer_router())
+    app.mount("/static", static_files(), name="static")
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "HEAD", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["ETag", "Content-Range", "Content-Length", "X-Shard-Triplets"],
+        max_age=86400,
+    )
+    # Added last, so it runs first: tiles skip routing entirely.
+    app.add_middleware(TileFastPath, store=store)
+    app.state.catalog = catalog
+    app.state.store = store
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: the data directory comes from $SCALE_ALIBI_DATA."""
+    return create_app(os.environ[DATA_ENV])

@@ -1,0 +1,19 @@
+"""Liveness for load balancers and the process helper."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from serve.catalog import Catalog
+from serve.responses import RawResponse, json_response
+
+
+def health_router(catalog: Catalog) -> APIRouter:
+    """Route /health: 200 with the number of finished releases this process serves."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health", summary="Liveness")
+    async def health(request: Request) -> RawResponse:
+        return json_response(request, {"status": "ok", "releases": len(catalog.names())}, b"no-store")
+
+    return router

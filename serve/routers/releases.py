@@ -1,0 +1,119 @@
+"""Release listing, triplet metadata (paged and single) and coverage outlines."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+
+from serve.catalog import LAYERS, Catalog, ReleaseIndex, pack_key
+from serve.errors import ApiError
+from serve.responses import RawResponse, json_response
+from serve.routers.common import check_tile, release_or_404
+
+MAX_PAGE = 1000
+
+
+def links(name: str) -> dict:
+    """Relative URLs of a release's other resources."""
+    r = quote(name, safe="")
+    return {
+        "tilejson": {layer: f"/tiles/{r}/{layer}/tilejson.json" for layer in LAYERS},
+        "triplets": f"/releases/{r}/triplets",
+        "shards": f"/releases/{r}/shards",
+        "coverage": f"/releases/{r}/coverage.geojson",
+    }
+
+
+def item(index: ReleaseIndex, row: dict) -> dict:
+    """A manifest row plus the URL of its triplet tar."""
+    r = quote(index.name, safe="")
+    return {**row, "triplet": f"/triplets/{r}/{row['z']}/{row['x']}/{row['y']}"}
+
+
+def parse_cursor(cursor: str) -> int:
+    """A cursor names the first triplet of a page: `z-x-y`."""
+    try:
+        z, x, y = (int(v) for v in cursor.split("-"))
+        check_tile(z, x, y)
+    except (ValueError, ApiError):
+        raise ApiError(422, f"bad cursor {cursor!r}: pass the next_cursor of a previous page") from None
+    return pack_key(z, x, y)
+
+
+def releases_router(catalog: Catalog) -> APIRouter:
+    """Routes under /releases (shards have their own router)."""
+    router = APIRouter(tags=["releases"])
+
+    @router.get("/releases", summary="Finished releases with counts, zooms and bounds")
+    async def releases(request: Request) -> RawResponse:
+        docs = []
+        for name in catalog.names():
+            index = catalog.get(name)
+            if index is not None:
+                docs.append({**index.summary(), "links": links(name)})
+        return json_response(request, {"releases": docs})
+
+    @router.get("/releases/{release}", summary="One release")
+    async def release(request: Request, release: str) -> RawResponse:
+        index = release_or_404(catalog, release)
+        return json_response(request, {**index.summary(), "links": links(release)})
+
+    @router.get("/releases/{release}/triplets", summary="Page through a release's triplets (manifest rows)")
+    async def triplets(
+        request: Request,
+        release: str,
+        cursor: str | None = Query(None, description="next_cursor of the previous page"),
+        offset: int | None = Query(None, ge=0, description="rows to skip (instead of a cursor)"),
+        limit: int = Query(100, ge=1, le=MAX_PAGE),
+        split: Literal["train", "heldout", "all"] = Query("all"),
+    ) -> RawResponse:
+        index = release_or_404(catalog, release)
+        if cursor is not None and offset is not None:
+            raise ApiError(422, "pass either cursor or offset, not both")
+        rows = index.split_rows[split]  # manifest order = (z, x, y) order
+        if cursor is not None:
+            keys = index.row_keys[rows]
+            start = int(np.searchsorted(keys, parse_cursor(cursor)))
+        else:
+            start = offset or 0
+        page = rows[start : start + limit]
+        items = [item(index, r) for r in index.rows(page)] if len(page) else []
+        end = start + len(page)
+        next_cursor = None
+        if end < len(rows):
+            nxt = index.rows(rows[end : end + 1])[0]
+            next_cursor = f"{nxt['z']}-{nxt['x']}-{nxt['y']}"
+        doc = {
+            "release": release,
+            "split": split,
+            "total": int(len(rows)),
+            "offset": start,
+            "limit": limit,
+            "items": items,
+            "next_cursor": next_cursor,
+            "next": (
+                f"/releases/{quote(release, safe='')}/triplets?cursor={next_cursor}&limit={limit}&split={split}"
+                if next_cursor
+                else None
+            ),
+        }
+        return json_response(request, doc)
+
+    @router.get("/releases/{release}/triplets/{z}/{x}/{y}", summary="One triplet's manifest row")
+    async def triplet_meta(request: Request, release: str, z: int, x: int, y: int) -> RawResponse:
+        index = release_or_404(catalog, release)
+        check_tile(z, x, y)
+        row = index.row_of(z, x, y)
+        if row is None:
+            raise ApiError(404, f"no triplet {z}/{x}/{y} in release {release!r}")
+        return json_response(request, item(index, index.rows([row])[0]))
+
+    @router.get("/releases/{release}/coverage.geojson", summary="Triplet footprints as GeoJSON")
+    async def coverage(request: Request, release: str) -> RawResponse:
+        index = release_or_404(catalog, release)
+        return json_response(request, index.coverage())
+
+    return router

@@ -1,0 +1,116 @@
+"""Training shards: WebDataset tars streamed (chunked) from the files on disk, in epoch order.
+
+The rows of shard `index` are `curate.release.shard_rows` over the manifest rows of one split
+(manifest order, i.e. sorted by z, x, y), so any client that knows (n, seed, epoch, shard_size)
+can split shards across ranks and workers without overlap, and resume mid-shard with `start`.
+Files are read in a worker thread, one batch ahead of the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+
+import numpy as np
+from starlette.responses import Response
+
+from serve import tarstream
+from serve.catalog import ReleaseIndex
+from serve.files import CACHE_IMMUTABLE, CORS, JSON, TAR, etag_matches
+from serve.samples import MissingFile, sample_members
+
+log = logging.getLogger(__name__)
+
+BATCH = 16  # triplets per chunk sent: ~1-4 MB, large enough to amortise a thread hop
+
+
+def sample_key(row: dict) -> str:
+    """The WebDataset key of a triplet: `{z}_{x}_{y}` (no dots: WebDataset splits keys at the first dot)."""
+    return f"{row['z']}_{row['x']}_{row['y']}"
+
+
+def shard_etag(index: ReleaseIndex, *params: object) -> bytes:
+    """A strong ETag for a shard: the release's manifest hash and the shard's parameters."""
+    text = "|".join([index.etag_seed, "shard", *map(str, params)])
+    return b'"' + hashlib.sha256(text.encode()).hexdigest()[:40].encode() + b'"'
+
+
+def build_batch(index: ReleaseIndex, reader, rows: np.ndarray) -> bytes:
+    """Tar bytes of the triplets at manifest rows `rows` (runs in a worker thread)."""
+    parts: list[bytes] = []
+    for row, meta in zip(rows.tolist(), index.rows(rows)):
+        parts += sample_members(index, reader, row, meta, sample_key(meta) + ".", "json")
+    return b"".join(parts)
+
+
+class ShardStream(Response):
+    """An ASGI response streaming the tar of `rows` (manifest rows, in order) as chunked body."""
+
+    def __init__(self, index: ReleaseIndex, reader, rows: np.ndarray, etag: bytes, filename: str):
+        self.index = index
+        self.reader = reader
+        self.rows = rows
+        self.etag = etag
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", TAR),
+            (b"etag", etag),
+            (b"cache-control", CACHE_IMMUTABLE),
+            (b"content-disposition", f'attachment; filename="{filename}"'.encode()),
+            (b"x-shard-triplets", str(len(rows)).encode()),
+            CORS,
+        ]
+
+    async def __call__(self, scope, receive, send) -> None:
+        for name, value in scope["headers"]:
+            if name == b"if-none-match" and etag_matches(value, self.etag):
+                await send({"type": "http.response.start", "status": 304, "headers": self.raw_headers[1:3] + [CORS]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        loop = asyncio.get_running_loop()
+        batches = [self.rows[i : i + BATCH] for i in range(0, len(self.rows), BATCH)]
+        if scope["method"] == "HEAD":
+            batches = []
+        # The first batch is read before the status line, so a broken shard still gets a JSON 404.
+        try:
+            first = await loop.run_in_executor(None, build_batch, self.index, self.reader, batches[0]) if batches else b""
+        except MissingFile as exc:
+            body = json.dumps({"detail": f"shard has files missing on disk: {exc}"}).encode()
+            headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), CORS]
+            await send({"type": "http.response.start", "status": 404, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        watcher = asyncio.ensure_future(watch())
+        pending = None
+        try:
+            for i in range(len(batches)):
+                if i + 1 < len(batches):
+                    pending = loop.run_in_executor(None, build_batch, self.index, self.reader, batches[i + 1])
+                if disconnected.is_set():
+                    return
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                if pending is not None:
+                    first, pending = await pending, None
+            await send({"type": "http.response.body", "body": tarstream.END})
+        except Exception:
+            # Headers are gone: the only honest signal left is a truncated chunked body.
+            log.exception("shard stream of %s aborted", self.index.name)
+            raise
+        finally:
+            watcher.cancel()
+            if pending is not None:
+                pending.cancel()

@@ -1,0 +1,59 @@
+"""Tile bytes by address: manifest look-up, safe read in a thread, in-memory LRU."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from serve.catalog import LAYERS, Catalog, ReleaseIndex
+from serve.files import Blob, BlobCache, SafeReader
+
+# The canonical tile URL (no leading zeros): the fast path serves exactly these and lets every
+# other spelling fall through to the validating FastAPI route.
+TILE_PATH = re.compile(
+    r"/tiles/([^/]+)/(s1|s2|naip)/(0|[1-9][0-9]?)/(0|[1-9][0-9]{0,9})/(0|[1-9][0-9]{0,9})\.png"
+)
+
+
+def tile_key(release: str, layer: str, z: int, x: int, y: int) -> str:
+    """The canonical URL path of a tile, also its cache key."""
+    return f"/tiles/{release}/{layer}/{z}/{x}/{y}.png"
+
+
+class TileStore:
+    """Serves tile blobs of finished releases; shared by the fast path and the tile route."""
+
+    def __init__(self, catalog: Catalog, reader: SafeReader, cache: BlobCache):
+        self.catalog = catalog
+        self.reader = reader
+        self.cache = cache
+
+    async def load(self, index: ReleaseIndex, layer: str, z: int, x: int, y: int) -> Blob | None:
+        """The tile's blob, or None when the manifest lacks it or its file is unreadable/unsafe."""
+        key = tile_key(index.name, layer, z, x, y)
+        blob = self.cache.get(key)
+        if blob is not None:
+            return blob
+        if layer not in LAYERS:
+            return None
+        digest = index.tile_hash(layer, z, x, y)
+        if digest is None:
+            return None
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, self.reader.read, index.tile_path(layer, z, x, y)
+        )
+        if body is None:
+            return None
+        blob = Blob.make(body, digest)
+        self.cache.put(key, blob)
+        return blob
+
+    async def by_path(self, path: str) -> Blob | None:
+        """The blob for a canonical tile URL path, or None (the caller falls back to the full route)."""
+        m = TILE_PATH.fullmatch(path)
+        if m is None:
+            return None
+        index = self.catalog.get(m.group(1))
+        if index is None:
+            return None
+        return await self.load(index, m.group(2), int(m.group(3)), int(m.group(4)), int(m.group(5)))
