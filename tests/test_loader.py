@@ -178,7 +178,7 @@ def test_server_kill_and_restart_mid_epoch_loses_and_repeats_nothing(server, tmp
 
     def kill_restart(i: int) -> None:
         if i == 0:  # workers are blocked mid-stream on a full queue: the kill cuts their sockets
-            server.restart()
+            server.restart(hard=True)  # SIGKILL: a crash, not a graceful drain
 
     got = run(ds, on_batch=kill_restart)
     assert got == reference  # same triplets, same pixels, same order: nothing lost or repeated
