@@ -1,0 +1,149 @@
+"""The trainer's data: the streaming loader as a resumable, endless BatchSource, and batch preparation.
+
+DDP and unequal ranks: the trainer is step-based (every rank runs the same number of optimizer
+steps of the same batch size), so ranks stay in lockstep by construction; a rank that reaches the
+end of its share of an epoch continues into its own next epoch, and no samples are dropped for
+lockstep. The one remainder dropped: a DataLoader worker's last, partial batch of each epoch (at
+most ``num_workers * (batch_size - 1)`` samples per rank per epoch, different samples every epoch
+since the permutation changes), because fixed batch shapes are what the cross-rank embedding gather
+needs. Dropped batches still count as consumed, so resume skips them exactly as the run did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from model.train import batch_size_of
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("s1", "s2", "naip_hires")  # what the model reads; "naip" (256 px) is not used
+# Fallback when no stats.json is available: uint8 -> roughly zero-mean, unit-scale floats.
+FALLBACK_MEAN, FALLBACK_STD = 127.5, 64.0
+
+
+def prepare_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's view of a loader batch: float images, tile_size_m, an optional fixed mask."""
+    out: dict[str, Any] = {}
+    for k in IMAGE_KEYS:
+        x = batch[k]
+        out[k] = (x.float() - FALLBACK_MEAN) / FALLBACK_STD if x.dtype == torch.uint8 else x
+    if "tile_size_m" in batch:
+        out["tile_size_m"] = batch["tile_size_m"].float()
+    else:
+        from model.geometry import tile_ground_size_m
+
+        out["tile_size_m"] = torch.tensor(
+            [tile_ground_size_m(int(z), int(y)) for z, y in zip(batch["z"], batch["y"])], dtype=torch.float32
+        )
+    if "mask" in batch:
+        out["mask"] = batch["mask"]
+    return out
+
+
+def fetch_stats(url: str, release: str, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    """The release's stats.json from the server (GET /releases/{release}/stats.json), or None if it has none."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/releases/{release}/stats.json", timeout=timeout_s) as r:
+            data = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return data.get("modalities", data)
+
+
+class StreamSource:
+    """A `model.train.BatchSource` over `model.loader.TripletStream`: epochs forever, resumable mid-epoch."""
+
+    def __init__(
+        self,
+        url: str,
+        release: str,
+        batch_size: int,
+        *,
+        num_workers: int = 2,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        split: str = "train",
+        shard_size: int = 32,
+        shuffle_buffer: int = 64,
+        stats: Mapping[str, Any] | None = None,
+    ) -> None:
+        from model.loader import StreamProgress, TripletStream
+
+        self.dataset = TripletStream(
+            url, release, split=split, shard_size=shard_size, seed=seed, rank=rank,
+            world_size=world_size, shuffle_buffer=shuffle_buffer, stats=stats,
+        )
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.progress = StreamProgress(max(1, num_workers), epoch=0, seed=seed, world_size=world_size)
+        self._resumed = False
+        self._dropped: list[dict[str, Any]] = []  # partial batches seen since the last consumed one
+        if len(self.dataset) < batch_size:
+            from curate.errors import UserError
+
+            raise UserError(f"rank {rank} holds {len(self.dataset)} {split} triplets, fewer than one batch of {batch_size}; use a smaller --batch-size")
+
+    @property
+    def epoch(self) -> int:
+        return self.progress.epoch
+
+    def _loader(self):
+        from model.loader import make_loader
+
+        return make_loader(self.dataset, self.batch_size, num_workers=self.num_workers)
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            if not self._resumed:
+                self.dataset.set_epoch(self.progress.epoch)
+            self._resumed = False
+            loader = self._loader()
+            # Starting workers draws a base seed from torch's global RNG: keep that RNG untouched so
+            # the MAE masks of a resumed run are the uninterrupted run's (the loader's order does not
+            # depend on worker seeds).
+            with torch.random.fork_rng(devices=[]):
+                it = iter(loader)
+            for batch in it:
+                if batch_size_of(batch) < self.batch_size:
+                    self._dropped.append({"worker": batch["worker"], "z": batch["z"]})
+                    continue
+                yield batch
+            self._dropped.clear()
+            self.progress.reset(self.progress.epoch + 1)
+
+    def consumed(self, batch: dict[str, torch.Tensor]) -> None:
+        for dropped in self._dropped:  # in DataLoader order, before the batch that followed them
+            self.progress.update(dropped)
+        self._dropped.clear()
+        self.progress.update(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.progress.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
+        self.progress.load_state_dict(state)
+        self._resumed = True
+
+
+def collect_split(url: str, release: str, split: str = "heldout", limit: int | None = None,
+                  stats: Mapping[str, Any] | None = None, batch_size: int = 64, num_workers: int = 0) -> dict[str, torch.Tensor]:
+    """Every triplet of a split (or the first `limit`) as one batch dict, in the split's epoch-0 order."""
+    from model.loader import TripletStream, collate_triplets
+
+    ds = TripletStream(url, release, split=split, shard_size=batch_size, seed=0, shuffle_buffer=1, stats=stats)
+    samples = []
+    for sample in ds:
+        samples.append(sample)
+        if limit is not None and len(samples) >= limit:
+            break
+    for s in samples:
+        s["worker"] = 0
+    return collate_triplets(samples)
