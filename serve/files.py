@@ -87,10 +87,12 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
         b = int(last) if last.strip() else size - 1
     except ValueError:
         return None
-    if a < 0 or b < a:
+    if a < 0:
         return None
     if a >= size:
         raise RangeNotSatisfiable
+    if b < a:
+        return None
     return a, min(b, size - 1)
 
 

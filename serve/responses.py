@@ -16,8 +16,8 @@ CACHE_SHORT = b"public, max-age=60"
 class RawResponse(Response):
     """A response whose status, raw headers and body are already computed."""
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes):
-        self.status_code = status
+    def __init__(self, status_code: int = 200, headers: list[tuple[bytes, bytes]] = (), body: bytes = b""):
+        self.status_code = status_code
         self.raw_headers = list(headers)
         self.body = body
         self.background = None
