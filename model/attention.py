@@ -21,7 +21,11 @@ Two implementations, equal to ~1e-6:
   (B, H, Lq, Lk) bias tensor is materialised (compiled on CUDA). FlexAttention has no backward on
   CPU (torch 2.13), so CPU training cannot use it.
 - `reference`: the bias materialised as (B, H, Lq, Lk) and passed to SDPA as a float mask.
-`attend(..., backend="auto")` takes flex on CUDA, and on CPU flex only when no gradient is needed.
+`attend(..., backend="auto")` takes flex on CUDA and the reference on CPU: CPU flex cannot
+train (no backward), and measured here (torch 2.13, 2 busy cores, B=8, 4 heads x 16) its
+forward is no better either: eager flex 260 ms at L=64 and 680 ms at L=256 vs the reference's
+0.8 ms and 140 ms; compiled flex 23 / 64 ms but 20-47 s to compile per shape. So CPU
+evaluation (`embed` under no_grad) also takes the reference; pass backend="flex" to force it.
 """
 
 from __future__ import annotations
@@ -90,7 +94,13 @@ def _scale_alibi_score_mod(q_xy: Tensor, k_xy: Tensor, slopes: Tensor):
 
 @lru_cache(maxsize=None)
 def _compiled_flex():
-    """torch.compile'd flex_attention (fused kernel); compiled once per process."""
+    """torch.compile'd flex_attention (fused kernel); compiled once per process and shape."""
+    # dynamic=False: one specialised kernel per (B, Lq, Lk). A model has several shapes (self
+    # 256 / 1024, cross 256 -> 1024, eval batch sizes), more than dynamo's default recompile
+    # limit of 8, past which it would silently run eager flex, which materialises the scores.
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 64))
     return torch.compile(_flex_attention, dynamic=False)
 
 
@@ -110,16 +120,22 @@ def flex_attention_scale_alibi(q: Tensor, k: Tensor, v: Tensor, q_xy: Tensor, k_
 
 
 def choose_backend(q: Tensor, k: Tensor, v: Tensor, backend: str = "auto") -> str:
-    """'flex' on CUDA; on CPU 'flex' only when no gradient flows (no CPU flex backward)."""
+    """'flex' on CUDA, 'reference' on CPU (no CPU flex backward; its forward is slower there).
+
+    An explicit backend="flex" on CPU is honoured only when no gradient flows (else it raises).
+    """
+    if backend not in ("auto", "flex", "reference"):
+        raise ValueError(f"unknown attention backend {backend!r}; use auto, flex or reference")
     if backend != "auto":
+        if backend == "flex" and not q.is_cuda and _needs_grad(q, k, v):
+            raise RuntimeError("FlexAttention has no backward on CPU: use backend='reference' "
+                               "(or 'auto') for CPU training")
         return backend
-    if _flex_attention is None:
-        return "reference"
-    if q.is_cuda:
-        return "flex"
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
-                                              or v.requires_grad)
-    return "reference" if needs_grad else "flex"
+    return "flex" if q.is_cuda and _flex_attention is not None else "reference"
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, q_xy: Tensor | None, k_xy: Tensor | None,

@@ -7,6 +7,8 @@ embeddings: position enters only through the Scale-ALiBi bias, from token coordi
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -29,6 +31,7 @@ def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     return torch.gather(x, 1, index)
 
 
+@lru_cache(maxsize=32)
 def sincos_2d(grid: int, dim: int) -> Tensor:
     """MAE's fixed 2D sin-cos position embedding of a grid x grid map, (grid*grid, dim)."""
     if dim % 4:
