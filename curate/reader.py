@@ -1,0 +1,197 @@
+"""COG window reads over HTTP: overview-aware, signed lazily, retried with backoff.
+
+GDAL reads a COG over HTTP range requests (``/vsicurl/``). The settings in ``GDAL_ENV`` are applied
+inside the worker that reads (``gdal_env()`` in each task), because environment set in the Dask
+client never reaches worker processes. The process-wide vsicurl block cache is sized so a worker
+never fetches a byte range twice while it cuts neighbouring metatiles, and a signed href is
+reused for as long as its token is valid (a fresh token would be a new URL, a cache miss).
+
+The file's own georeferencing (its transform and CRS) is used, never the item's ``proj:*``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.errors import RasterioIOError
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+log = logging.getLogger(__name__)
+
+GDAL_ENV: dict[str, object] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_VERSION": "2",
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(64 * 2**20),
+    # Global (per process) vsicurl block cache: survives closing a dataset, so a neighbouring
+    # metatile finds the blocks it shares with the previous one.
+    "CPL_VSIL_CURL_CACHE_SIZE": str(512 * 2**20),
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+    "GDAL_HTTP_MAX_RETRY": "2",
+    "GDAL_HTTP_RETRY_DELAY": "0.2",
+    "GDAL_CACHEMAX": 256,
+}
+
+RETRIES = 6  # application-level attempts on top of GDAL's own
+BACKOFF_S = 0.25  # first delay; doubles, with jitter, capped at 8 s
+
+
+class TransientError(RuntimeError):
+    """A read that kept failing with a retryable error (HTTP 429/5xx, timeouts)."""
+
+
+def gdal_env() -> rasterio.Env:
+    """The rasterio environment every read runs in (call inside the worker)."""
+    return rasterio.Env(**GDAL_ENV)
+
+
+# ---------------------------------------------------------------- lazy signing
+
+_signed: dict[str, tuple[str, float]] = {}
+_lock = threading.Lock()
+
+
+def _expiry(href: str) -> float:
+    """Expiry (unix seconds) of a SAS-style ``se=`` token in `href`, inf if none."""
+    se = parse_qs(urlparse(href).query).get("se")
+    if not se:
+        return math.inf
+    try:
+        from datetime import datetime, timezone
+
+        value = se[0]
+        if value.replace(".", "", 1).isdigit():
+            return float(value)
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    except ValueError:
+        return math.inf
+
+
+def signed_href(href: str, signer, force: bool = False) -> str:
+    """The signed form of an unsigned `href`, reused while its token has > 60 s left; re-signed when `force`."""
+    now = time.time()
+    with _lock:
+        cached = _signed.get(href)
+    if cached and not force and cached[1] - now > 60:
+        return cached[0]
+    fresh = signer(href)  # always from the unsigned href: a signed one would not be re-signed
+    with _lock:
+        _signed[href] = (fresh, _expiry(fresh))
+    return fresh
+
+
+def _forget(url: str) -> None:
+    """Drop vsicurl's cached state for `url` (it remembers a failed open), via the GDAL that rasterio loaded."""
+    try:
+        import ctypes
+        import glob
+        import os
+
+        libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(rasterio.__file__)), "rasterio.libs", "libgdal*"))
+        lib = ctypes.CDLL(libs[0]) if libs else ctypes.CDLL(None)
+        lib.VSICurlPartialClearCache(("/vsicurl/" + url).encode())
+    except (OSError, AttributeError, IndexError):  # not fatal: the next attempt may still succeed
+        pass
+
+
+def _classify(err: Exception) -> str:
+    msg = str(err)
+    if "403" in msg:
+        return "auth"
+    if any(code in msg for code in ("429", "500", "502", "503", "504")) or "timed out" in msg.lower() \
+            or "timeout" in msg.lower() or "connection" in msg.lower():
+        return "transient"
+    return "fatal"
+
+
+# ---------------------------------------------------------------- reads
+
+@dataclass
+class Source:
+    """Pixels read from one asset, with the georeferencing of the array (the file's own)."""
+
+    data: np.ndarray  # (bands, h, w)
+    transform: Affine
+    crs: object
+    nodata: float | None
+    res: float  # source pixel size in CRS units at the level read
+
+
+def _level(ds, target_res: float) -> int:
+    """The coarsest overview decimation whose pixels are still no larger than `target_res`."""
+    best = 1
+    for f in ds.overviews(1):
+        if abs(ds.res[0]) * f <= target_res * 1.0001:
+            best = max(best, f)
+    return best
+
+
+def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> Source | None:
+    left, bottom, right, top = transform_bounds("EPSG:3857", ds.crs, *bounds_3857, densify_pts=21)
+    # Mercator metres are 1/cos(lat) ground metres: compare resolutions in the file's units.
+    scale = (right - left) / (bounds_3857[2] - bounds_3857[0])
+    f = _level(ds, target_res_3857 * scale)
+    inv = ~ds.transform
+    c0, r0 = inv * (left, top)
+    c1, r1 = inv * (right, bottom)
+    c0, c1 = sorted((c0, c1))
+    r0, r1 = sorted((r0, r1))
+    m = margin_px * f
+    c0 = max(0, int(math.floor((c0 - m) / f)) * f)
+    r0 = max(0, int(math.floor((r0 - m) / f)) * f)
+    c1 = min(ds.width // f * f, int(math.ceil((c1 + m) / f)) * f)
+    r1 = min(ds.height // f * f, int(math.ceil((r1 + m) / f)) * f)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    window = Window(c0, r0, c1 - c0, r1 - r0)
+    shape = (len(indexes), (r1 - r0) // f, (c1 - c0) // f)
+    data = ds.read(indexes, window=window, out_shape=shape)
+    transform = ds.window_transform(window) * Affine.scale(f)
+    return Source(data, transform, ds.crs, ds.nodata, abs(ds.res[0]) * f)
+
+
+def read_window(href: str, signer, bounds_3857, target_res_3857: float, indexes=None,
+                margin_px: int = 3) -> Source | None:
+    """Read the part of the COG at `href` covering `bounds_3857` (plus a margin for the resampling kernel)
+    at the overview level that fits `target_res_3857`; None if it does not overlap.
+
+    Retries HTTP 429/5xx with exponential backoff; on 403 (expired/invalid token) re-signs from the
+    unsigned href. Raises TransientError once retries are exhausted."""
+    delay = BACKOFF_S
+    rng = random.Random(href)
+    force = False
+    last: Exception | None = None
+    for attempt in range(RETRIES + 1):
+        url = signed_href(href, signer, force=force)
+        force = False
+        try:
+            with rasterio.open(url) as ds:
+                idx = list(indexes) if indexes else list(range(1, ds.count + 1))
+                return _read(ds, bounds_3857, target_res_3857, idx, margin_px)
+        except RasterioIOError as e:
+            last = e
+            kind = _classify(e)
+            if kind == "fatal" and attempt > 0:
+                raise
+            if kind == "auth":
+                force = True  # expired or revoked token: sign again from the unsigned href
+                log.info("403 on %s: re-signing", href)
+            else:
+                _forget(url)
+                log.info("retryable read error on %s (%s); retry in %.2fs", href, str(e)[:80], delay)
+            time.sleep(delay * (0.5 + rng.random()))
+            delay = min(delay * 2, 8.0)
+    raise TransientError(f"reading {href} failed after {RETRIES + 1} attempts: {last}")
