@@ -16,6 +16,7 @@ from curate import __version__
 COMMANDS: dict[str, str] = {
     "train": "model.train_cli:train",
     "plan": "curate.plan:plan",
+    "build": "curate.build_cli:build",
     "stats": "model.stats:stats",
     "serve": "serve.cli:serve",
 }
