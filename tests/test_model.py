@@ -53,6 +53,20 @@ def test_forward_interface_and_embed():
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(3))
 
 
+def test_model_flex_backend_equals_reference_forward():
+    batch = {**make_batch(2), "mask": random_mask(2, 16, 0.75, "cpu")}
+    outs = {}
+    for backend in ("flex", "reference"):
+        model = make_model(attn_backend=backend)
+        with torch.no_grad():  # CPU flex is forward-only
+            outs[backend] = model(batch)
+    for key in ("loss", "contrastive", "reconstruction"):
+        torch.testing.assert_close(outs["flex"][key], outs["reference"][key], atol=1e-5, rtol=1e-5)
+    for m in outs["flex"]["embeddings"]:
+        torch.testing.assert_close(outs["flex"]["embeddings"][m],
+                                   outs["reference"]["embeddings"][m], atol=1e-5, rtol=1e-5)
+
+
 def test_croma_has_no_hires_encoder():
     model = make_model("croma")
     assert model.modalities == ("s1", "s2")
