@@ -185,6 +185,66 @@ def test_server_kill_and_restart_mid_epoch_loses_and_repeats_nothing(server, tmp
     assert log.exists() and "from sample" in log.read_text()  # the streams really were cut
 
 
+class FlakyProxy:
+    """A loopback HTTP proxy to the server that answers the 1st shard request 503 and cuts the 2nd after `cut` bytes."""
+
+    def __init__(self, upstream: str, cut: int):
+        import http.server
+        import urllib.request
+
+        proxy = self
+        self.shard_requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with urllib.request.urlopen(upstream + self.path) as r:
+                    body, ctype = r.read(), r.headers["content-type"]
+                n = 0
+                if self.path.startswith("/shards/"):
+                    proxy.shard_requests += 1
+                    n = proxy.shard_requests
+                if n == 1:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"{}")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:cut] if n == 2 else body)
+                if n == 2:
+                    self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_5xx_and_truncated_streams_are_retried_from_the_right_sample(server, disk_hashes):
+    direct = TripletStream(server.url, "loadertest", **CFG)
+    want = [(s["z"], s["x"], s["y"]) for s in direct]  # in-process: one worker, same plan
+    proxy = FlakyProxy(server.url, cut=3 * 1024 * 1024 + 1000)  # mid-member of the 2nd or 3rd sample
+    try:
+        ds = TripletStream(proxy.url, "loadertest", **CFG)
+        got = [((s["z"], s["x"], s["y"]), pixel_hash(s)) for s in ds]
+    finally:
+        proxy.close()
+    assert [k for k, _ in got] == want
+    assert all(disk_hashes[k] == h for k, h in got)
+    assert ds.client.reconnects == 2 and proxy.shard_requests == len(range(0, 32, 6)) + 2
+
+
 def test_unreachable_server_at_start_is_a_clear_error():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
