@@ -137,7 +137,7 @@ def test_contrastive_uses_three_distinct_pairs():
         assert moved == {p for p in pairs if changed in p} and len(moved) == 2
     # identical embeddings across modalities with a sharp temperature: near-zero loss
     same = {m: embs["s1"] for m in embs}
-    assert float(ContrastiveLoss(temperature_init=0.01)(same)[0]) < float(loss)
+    assert float(ContrastiveLoss(temperature_init=0.01)(same)[0].detach()) < float(loss.detach())
 
 
 def test_contrastive_pairs_through_the_model():
