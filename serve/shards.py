@@ -72,8 +72,6 @@ class ShardStream(Response):
                 return
         loop = asyncio.get_running_loop()
         batches = [self.rows[i : i + BATCH] for i in range(0, len(self.rows), BATCH)]
-        if scope["method"] == "HEAD":
-            batches = []
         # The first batch is read before the status line, so a broken shard still gets a JSON 404.
         try:
             first = await loop.run_in_executor(None, build_batch, self.index, self.reader, batches[0]) if batches else b""
