@@ -123,16 +123,22 @@ def mae_inputs(b: int, h: int, d: int, q_grid: int, k_grid: int, keep: float,
 @section("2. flex gradient check vs reference")
 def grad_check(device: torch.device, dry: bool) -> None:
     flex = flex_attention_scale_alibi
-    checks = ((32, 32, torch.float32, 2e-4), (32, 64, torch.float32, 2e-4),
-              (32, 64, torch.bfloat16, 3e-2))  # each is one flex fwd+bwd compile: keep few
+    # each check is one flex fwd+bwd compile (~30 s): the bf16 one only if time allows.
+    # Tolerances are relative to max|ref|: TF32 or bf16 rounding stays far below them, a wrong
+    # bias (sign, scale, coordinates) gives errors of order 0.1-1.
+    checks = ((32, 32, torch.float32, 1e-3), (32, 64, torch.float32, 1e-3),
+              (32, 64, torch.bfloat16, 5e-2))
     if device.type != "cuda":  # no flex backward on CPU: run the check's code on the reference
         print("   dry run: FlexAttention has no backward on CPU; checking the reference against "
               "itself only to exercise this code (flex forward == reference: tests/)")
-        flex, checks = reference_attention, ((8, 8, torch.float32, 2e-4),
-                                             (8, 16, torch.float32, 2e-4))
+        flex, checks = reference_attention, ((8, 8, torch.float32, 1e-3),
+                                             (8, 16, torch.float32, 1e-3))
     torch.backends.cuda.matmul.allow_tf32 = False
     slopes = alibi_slopes(12).to(device)
     for q_grid, k_grid, dtype, tol in checks:
+        if dtype == torch.bfloat16 and time_left() < 240:
+            print(f"   bf16 check skipped: {time_left():.0f} s of the time budget left")
+            continue
         torch.manual_seed(0)
         q, k, v, q_xy, k_xy = mae_inputs(2, 12, 64, q_grid, k_grid, 0.25, device, dtype, True)
         g = torch.randn(q.shape, device=device, dtype=dtype)

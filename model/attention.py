@@ -113,7 +113,9 @@ def flex_attention_scale_alibi(q: Tensor, k: Tensor, v: Tensor, q_xy: Tensor, k_
     score_mod = _scale_alibi_score_mod(q_xy.detach().float(), k_xy.detach().float(),
                                        slopes.to(device=q.device, dtype=torch.float32))
     if compile:
-        return _compiled_flex()(q, k, v, score_mod=score_mod)
+        # q, k, v already carry autocast's dtype; the score_mod works in fp32 inside the kernel
+        with torch.autocast(q.device.type, enabled=False):
+            return _compiled_flex()(q, k, v, score_mod=score_mod)
     with warnings.catch_warnings():  # eager flex warns that it materialises scores: known, fine
         warnings.simplefilter("ignore")
         return _flex_attention(q, k, v, score_mod=score_mod)
