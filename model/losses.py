@@ -47,6 +47,7 @@ def info_nce(a: Tensor, b: Tensor, logit_scale: Tensor) -> Tensor:
     then equals the single-process gradient on the union batch.
     """
     rank, _ = _world()
+    a, b = a.float(), b.float()  # logits in fp32 even under bf16 autocast
     all_a, all_b = gather_with_grad(a), gather_with_grad(b)
     labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
     loss_ab = F.cross_entropy(logit_scale * a @ all_b.t(), labels)

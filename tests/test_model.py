@@ -67,6 +67,19 @@ def test_model_flex_backend_equals_reference_forward():
                                    outs["reference"]["embeddings"][m], atol=1e-5, rtol=1e-5)
 
 
+def test_presets():
+    base, croma, tiny = get_config("base"), get_config("croma"), get_config("tiny")
+    assert (base.dim, base.lores_depth, base.heads, base.patch_size) == (768, 12, 12, 8)
+    assert base.use_hires and not croma.use_hires and croma.dim == base.dim
+    assert (tiny.patch_size, tiny.mask_ratio) == (16, 0.75)
+    assert (2 * base.lores_px // base.patch_size) ** 2 == 4096  # NAIP tokens (paper: "4092")
+    # L_ref: one 8 px patch of a 256 px zoom-15 tile at 38 N, about 30 m
+    assert base.reference_length_m == pytest.approx(963.7 / 32, rel=1e-3)
+    assert get_config("base", l_ref_m=10.0).reference_length_m == 10.0
+    with pytest.raises(KeyError):
+        get_config("huge")
+
+
 def test_croma_has_no_hires_encoder():
     model = make_model("croma")
     assert model.modalities == ("s1", "s2")
