@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "build": "curate.build_cli:build",
     "stats": "model.stats:stats",
     "serve": "serve.cli:serve",
+    "world": "curate.world.cli:world",
 }
 
 

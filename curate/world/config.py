@@ -1,0 +1,81 @@
+"""WorldConfig: everything that determines the synthetic world's pixels, and its cache key."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+# Bump when rendering changes, so cached worlds from older code are not reused.
+RENDER_VERSION = 1
+
+# Local metric frame: x, y in metres on a sphere of mean Earth radius around the world's centre.
+EARTH_RADIUS_M = 6371008.8
+DEG = math.pi / 180.0
+
+# Largest bbox side accepted, in degrees: keeps a hand-made world renderable in minutes.
+MAX_SPAN_DEG = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+    """The synthetic world's extent, random seed and sensor acquisition plan (frozen, hashable)."""
+
+    bbox: tuple[float, float, float, float] = (-102.022, 35.182, -101.978, 35.218)
+    seed: int = 7
+    naip_state: str = "tx"
+    naip_years: tuple[str, ...] = ("2020", "2022")
+    naip_grid: int = 3  # quarter-quad-like footprints per side (scaled down)
+    s2_dates: tuple[str, ...] = ("2023-06-05", "2023-06-15", "2023-06-20")
+    s2_cloudy_date: str = "2023-06-15"
+    s2_swath_date: str = "2023-06-20"
+    s1_dates: tuple[str, ...] = ("2023-06-07", "2023-06-10")  # ascending, descending
+    bright_targets: int = 6  # S1 point scatterers that saturate any 8-bit mapping
+
+    def __post_init__(self) -> None:
+        w, s, e, n = (float(v) for v in self.bbox)
+        if not (-180 <= w < e <= 180 and -80 <= s < n <= 84):
+            raise ValueError(f"bbox {self.bbox} must be W,S,E,N with W<E, S<N, lon in [-180,180], lat in [-80,84]")
+        if e - w > MAX_SPAN_DEG or n - s > MAX_SPAN_DEG:
+            raise ValueError(f"bbox {self.bbox} spans more than {MAX_SPAN_DEG} degrees; use a smaller world")
+        object.__setattr__(self, "bbox", (w, s, e, n))
+
+    @property
+    def center(self) -> tuple[float, float]:
+        """(lon, lat) of the bbox centre: the origin of the local metric frame."""
+        w, s, e, n = self.bbox
+        return ((w + e) / 2.0, (s + n) / 2.0)
+
+    def key(self) -> str:
+        """Short content hash of the config and renderer version (the cache key)."""
+        blob = json.dumps({"v": RENDER_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def to_json(self) -> dict:
+        """Plain-JSON form (for world.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "WorldConfig":
+        """Inverse of to_json."""
+        kw = dict(data)
+        for k in ("bbox", "naip_years", "s2_dates", "s1_dates"):
+            kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+
+DEFAULT_WORLD = WorldConfig()
+
+
+def cache_root() -> Path:
+    """Where cached worlds live: $SCALE_ALIBI_CACHE or ~/.cache/scale-alibi."""
+    root = os.environ.get("SCALE_ALIBI_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "scale-alibi"
+
+
+def default_world_dir(cfg: WorldConfig = DEFAULT_WORLD) -> Path:
+    """The cache directory of a world: <cache_root>/world-<cfg.key()>."""
+    return cache_root() / f"world-{cfg.key()}"

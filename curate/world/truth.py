@@ -1,0 +1,102 @@
+"""Ground-truth renderer: what an ideal, perfectly aligned web-mercator tile of a layer shows.
+
+Each output pixel is the area average, over the pixel's footprint in EPSG:3857, of g band-limited
+to the sensor's resolution (the sensor's pixel box and its anti-alias taper, see field.Waves),
+computed from g directly (not from the COGs). Textures are averaged exactly (sinc factors per
+sinusoid); the smooth land-cover fields by n x n supersampling. S1 is speckle-free and without
+the bright point targets (sensor artefacts); S2 is clear sky.
+
+NAD83 (NAIP's EPSG:269xx) is treated as WGS84, as PROJ's default offline transform does (no grid
+shift files): a NAIP pixel at NAD83 UTM (E, N) shows g at the WGS84 lon/lat PROJ gives for it,
+and this truth follows that convention.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import mercantile
+import numpy as np
+
+from curate.world import field
+from curate.world.config import DEFAULT_WORLD, WorldConfig
+from curate.world.field import Truth
+
+LAYERS = ("s2", "s1", "naip")
+GSD = {"naip": 0.6, "s2": 10.0, "s1": 10.0}
+_R = 6378137.0
+
+
+@functools.lru_cache(maxsize=8)
+def truth_of(cfg: WorldConfig) -> Truth:
+    """The (cached) analytic truth of a world config."""
+    return Truth(cfg)
+
+
+def _combine(layer: str, wts: np.ndarray, blend: np.ndarray, tex: dict) -> np.ndarray:
+    if layer == "s1":
+        return field.s1_gamma0(wts, blend, tex)
+    opt = field.optical(wts.astype(np.float32), blend.astype(np.float32), tex)
+    return field.s2_visual(opt) if layer == "s2" else field.naip_dn(opt)
+
+
+def render_truth(layer: str, z: int, x: int, y: int, size: int = 256, cfg: WorldConfig = DEFAULT_WORLD) -> np.ndarray:
+    """Ideal tile (bands, size, size) float32 in sensor units: s2 TCI DN RGB, s1 linear VV/VH, naip DN RGBN."""
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+    t = truth_of(cfg)
+    gsd = GSD[layer]
+    left, bottom, right, top = mercantile.xy_bounds(x, y, z)
+    px = (right - left) / size
+    lat_mid = math.degrees(math.atan(math.sinh(((top + bottom) / 2) / _R)))
+    ground_px = px * math.cos(math.radians(lat_mid))
+    n = int(min(6, max(1, math.ceil(ground_px / 8.0))))  # smooth-field supersampling
+
+    def lat_of(my):
+        return np.degrees(np.arctan(np.sinh(np.asarray(my) / _R)))
+
+    def lon_of(mx):
+        return np.degrees(np.asarray(mx) / _R)
+
+    cx = left + (np.arange(size) + 0.5) * px  # column centres (merc x)
+    cy = top - (np.arange(size) + 0.5) * px  # row centres (merc y)
+    xc, _ = t.to_local(lon_of(cx), t.lat0)
+    _, yc = t.to_local(t.lon0, lat_of(cy))
+    _, ytop = t.to_local(t.lon0, lat_of(cy + px / 2))
+    _, ybot = t.to_local(t.lon0, lat_of(cy - px / 2))
+    dx = (lon_of(px) - lon_of(0.0)) * t.sx  # pixel width, local metres (constant)
+    dy = ytop - ybot  # pixel height per row
+    P = np.stack([np.zeros(size), yc], axis=1)
+    Q = np.stack([xc, np.zeros(size)], axis=1)
+    gains = {}
+    for name, s in t.wave_sets().items():
+        sensor = s.taper(gsd) * s.box(gsd, 0.0, 0.0, gsd)
+        gr = sensor[None, :] * np.sinc(s.ky[None, :] * dy[:, None] / (2 * math.pi))
+        gc = np.sinc(s.kx * dx / (2 * math.pi))[None, :]
+        gains[name] = (gr, gc)
+    tex = t.textures(P, Q, gains)
+    # Smooth fields averaged over n x n sub-positions of each output pixel.
+    sub = (np.arange(n) + 0.5) / n - 0.5
+    sx = (cx[:, None] + sub[None, :] * px).ravel()
+    sy = (cy[:, None] - sub[None, :] * px).ravel()
+    X = t.to_local(lon_of(sx), t.lat0)[0][None, :]
+    Y = t.to_local(t.lon0, lat_of(sy))[1][:, None]
+    X, Y = np.broadcast_arrays(X, Y)
+    wts = t.weights(X, Y).reshape(len(field.CLASSES), size, n, size, n).mean(axis=(2, 4))
+    blend = t.stripe_blend(X, Y).reshape(size, n, size, n).mean(axis=(1, 3))
+    return _combine(layer, wts, blend, tex)
+
+
+def sample_truth(layer: str, lon, lat, cfg: WorldConfig = DEFAULT_WORLD) -> np.ndarray:
+    """Band-limited g at points (bands, N): what a sensor pixel centred there shows (no noise)."""
+    t = truth_of(cfg)
+    gsd = GSD[layer]
+    lx, ly = t.to_local(np.atleast_1d(lon).astype(float), np.atleast_1d(lat).astype(float))
+    P = np.stack([lx, ly], axis=1)
+    Q = np.zeros((1, 2))
+    gains = {n: (s.taper(gsd) * s.box(gsd, 0.0, 0.0, gsd), None) for n, s in t.wave_sets().items()}
+    tex = t.textures(P, Q, gains)  # (N, 1)
+    wts = t.weights(lx[:, None], ly[:, None])
+    blend = t.stripe_blend(lx[:, None], ly[:, None])
+    return _combine(layer, wts, blend, tex)[:, :, 0]
