@@ -7,20 +7,23 @@ import fcntl
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import time
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from rasterio.transform import Affine
 from shapely.geometry import Polygon, box
 
 from curate.errors import UserError
 from curate.world import field, stac
 from curate.world.config import WorldConfig
 from curate.world.raster import render_sensor, write_cog
-from curate.world.scenes import Scene, plan
+from curate.world.scenes import Scene, pixel_to_xy, plan
 from curate.world.truth import truth_of
 
 log = logging.getLogger(__name__)
@@ -93,12 +96,32 @@ def build_world(out_dir: str | os.PathLike, cfg: WorldConfig) -> Path:
     return out
 
 
+def _render_scene(root: str, scene: Scene, cfg: WorldConfig) -> dict:
+    """Render one scene's COGs; returns its STAC item (runs in a worker process)."""
+    render = {"sentinel-2-l2a": _s2, "sentinel-1-rtc": _s1, "naip": _naip}[scene.collection]
+    return render(Path(root) / "files" / scene.collection / scene.id, scene, truth_of(cfg), cfg)
+
+
+def _workers() -> int:
+    env = os.environ.get("SCALE_ALIBI_WORLD_WORKERS")
+    return max(1, int(env)) if env else max(1, min(2, os.cpu_count() or 1))
+
+
 def _render_all(root: Path, cfg: WorldConfig) -> None:
-    truth = truth_of(cfg)
+    scenes = plan(cfg)
+    n = _workers()
+    if n == 1:
+        results = [_render_scene(str(root), sc, cfg) for sc in scenes]
+    else:
+        # Largest (NAIP) first so the pool's tail is short; spawn: no forked GDAL/BLAS state.
+        order = sorted(range(len(scenes)), key=lambda i: -scenes[i].width * scenes[i].height * (4 if scenes[i].collection == "naip" else 1))
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+            futs = {i: pool.submit(_render_scene, str(root), scenes[i], cfg) for i in order}
+            results = [futs[i].result() for i in range(len(scenes))]
     items: dict[str, list[dict]] = {c: [] for c in COLLECTIONS}
-    for scene in plan(cfg):
-        render = {"sentinel-2-l2a": _s2, "sentinel-1-rtc": _s1, "naip": _naip}[scene.collection]
-        items[scene.collection].append(render(root / "files" / scene.collection / scene.id, scene, truth, cfg))
+    for scene, it in zip(scenes, results):
+        items[scene.collection].append(it)
     cat = root / "catalog"
     cat.mkdir()
     for cid, its in items.items():
@@ -111,7 +134,7 @@ def _pixel_lonlat_local(scene: Scene, truth, cols: np.ndarray, rows: np.ndarray,
     """Local-frame coordinates of pixel centres (arrays of fractional col/row indices)."""
     from rasterio.warp import transform as warp_transform
 
-    xs, ys = scene.transform * (cols.ravel() * step, rows.ravel() * step)
+    xs, ys = pixel_to_xy(scene.transform, cols.ravel() * step, rows.ravel() * step)
     lon, lat = warp_transform(scene.crs, "EPSG:4326", list(xs), list(ys))
     x, y = truth.to_local(np.array(lon), np.array(lat))
     return x.reshape(cols.shape), y.reshape(cols.shape)
@@ -151,7 +174,8 @@ def _s2(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
         scl[bad20] = 0
         valid_px = Polygon([(0, 0), (edge(0), 0), (edge(scene.height), scene.height), (0, scene.height)]).intersection(box(0, 0, scene.width, scene.height))
     write_cog(folder / "visual.tif", out, scene.crs, scene.transform, nodata=0)
-    t20 = scene.transform * scene.transform.scale(2.0)
+    tr = scene.transform
+    t20 = Affine(tr.a * 2, tr.b, tr.c, tr.d, tr.e * 2, tr.f)
     write_cog(folder / "SCL.tif", scl[None], scene.crs, t20, nodata=0, resampling="nearest")
     extra = {
         "eo:cloud_cover": stac.cloud_cover(scl),
@@ -186,7 +210,7 @@ def _s1(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
     xs, ys = warp_transform("EPSG:4326", scene.crs, [t[0] for t in targets], [t[1] for t in targets])
     inv = ~scene.transform
     for (lon, lat, vv, vh), x, y in zip(targets, xs, ys):
-        c, r = inv * (x, y)
+        c, r = pixel_to_xy(inv, x, y)
         c, r = int(math.floor(c)), int(math.floor(r))
         if 0 <= r < scene.height and 0 <= c < scene.width:
             g[0, r, c], g[1, r, c] = vv, vh

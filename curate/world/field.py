@@ -156,6 +156,18 @@ class Truth:
         e = np.exp(z)
         return e / e.sum(axis=0, keepdims=True)
 
+    def weights_grid(self, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+        """weights() on the grid P[r] + Q[c] (logits as matrix products: no per-point cosines)."""
+        one = np.ones(1)
+        z = np.stack([w.grid(P, Q, one).astype(np.float64) + b for w, b in zip(self.logits, _BIAS)]) / _TAU
+        z -= z.max(axis=0, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=0, keepdims=True)
+
+    def stripe_blend_grid(self, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+        """stripe_blend() on the grid P[r] + Q[c]."""
+        return 1.0 / (1.0 + np.exp(-self.blend.grid(P, Q, np.ones(1)).astype(np.float64) / 0.15))
+
     def stripe_blend(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """0..1 field choosing between the two crop-row orientations."""
         return 1.0 / (1.0 + np.exp(-self.blend.points(x, y) / 0.15))

@@ -14,6 +14,7 @@ from rasterio.warp import transform as warp_transform
 
 from curate.world import field
 from curate.world.field import Truth
+from curate.world.scenes import pixel_to_xy
 
 # Block edge (pixels) within which the pixel -> local-metre map is treated as affine (error
 # under 1 mm for NAIP, ~2 cm for 10 m sensors), and the sub-grid step of the smooth fields.
@@ -75,7 +76,7 @@ def _render(truth: Truth, sensor: str, crs: CRS, transform: Affine, height: int,
         rc, cc = r0 + h / 2, c0 + w / 2
         cols += [cc, cc + w / 2, cc - w / 2, cc, cc]
         rows += [rc, rc, rc, rc + h / 2, rc - h / 2]
-    xs, ys = transform * (np.array(cols), np.array(rows))
+    xs, ys = pixel_to_xy(transform, cols, rows)
     lon, lat = warp_transform(crs, "EPSG:4326", list(xs), list(ys))
     lx, ly = truth.to_local(np.array(lon), np.array(lat))
     pts = np.stack([lx, ly], axis=1).reshape(len(blocks), 5, 2)
@@ -91,9 +92,7 @@ def _render(truth: Truth, sensor: str, crs: CRS, transform: Affine, height: int,
         gains = {n: (s.taper(gsd) * s.box(a[0], a[1], b[0], b[1]), None) for n, s in sets.items()}
         tex = truth.textures(P, Q, gains)
         if step == 1:
-            X = P[:, None, 0] + Q[None, :, 0]
-            Y = P[:, None, 1] + Q[None, :, 1]
-            wts, blend = truth.weights(X, Y), truth.stripe_blend(X, Y)
+            wts, blend = truth.weights_grid(P, Q), truth.stripe_blend_grid(P, Q)
             smooth = None
         else:
             Wr, mr = _interp_matrix(h, step)
@@ -102,9 +101,7 @@ def _render(truth: Truth, sensor: str, crs: CRS, transform: Affine, height: int,
             ci = np.arange(mc) * step
             Ps = pc + (ri + 0.5 - h / 2)[:, None] * b
             Qs = (ci + 0.5 - w / 2)[:, None] * a
-            X = Ps[:, None, 0] + Qs[None, :, 0]
-            Y = Ps[:, None, 1] + Qs[None, :, 1]
-            wts, blend = truth.weights(X, Y), truth.stripe_blend(X, Y)
+            wts, blend = truth.weights_grid(Ps, Qs), truth.stripe_blend_grid(Ps, Qs)
             smooth = (Wr, np.ascontiguousarray(Wc.T))
         if smooth is not None:
             wts = _upsample(wts, *smooth)
@@ -135,6 +132,8 @@ def write_cog(path: Path, data: np.ndarray, crs: CRS, transform: Affine, nodata,
                 COMPRESS="DEFLATE",
                 BLOCKSIZE=512,
                 OVERVIEW_RESAMPLING=resampling.upper(),
+                LEVEL=1,  # fast; the predictor does most of the size work
+                PREDICTOR="YES",
                 NUM_THREADS="ALL_CPUS",
                 BIGTIFF="IF_SAFER",
             )

@@ -36,6 +36,12 @@ class Scene:
         return CRS.from_epsg(self.epsg)
 
 
+def pixel_to_xy(tr: Affine, cols, rows) -> tuple[np.ndarray, np.ndarray]:
+    """Map coordinates of (fractional) pixel coordinates under an affine transform (vectorised)."""
+    cols, rows = np.asarray(cols, float), np.asarray(rows, float)
+    return tr.a * cols + tr.b * rows + tr.c, tr.d * cols + tr.e * rows + tr.f
+
+
 def utm_zone(lon: float) -> int:
     """UTM zone number of a longitude."""
     return int(math.floor((lon + 180.0) / 6.0)) % 60 + 1

@@ -9,7 +9,7 @@ from rasterio.warp import transform as warp_transform
 from shapely.geometry import Polygon, box, mapping
 
 from curate.world.config import WorldConfig
-from curate.world.scenes import COG, Scene
+from curate.world.scenes import COG, Scene, pixel_to_xy
 
 HREF_PREFIX = "{FILES_URL}/"  # replaced by the file server's URL at serve time
 
@@ -56,7 +56,7 @@ def footprint(scene: Scene, valid_px: Polygon | None = None) -> Polygon:
         for t in np.linspace(0, 1, 9)[:-1]:
             pts.append((c0 + (c1 - c0) * t, r0 + (r1 - r0) * t))
     pts = np.array(pts)
-    xs, ys = scene.transform * (pts[:, 0], pts[:, 1])
+    xs, ys = pixel_to_xy(scene.transform, pts[:, 0], pts[:, 1])
     lon, lat = warp_transform(scene.crs, "EPSG:4326", list(xs), list(ys))
     return Polygon([(round(a, 7), round(b, 7)) for a, b in zip(lon, lat)]).buffer(0)
 
