@@ -268,6 +268,11 @@ def test_signed_urls_and_expiry(world, cog_url):
     assert all("se=" in a.href for a in signed.assets.values()) and "se=" not in item.assets["image"].href
     with rasterio.open(signed.assets["image"].href) as ds:
         assert ds.count == 4
+    # ...and as pystac_client's modifier, like planetary_computer.sign_inplace.
+    client = pystac_client.Client.open(world.stac_url, modifier=world.sign_inplace)
+    found = list(client.search(collections=["sentinel-1-rtc"], bbox=world.bbox).items())
+    assert found and all("sig=" in i.assets["vv"].href for i in found)
+    assert httpx.get(found[0].assets["vv"].href, headers={"Range": "bytes=0-9"}).status_code == 206
 
 
 # -- lifecycle, caching and CLI ---------------------------------------------------------------
@@ -344,3 +349,42 @@ def test_cli_serve_prints_urls_and_stops_on_ctrl_c(world_dir):
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=20) == 0
     assert not _port_open(stac) and not _port_open(files)
+
+
+def test_killed_owner_leaks_no_servers(world_dir):
+    """Even when the owning process dies without cleanup (SIGKILL), both servers go with it."""
+    code = (
+        "import sys, threading; from curate.world import start_world\n"
+        "box = {}\n"
+        "t = threading.Thread(target=lambda: box.update(w=start_world(sys.argv[1])))\n"  # non-main thread
+        "t.start(); t.join(); w = box['w']\n"
+        "print(w.proc.pid, w.files.proc.pid, w.stac_url, w.files_url, flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code, str(world_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        stac_pid, files_pid, stac, files = p.stdout.readline().split()  # stac_pid: the guard
+        assert _port_open(stac) and _port_open(files)
+    finally:
+        p.kill()
+        p.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (_port_open(files) or _pid_alive(int(files_pid))):
+        time.sleep(0.2)
+    assert not _pid_alive(int(files_pid)) and not _port_open(files)
+    while time.monotonic() < deadline and _pid_alive(int(stac_pid)):
+        time.sleep(0.2)
+    assert not _pid_alive(int(stac_pid)) and not _port_open(stac)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (dead, not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

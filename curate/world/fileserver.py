@@ -16,6 +16,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -66,6 +67,19 @@ def _pdeathsig() -> None:
         pass
 
 
+def _child_setup():
+    """preexec_fn for server children: die with the parent. Only from the main thread: the
+    kernel signals when the forking *thread* exits, and preexec_fn is unsafe amid threads."""
+    return _pdeathsig if threading.current_thread() is threading.main_thread() else None
+
+
+def _watch_parent(ppid: int, stop) -> None:
+    """In the child: shut down when the parent process is gone (covers non-main-thread starts)."""
+    while os.getppid() == ppid:
+        time.sleep(0.5)
+    stop()
+
+
 class FileServer:
     """Control handle of a file server running in a child process.
 
@@ -78,12 +92,15 @@ class FileServer:
         self._secret = secrets.token_bytes(16)
         self._sig = ServerState(self.root, secret=self._secret)
         cmd = [sys.executable, "-m", "curate.world.fileserver", "--root", str(self.root), "--host", host, "--port", str(port), "--secret", self._secret.hex()]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_pdeathsig)
+        # stderr to a file, never a pipe: an unread pipe fills up and blocks the server.
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, preexec_fn=_child_setup())
         line = self.proc.stdout.readline().decode().strip()
         if not line.startswith("PORT "):
-            err = self.proc.stderr.read().decode(errors="replace")[-2000:]
             self.proc.kill()
-            raise RuntimeError(f"file server failed to start: {line} {err}")
+            self.proc.wait()
+            self._log.seek(0)
+            raise RuntimeError(f"file server failed to start: {line} {self._log.read().decode(errors='replace')[-2000:]}")
         self.port = int(line.split()[1])
         self.url = f"http://{host}:{self.port}"
 
@@ -136,9 +153,8 @@ class FileServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f:
-                f.close()
+        self.proc.stdout.close()
+        self._log.close()
 
 
 def _control(st: ServerState, action: str, params: dict) -> dict:
@@ -195,10 +211,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self):
-        self._serve(head=True)
+        self._quietly(True)
 
     def do_GET(self):
-        self._serve(head=False)
+        self._quietly(False)
+
+    def _quietly(self, head: bool) -> None:
+        try:
+            self._serve(head=head)
+        except (BrokenPipeError, ConnectionResetError):  # client hung up mid-body (GDAL does)
+            self.close_connection = True
 
     def do_POST(self):
         if not self.path.startswith(CONTROL):
@@ -352,7 +374,11 @@ def main(argv: list[str] | None = None) -> None:
 
     httpd = ThreadingHTTPServer((a.host, a.port), Handler)
     httpd.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.shutdown, daemon=True).start())
+    def stop(*_):
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    threading.Thread(target=_watch_parent, args=(os.getppid(), stop), daemon=True).start()
     print(f"PORT {httpd.server_address[1]}", flush=True)
     try:
         httpd.serve_forever(poll_interval=0.2)

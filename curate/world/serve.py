@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import json
@@ -10,17 +11,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
 from curate.errors import UserError
 from curate.world.build import COLLECTIONS, load_config
 from curate.world.config import WorldConfig
-from curate.world.fileserver import FileServer, _pdeathsig
+from curate.world.fileserver import FileServer, _child_setup
 from curate.world.stac import HREF_PREFIX
 
 
@@ -77,12 +80,16 @@ class World:
         raise TypeError(f"cannot sign {type(obj).__name__}")
 
     def sign_inplace(self, obj: Any, ttl_s: float = 3600.0) -> Any:
-        """Stand-in for planetary_computer.sign_inplace (pystac_client `modifier=`)."""
-        items = obj.items if hasattr(obj, "items") and not isinstance(obj, dict) else [obj]
-        for it in items if isinstance(items, list) else list(items):
-            if hasattr(it, "assets"):
-                for asset in it.assets.values():
-                    asset.href = self._sign_href(asset.href, ttl_s)
+        """Stand-in for planetary_computer.sign_inplace (usable as pystac_client's `modifier=`)."""
+        if isinstance(obj, dict):  # an item dict, or an ItemCollection dict
+            for it in obj.get("features", [obj]):
+                for asset in (it.get("assets") or {}).values():
+                    asset["href"] = self._sign_href(asset["href"], ttl_s)
+            return obj
+        items = getattr(obj, "items", None)
+        for it in items if isinstance(items, list) else [obj]:
+            for asset in getattr(it, "assets", {}).values():
+                asset.href = self._sign_href(asset.href, ttl_s)
         return obj
 
     def _sign_href(self, href: str, ttl_s: float) -> str:
@@ -116,11 +123,11 @@ def _write_served_catalog(world_dir: Path, files_url: str, tmp: Path) -> list[st
     return hrefs
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"rustac serve exited with {proc.returncode}: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            raise RuntimeError(f"rustac serve exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
         try:
             with urllib.request.urlopen(url + "/collections", timeout=2) as r:
                 if r.status == 200 and len(json.load(r).get("collections", [])) >= len(COLLECTIONS):
@@ -143,9 +150,12 @@ def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port
         for attempt in range(3):
             port = stac_port or _free_port()
             url = f"http://{host}:{port}"
-            proc = subprocess.Popen([exe, "serve", "--addr", f"{host}:{port}", *hrefs], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_pdeathsig)
+            log = open(tmp / "rustac.log", "wb")  # a file, not a pipe: unread pipes fill and block
+            cmd = [sys.executable, "-m", "curate.world.guard", exe, "serve", "--addr", f"{host}:{port}", *hrefs]
+            proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True, preexec_fn=_child_setup())
+            log.close()
             try:
-                _wait_ready(url, proc)
+                _wait_ready(url, proc, tmp / "rustac.log")
                 break
             except RuntimeError:
                 if proc.poll() is None:
@@ -157,7 +167,20 @@ def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port
         files.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return World(world_dir, cfg, files, url, proc, tmp)
+    w = World(world_dir, cfg, files, url, proc, tmp)
+    _LIVE.add(w)
+    return w
+
+
+_LIVE: "weakref.WeakSet[World]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop worlds still running at interpreter exit (a caller forgot .stop())."""
+    for w in list(_LIVE):
+        with contextlib.suppress(Exception):
+            w.stop()
 
 
 @contextlib.contextmanager
