@@ -71,7 +71,8 @@ class Waves:
     def random(cls, rng: np.random.Generator, n: int, lam_min: float, lam_max: float, slope: float = 0.0) -> "Waves":
         """n components, wavelengths log-uniform in [lam_min, lam_max], random directions and phases."""
         lam = np.exp(rng.uniform(math.log(lam_min), math.log(lam_max), n))
-        theta = rng.uniform(0, math.pi, n)
+        # Stratified directions (shuffled against wavelength): isotropic even for small n.
+        theta = rng.permutation((np.arange(n) + rng.uniform(0, 1, n)) * math.pi / n)
         k = 2 * math.pi / lam
         amp = (lam / lam_max) ** slope
         amp = amp / math.sqrt(0.5 * np.sum(amp**2))  # std 1 over the plane
@@ -126,7 +127,7 @@ class Truth:
         self.sy = DEG * EARTH_RADIUS_M
         rng = np.random.default_rng(cfg.seed)
         # Class logits: wavelengths 150-900 m so classes vary between neighbouring z17 tiles.
-        self.logits = [Waves.random(rng, 5, 150.0, 900.0, slope=0.5) for _ in CLASSES]
+        self.logits = [Waves.random(rng, 7, 150.0, 900.0, slope=0.5) for _ in CLASSES]
         self.blend = Waves.random(rng, 4, 200.0, 700.0)  # crop-row orientation patches
         # Fine texture, 1.8-300 m, roughly equal energy per octave: strong at 1-3 pixels of
         # NAIP (0.6 m) and of S1/S2 (10 m) alike, non-periodic (incommensurate wavelengths).
