@@ -20,7 +20,7 @@ from rasterio.warp import Resampling, reproject
 from rasterio.warp import transform as warp_transform
 
 from curate.world.scenes import pixel_to_xy
-from curate.world.truth import render_truth, sample_truth
+from curate.world.truth import band_limit, phase_shift, render_truth, sample_truth
 
 pystac_client = pytest.importorskip("pystac_client")
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -53,26 +53,6 @@ def _centres_vs_truth(href, layer, n=400, seed=0, shift=0.0, band=None):
     if band is not None:
         truth = truth[band : band + 1]
     return vals[:, ok], truth[:, ok]
-
-
-def _phase_shift(a, b, fmax):
-    """Sub-pixel (row, col) shift of a relative to b by phase correlation, band-limited to fmax."""
-    win = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
-    F = np.fft.fft2((a - a.mean()) * win) * np.conj(np.fft.fft2((b - b.mean()) * win))
-    F /= np.abs(F) + 1e-12
-    fy, fx = np.fft.fftfreq(a.shape[0])[:, None], np.fft.fftfreq(a.shape[1])[None, :]
-    F[np.hypot(fx, fy) > fmax] = 0  # empty high frequencies would only add noise
-    r = np.fft.ifft2(F).real
-    i, j = np.unravel_index(np.argmax(r), r.shape)
-    n0, n1 = r.shape
-
-    def vertex(m, c, p):
-        d = m - 2 * c + p
-        return 0.0 if d == 0 else (m - p) / (2 * d)
-
-    di = vertex(r[(i - 1) % n0, j], r[i, j], r[(i + 1) % n0, j])
-    dj = vertex(r[i, (j - 1) % n1], r[i, j], r[i, (j + 1) % n1])
-    return ((i + di + n0 / 2) % n0 - n0 / 2, (j + dj + n1 / 2) % n1 - n1 / 2)
 
 
 # -- STAC API + pixels vs ground truth ----------------------------------------------------------
@@ -186,12 +166,12 @@ def test_render_truth_matches_reprojected_cog(world_dir, layer, coll, key, z, gs
         reproject(ds.read().astype(np.float32), dst, src_transform=ds.transform, src_crs=ds.crs, dst_transform=Affine((b.right - b.left) / 256, 0, b.left, 0, -(b.top - b.bottom) / 256, b.top), dst_crs="EPSG:3857", resampling=Resampling.bilinear)
     corr = np.corrcoef(dst[0].ravel(), truth[0].ravel())[0, 1]
     assert corr > 0.98
-    ground_px = (b.right - b.left) / 256 * np.cos(np.radians(35.2))
-    fmax = min(0.5, ground_px / gsd / 2.5)  # the sensor's band limit, in cycles per output pixel
-    shift = _phase_shift(dst[0], truth[0], fmax)
+    fmax = band_limit(layer, z, 35.2)  # the sensor's band limit, in cycles per output pixel
+    assert fmax == pytest.approx(min(0.5, (b.right - b.left) / 256 * np.cos(np.radians(35.2)) / gsd / 2.5))
+    shift = phase_shift(dst[0], truth[0], fmax)
     assert abs(shift[0]) < 0.15 and abs(shift[1]) < 0.15
     # ...and the check is sensitive: a one-pixel offset is found as one pixel.
-    moved = _phase_shift(np.roll(dst[0], 1, axis=1), truth[0], fmax)
+    moved = phase_shift(np.roll(dst[0], 1, axis=1), truth[0], fmax)
     assert abs(moved[1] - 1) < 0.15
 
 
@@ -319,6 +299,7 @@ CURATE = [sys.executable, "-c", "import sys; from curate.cli import main; main(s
         ["--bbox", "-101,35,-102,36"],
         ["--bbox", "a,b,c,d"],
         ["--bbox", "-120,30,-100,40"],  # too large
+        ["--bbox", "10,50,10.01,50.01"],  # no NAIP outside North America
         ["--out-is-file"],
         ["--nonsense"],
     ],

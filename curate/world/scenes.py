@@ -211,7 +211,8 @@ def naip_scenes(cfg: WorldConfig) -> list[Scene]:
     footprint's centre. The newest year covers the world; older years its north-west quarter+."""
     out = []
     w, s, e, n = cfg.bbox
-    k = cfg.naip_grid
+    span_m = max((e - w) * 111195.0 * math.cos(math.radians((s + n) / 2)), (n - s) * 111195.0)
+    k = max(cfg.naip_grid, math.ceil(span_m / 1500.0))  # footprints stay ~1.5 km: bounded memory
     buf = 45.0  # metres of overlap around each footprint, like real quarter-quads' buffers
     years = sorted(cfg.naip_years)
     for yi, year in enumerate(years):

@@ -100,3 +100,36 @@ def sample_truth(layer: str, lon, lat, cfg: WorldConfig = DEFAULT_WORLD) -> np.n
     wts = t.weights(lx[:, None], ly[:, None])
     blend = t.stripe_blend(lx[:, None], ly[:, None])
     return _combine(layer, wts, blend, tex)[:, :, 0]
+
+
+def band_limit(layer: str, z: int, lat: float) -> float:
+    """Highest spatial frequency (cycles per output pixel, <= 0.5) in a truth tile's texture.
+
+    Above it the truth is empty, so a whitened phase correlation should ignore those frequencies
+    (they hold only quantisation and resampling noise, which otherwise biases the shift).
+    """
+    ground_px = 2 * math.pi * _R / (256 * 2**z) * math.cos(math.radians(lat))
+    return float(min(0.5, ground_px / (GSD[layer] * field.TAPER_LO)))
+
+
+def phase_shift(a: np.ndarray, b: np.ndarray, fmax: float = 0.5) -> tuple[float, float]:
+    """Sub-pixel (row, col) shift of image a relative to b: whitened phase correlation with a
+    Hann window, frequencies above fmax (cycles/pixel) ignored, parabolic peak refinement."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    win = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
+    F = np.fft.fft2((a - a.mean()) * win) * np.conj(np.fft.fft2((b - b.mean()) * win))
+    F /= np.abs(F) + 1e-12
+    fy, fx = np.fft.fftfreq(a.shape[0])[:, None], np.fft.fftfreq(a.shape[1])[None, :]
+    F[np.hypot(fx, fy) > fmax] = 0
+    r = np.fft.ifft2(F).real
+    i, j = np.unravel_index(np.argmax(r), r.shape)
+    n0, n1 = r.shape
+
+    def vertex(m, c, p):
+        d = m - 2 * c + p
+        return 0.0 if d == 0 else (m - p) / (2 * d)
+
+    di = vertex(r[(i - 1) % n0, j], r[i, j], r[(i + 1) % n0, j])
+    dj = vertex(r[i, (j - 1) % n1], r[i, j], r[i, (j + 1) % n1])
+    return (float((i + di + n0 / 2) % n0 - n0 / 2), float((j + dj + n1 / 2) % n1 - n1 / 2))
