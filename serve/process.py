@@ -30,13 +30,15 @@ class ServerProcess:
     """`curate serve` in its own process group on 127.0.0.1; `.url`, `.stop()`, `.kill()`, `.restart()`."""
 
     def __init__(self, data_dir: str | os.PathLike[str], workers: int = 1, port: int | None = None,
-                 cache_mb: int | None = None, startup_timeout: float = 30.0, env: dict[str, str] | None = None):
+                 cache_mb: int | None = None, startup_timeout: float = 30.0, env: dict[str, str] | None = None,
+                 command_prefix: list[str] | None = None):
         self.data_dir = Path(data_dir)
         self.workers = workers
         self.port = port or free_port()
         self.cache_mb = cache_mb
         self.startup_timeout = startup_timeout
         self.env = env
+        self.command_prefix = list(command_prefix or [])  # e.g. ["taskset", "-c", "1"] for benchmarks
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -49,7 +51,7 @@ class ServerProcess:
         """Start the server and wait until /health answers 200."""
         if self.proc is not None and self.proc.poll() is None:
             return self
-        cmd = [sys.executable, "-m", "serve", "--data", str(self.data_dir), "--host", "127.0.0.1",
+        cmd = [*self.command_prefix, sys.executable, "-m", "serve", "--data", str(self.data_dir), "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", str(self.workers)]
         if self.cache_mb is not None:
             cmd += ["--cache-mb", str(self.cache_mb)]

@@ -1,8 +1,13 @@
-"""One triplet as tar members: the seven PNGs (bytes as stored) and its manifest row as JSON."""
+"""Triplets as tar members: the seven PNGs (bytes as stored) and the manifest row as JSON.
+
+Members are packed straight into one preallocated buffer: each file is read once, from the page
+cache into its place in the tar (no intermediate bytes objects, no join).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 
 from serve import tarstream
 from serve.catalog import ReleaseIndex
@@ -18,21 +23,47 @@ def row_json(row: dict) -> bytes:
     return json.dumps(row, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def sample_members(
-    index: ReleaseIndex, reader: SafeReader, row: int, metadata: dict, prefix: str, metadata_name: str
-) -> list[bytes]:
-    """Tar bytes of one triplet: `{prefix}{member}.png` for each PNG, then `{prefix}{metadata_name}`."""
-    out: list[bytes] = []
-    for name, path, _digest in index.triplet_files(row):
-        data = reader.read(path)
-        if data is None:
-            raise MissingFile(f"{index.name}: {name} of row {row} is not readable")
-        out += tarstream.member(f"{prefix}{name}.png", data, index.mtime)
-    out += tarstream.member(f"{prefix}{metadata_name}", row_json(metadata), index.mtime)
-    return out
+def pack_samples(
+    index: ReleaseIndex, reader: SafeReader, samples: list[tuple[int, dict, str]], metadata_name: str,
+    end: bool = False,
+) -> bytearray:
+    """Tar bytes of triplets given as (manifest row, metadata, member prefix): the PNGs, then the metadata."""
+    plan: list[tuple[str, int | bytes, int]] = []  # (member name, fd or bytes, size)
+    try:
+        for row, metadata, prefix in samples:
+            for name, path, _digest in index.triplet_files(row):
+                opened = reader.open_fd(path)
+                if opened is None:
+                    raise MissingFile(f"{index.name}: {name} of row {row} is not readable")
+                plan.append((f"{prefix}{name}.png", *opened))
+            meta = row_json(metadata)
+            plan.append((f"{prefix}{metadata_name}", meta, len(meta)))
+        total = sum(tarstream.BLOCK + tarstream.padded(size) for _, _, size in plan)
+        buf = bytearray(total + (len(tarstream.END) if end else 0))  # zeroed: padding and end blocks for free
+        view = memoryview(buf)
+        off = 0
+        for name, source, size in plan:
+            head = tarstream.header(name, size, index.mtime)
+            view[off : off + len(head)] = head
+            off += len(head)
+            if isinstance(source, bytes):
+                view[off : off + size] = source
+            else:
+                got = 0
+                while got < size:
+                    n = os.preadv(source, [view[off + got : off + size]], got)
+                    if n <= 0:
+                        raise MissingFile(f"{index.name}: {name} is shorter than it was")
+                    got += n
+            off += tarstream.padded(size)
+        return buf
+    finally:
+        for _, source, _ in plan:
+            if not isinstance(source, bytes):
+                os.close(source)
 
 
 def triplet_tar(index: ReleaseIndex, reader: SafeReader, row: int) -> bytes:
     """The tar of one triplet: s1.png, s2.png, naip.png, naip_hires_0..3.png and metadata.json."""
     meta = {"release": index.name, **index.rows([row])[0]}
-    return b"".join(sample_members(index, reader, row, meta, "", "metadata.json") + [tarstream.END])
+    return bytes(pack_samples(index, reader, [(row, meta, "")], "metadata.json", end=True))

@@ -19,11 +19,11 @@ from starlette.responses import Response
 from serve import tarstream
 from serve.catalog import ReleaseIndex
 from serve.files import CACHE_IMMUTABLE, CORS, JSON, TAR, etag_matches
-from serve.samples import MissingFile, sample_members
+from serve.samples import MissingFile, pack_samples
 
 log = logging.getLogger(__name__)
 
-BATCH = 16  # triplets per chunk sent: ~1-4 MB, large enough to amortise a thread hop
+BATCH = 1  # triplets per chunk sent (~1 MB): cache-sized copies beat fewer thread hops (measured)
 
 
 def sample_key(row: dict) -> str:
@@ -37,12 +37,10 @@ def shard_etag(index: ReleaseIndex, *params: object) -> bytes:
     return b'"' + hashlib.sha256(text.encode()).hexdigest()[:40].encode() + b'"'
 
 
-def build_batch(index: ReleaseIndex, reader, rows: np.ndarray) -> bytes:
+def build_batch(index: ReleaseIndex, reader, rows: np.ndarray) -> bytearray:
     """Tar bytes of the triplets at manifest rows `rows` (runs in a worker thread)."""
-    parts: list[bytes] = []
-    for row, meta in zip(rows.tolist(), index.rows(rows)):
-        parts += sample_members(index, reader, row, meta, sample_key(meta) + ".", "json")
-    return b"".join(parts)
+    metas = index.rows(rows)
+    return pack_samples(index, reader, [(r, m, sample_key(m) + ".") for r, m in zip(rows.tolist(), metas)], "json")
 
 
 class ShardStream(Response):

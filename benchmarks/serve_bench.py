@@ -1,0 +1,284 @@
+"""Server throughput, side by side in one run: `curate serve` vs nginx vs a plain FastAPI app.
+
+    python benchmarks/serve_bench.py [--data OUT --release NAME] [--seconds 10] [--connections 64]
+
+Single tiles: wrk (pinned to core 0, 64 connections, one thread) against each server pinned to
+core 1, serving the same PNG files: nginx (one worker, sendfile, access log off), a plain
+FastAPI app returning `FileResponse` (uvicorn with httptools + uvloop, access log off, like
+ours) and `curate serve` (one worker). Goal: >= 10% of nginx's requests/s, p99 < 50 ms, no 5xx.
+
+Shards: MB/s of one WebDataset shard streamed by `curate serve` vs nginx sending the same bytes
+as one file (curl on core 0, best of --repeats). Goal: >= 50% of nginx, and >= 5x what a loader
+decodes (the anchor: this machine's PNG decode rate on one core, in triplets/s).
+
+Without --data a release of synthetic triplets is written to a temporary directory.
+Needs Debian `nginx-light`, `wrk` and `curl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from curate.release import HIRES_NAMES, Release  # noqa: E402
+from serve.process import ServerProcess, free_port  # noqa: E402
+
+SERVER_CORE, CLIENT_CORE = "1", "0"
+
+
+def plain_app():
+    """The anchor a plain FastAPI app gives: one route, `FileResponse` from the release directory."""
+    from fastapi import FastAPI
+    from fastapi.responses import FileResponse
+
+    root = Path(os.environ["PLAIN_DATA"])
+    app = FastAPI()
+
+    @app.get("/tiles/{release}/{layer}/{z}/{x}/{y}.png")
+    async def tile(release: str, layer: str, z: int, x: int, y: int) -> FileResponse:
+        return FileResponse(root / release / layer / str(z) / str(x) / f"{y}.png", media_type="image/png")
+
+    return app
+
+
+def make_tiny_release(root: Path, name: str = "tiny") -> str:
+    """One triplet of flat 256 px PNGs (~0.3 kB): per-request overhead, not bandwidth. Returns a tile path."""
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    from curate.release import content_hash, write_manifest
+
+    rel = Release(root, name)
+    z, x, y = 14, 100, 100
+    hashes = {}
+    for i, (member, path) in enumerate(rel.triplet_paths(z, x, y).items()):
+        buf = io.BytesIO()
+        Image.new("RGB", (256, 256), (40 * i, 90, 200 - 20 * i)).save(buf, format="PNG")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buf.getvalue())
+        hashes[member] = content_hash(buf.getvalue())
+    table = pa.Table.from_pylist([{"z": z, "x": x, "y": y, "split": "train", "hash_s1": hashes["s1"],
+                                   "hash_s2": hashes["s2"], "hash_naip": hashes["naip"],
+                                   "hash_naip_hires": [hashes[n] for n in HIRES_NAMES]}])
+    table = table.cast(pa.schema([("z", pa.int32()), ("x", pa.int64()), ("y", pa.int64()), ("split", pa.string()),
+                                  ("hash_s1", pa.string()), ("hash_s2", pa.string()), ("hash_naip", pa.string()),
+                                  ("hash_naip_hires", pa.list_(pa.string()))]))
+    write_manifest(table, rel.manifest_path, {"release": name})
+    return f"/tiles/{name}/s2/{z}/{x}/{y}.png"
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Nginx:
+    """nginx with one worker on core SERVER_CORE, serving `root` as static files."""
+
+    def __init__(self, root: Path, work: Path):
+        self.port = free_port()
+        self.work = work
+        conf = work / "nginx.conf"
+        conf.write_text(textwrap.dedent(f"""
+            user root;
+            worker_processes 1;
+            daemon off;
+            pid {work}/nginx.pid;
+            error_log {work}/error.log warn;
+            events {{ worker_connections 4096; }}
+            http {{
+                types {{ image/png png; application/x-tar tar; }}
+                access_log off;
+                sendfile on; tcp_nopush on; tcp_nodelay on;
+                keepalive_requests 10000000; keepalive_timeout 120s;
+                client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+                fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+                server {{ listen 127.0.0.1:{self.port}; root {root}; location /tiles/ {{ alias {root}/; }} }}
+            }}
+        """))
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, "nginx", "-c", str(conf), "-p", str(work)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+
+
+class PlainFastAPI:
+    """The plain FastAPI app under uvicorn (httptools, uvloop, no access log) on core SERVER_CORE."""
+
+    def __init__(self, data: Path):
+        self.port = free_port()
+        env = {**os.environ, "PLAIN_DATA": str(data), "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "uvicorn", "benchmarks.serve_bench:plain_app",
+             "--factory", "--port", str(self.port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+             "--log-level", "warning"], env=env, cwd=ROOT, start_new_session=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+    """Requests/s, p50/p99 latency (ms) and non-2xx/3xx count from one wrk run on CLIENT_CORE."""
+    out = subprocess.run(["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+                          "--latency", "--timeout", "5s", url], capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": ms("50"),
+        "p99": ms("99"),
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "timeouts": int(errors.group(1)) if errors else 0,
+    }
+
+
+def curl_mbps(url: str, repeats: int) -> tuple[float, int]:
+    """Best MB/s of `repeats` downloads of `url` with curl on CLIENT_CORE, and the byte count."""
+    best, size = 0.0, 0
+    for _ in range(repeats):
+        out = subprocess.run(["taskset", "-c", CLIENT_CORE, "curl", "-s", "-o", "/dev/null", "-w",
+                              "%{size_download} %{time_total} %{http_code}", url],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out[2] == "200", out
+        size, seconds = int(out[0]), float(out[1])
+        best = max(best, size / seconds / 1e6)
+    return best, size
+
+
+def decode_rate(release: Release, row: dict, seconds: float = 2.0) -> float:
+    """Anchor: triplets/s one core decodes (seven PNGs each) with imagecodecs, as a loader does."""
+    import imagecodecs
+
+    blobs = [p.read_bytes() for p in release.triplet_paths(row["z"], row["x"], row["y"]).values()]
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for b in blobs:
+            imagecodecs.png_decode(b)
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, help="data directory with a finished release (default: synthetic)")
+    ap.add_argument("--release", default="bench")
+    ap.add_argument("--triplets", type=int, default=48, help="synthetic release size")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-tiles", action="store_true", help="only the shard benchmark")
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk", "curl", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"error: {tool} not found; apt-get install -y nginx-light wrk curl util-linux")
+
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    try:
+        if args.data is None:
+            sys.path.insert(0, str(ROOT / "benchmarks"))
+            from loader_bench import make_release  # the loader benchmark's synthetic imagery
+
+            args.data = work / "data"
+            print(f"writing {args.triplets} synthetic triplets ...", flush=True)
+            make_release(args.data, args.triplets, args.release)
+        release = Release(args.data, args.release)
+        rows = release.read_manifest().to_pylist()
+        row = rows[len(rows) // 2]
+        tile = f"/tiles/{args.release}/s2/{row['z']}/{row['x']}/{row['y']}.png"
+        tile_bytes = release.tile_path("s2", row["z"], row["x"], row["y"]).stat().st_size
+        tiny = make_tiny_release(args.data) if not (args.data / "tiny").exists() else "/tiles/tiny/s2/14/100/100.png"
+        tiny_bytes = (args.data / tiny.removeprefix("/tiles/")).stat().st_size
+        cases = {f"{tile_bytes / 1e3:.0f} kB tile": tile, f"{tiny_bytes} B tile": tiny}
+        print(f"wrk -t1 -c{args.connections} -d{args.seconds}s on core {CLIENT_CORE}, servers on core {SERVER_CORE}; "
+              f"tiles: {cases}", flush=True)
+
+        results = {}
+        nginx = Nginx(args.data, work)
+        plain = PlainFastAPI(args.data)
+        ours = ServerProcess(args.data, workers=1, command_prefix=["taskset", "-c", SERVER_CORE])
+        try:
+            wait_http(nginx.url + tile)
+            wait_http(plain.url + tile)
+            ours.start()
+            for case, path in ({} if args.skip_tiles else cases).items():
+                for name, url in (("nginx", nginx.url), ("plain FastAPI FileResponse", plain.url), ("curate serve", ours.url)):
+                    wrk(url + path, 2, args.connections)  # warm-up: page cache, our LRU
+                    results[case, name] = wrk(url + path, args.seconds, args.connections)
+
+            # Shards: one shard of every triplet, streamed vs the same bytes as one static file.
+            shard = f"/shards/{args.release}/0.tar?shard_size={len(rows)}&split=all&seed=1"
+            ours_mbps, size = curl_mbps(ours.url + shard, args.repeats)
+            static = args.data / "shard.tar"
+            subprocess.run(["curl", "-s", "-o", str(static), ours.url + shard], check=True)
+            assert static.stat().st_size == size
+            nginx_mbps, _ = curl_mbps(nginx.url + "/shard.tar", args.repeats)
+        finally:
+            for s in (ours, plain, nginx):
+                s.stop()
+
+        for case in ({} if args.skip_tiles else cases):
+            print(f"\nsingle tiles, {case} (requests/s, latency)")
+            anchor = results[case, "nginx"]["rps"]
+            for name in ("nginx", "plain FastAPI FileResponse", "curate serve"):
+                r = results[case, name]
+                print(f"  {name:28s} {r['rps']:10,.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  "
+                      f"non-2xx {r['non2xx']}  timeouts {r['timeouts']}  ({r['rps'] / anchor:6.1%} of nginx)")
+            ours_r, plain_r = results[case, "curate serve"], results[case, "plain FastAPI FileResponse"]
+            print(f"  project {ours_r['rps']:,.0f} req/s vs anchor nginx {anchor:,.0f}: ratio {ours_r['rps'] / anchor:.1%} "
+                  f"(goal >= 10%); {ours_r['rps'] / plain_r['rps']:.1f}x the plain FastAPI app; "
+                  f"p99 {ours_r['p99']:.1f} ms (goal < 50)")
+
+        per_triplet = size / len(rows)
+        loader = decode_rate(release, row)
+        served = ours_mbps * 1e6 / per_triplet
+        print(f"\nshards ({len(rows)} triplets, {size / 1e6:.1f} MB, best of {args.repeats})")
+        print(f"  curate serve {ours_mbps:8.1f} MB/s vs anchor nginx (same bytes, one file) {nginx_mbps:8.1f} MB/s: "
+              f"ratio {ours_mbps / nginx_mbps:.1%} (goal >= 50%)")
+        print(f"  = {served:,.0f} triplets/s served vs {loader:,.0f} triplets/s one core decodes "
+              f"({len(HIRES_NAMES) + 3} PNGs each): {served / loader:.1f}x (goal >= 5x)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
