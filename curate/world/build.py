@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 MARKER = "world.json"  # written last: its presence (with the config's key) means the world is complete
 COLLECTIONS = ("sentinel-2-l2a", "sentinel-1-rtc", "naip")
-S1_ENL = 10.0  # equivalent number of looks of the speckle (gamma-distributed, mean 1)
 SCL_OF_CLASS = np.array([6, 4, 4, 5, 5, 4], np.uint8)  # water, vegetation, not-vegetated
 
 
@@ -203,9 +202,11 @@ def _s1(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
     from rasterio.warp import transform as warp_transform
 
     g0 = render_sensor(truth, "s1", scene.crs, scene.transform, scene.height, scene.width)
-    rng = np.random.default_rng([cfg.seed, zlib.crc32(scene.id.encode())])
-    speckle = rng.gamma(S1_ENL, 1.0 / S1_ENL, size=g0.shape).astype(np.float32)
-    g = g0 * speckle
+    if cfg.s1_enl:
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(scene.id.encode())])
+        g = g0 * rng.gamma(cfg.s1_enl, 1.0 / cfg.s1_enl, size=g0.shape).astype(np.float32)
+    else:
+        g = g0
     targets = bright_targets(cfg)
     xs, ys = warp_transform("EPSG:4326", scene.crs, [t[0] for t in targets], [t[1] for t in targets])
     inv = ~scene.transform

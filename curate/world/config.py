@@ -35,6 +35,7 @@ class WorldConfig:
     s2_swath_date: str = "2023-06-20"
     s1_dates: tuple[str, ...] = ("2023-06-07", "2023-06-10")  # ascending, descending
     bright_targets: int = 6  # S1 point scatterers that saturate any 8-bit mapping
+    s1_enl: float | None = 10.0  # S1 speckle: equivalent number of looks; None = no speckle
 
     def __post_init__(self) -> None:
         w, s, e, n = (float(v) for v in self.bbox)
