@@ -134,11 +134,10 @@ class Truth:
         self.texture = Waves.random(rng, 64, 1.8, 300.0, slope=0.0)
         self.rows_a = _grid_waves(rng, 36.0, 3, rng.uniform(0, math.pi))
         self.rows_b = _grid_waves(rng, 29.0, 3, rng.uniform(0, math.pi))
-        street = Waves.__new__(Waves)
+        # Urban street grid: two perpendicular combs (95 m and 115 m blocks).
         gx, gy = _grid_waves(rng, 95.0, 6, 0.0), _grid_waves(rng, 115.0, 6, math.pi / 2)
-        street.__init__(np.r_[gx.kx, gy.kx], np.r_[gx.ky, gy.ky], np.r_[gx.amp, gy.amp] / math.sqrt(2), np.r_[gx.phase, gy.phase])
-        self.streets = street
-        self.clouds = {}
+        self.streets = Waves(np.r_[gx.kx, gy.kx], np.r_[gx.ky, gy.ky], np.r_[gx.amp, gy.amp] / math.sqrt(2), np.r_[gx.phase, gy.phase])
+        self.clouds: dict[str, Waves] = {}
 
     # -- coordinates -------------------------------------------------------------------------
     def to_local(self, lon, lat):
@@ -185,7 +184,7 @@ class Truth:
 
     # -- textures on grids -------------------------------------------------------------------
     def textures(self, P, Q, gains: dict[str, tuple]) -> dict[str, np.ndarray]:
-        """Filtered textures T (common), R (crop rows, blended later as A/B), S (streets) on a grid.
+        """Filtered textures on a grid: texture (common), rows_a / rows_b (crop rows), streets.
 
         gains[name] = (gain_r, gain_c) per-component filter factors for Waves `name`.
         """

@@ -165,7 +165,7 @@ def collection(cid: str, cfg: WorldConfig, items: list[dict]) -> dict:
         "id": cid,
         "title": _TITLES[cid],
         "description": f"{_TITLES[cid]}: rendered from an analytic ground truth (seed {cfg.seed}) for offline tests.",
-        "license": "proprietary" if cid != "naip" else "proprietary",
+        "license": {"sentinel-1-rtc": "CC-BY-4.0"}.get(cid, "proprietary"),  # as PC declares them
         "keywords": ["synthetic"],
         "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[dts[0], dts[-1]]]}},
         "links": [],
