@@ -8,7 +8,7 @@ const HIRES = [[0, 0], [1, 0], [0, 1], [1, 1]]; // row-major children, as curate
 const MAX_OUTLINE = 20000; // beyond this many triplets draw the bounds only
 
 const map = L.map("map", { zoomControl: true, worldCopyJump: true });
-const state = { release: null, control: null, layers: [], outline: null };
+const state = { release: null, control: null, layers: [], outline: null, selected: null };
 window.viewer = { map, state };
 
 function enc(s) { return encodeURIComponent(s); }
@@ -84,6 +84,11 @@ async function showTriplet(latlng) {
     const r = await fetch(`/releases/${enc(doc.name)}/triplets/${z}/${x}/${y}`);
     if (!r.ok) continue;
     const meta = await r.json();
+    if (state.selected) map.removeLayer(state.selected);
+    const n = 2 ** z;
+    const lat = (t) => (Math.atan(Math.sinh(Math.PI * (1 - (2 * t) / n))) * 180) / Math.PI;
+    state.selected = L.rectangle([[lat(y + 1), (x / n) * 360 - 180], [lat(y), ((x + 1) / n) * 360 - 180]],
+      { color: "#00e5ff", weight: 3, fill: false, interactive: false }).addTo(map);
     const panel = document.getElementById("triplet");
     panel.hidden = false;
     panel.dataset.ready = "0";
