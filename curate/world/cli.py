@@ -58,13 +58,16 @@ def build_cmd(out: Path, bbox: str | None) -> None:
 @world.command("serve", cls=_OneLine)
 @click.argument("world_dir", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-def serve_cmd(world_dir: Path, host: str) -> None:
+@click.option("--stac-port", default=0, type=click.IntRange(0, 65535), help="STAC API port (default: a free one).")
+@click.option("--files-port", default=0, type=click.IntRange(0, 65535), help="File server port (default: a free one).")
+@click.option("--advertise", default=None, help="Host name clients use in URLs and hrefs (default: --host), e.g. a compose service.")
+def serve_cmd(world_dir: Path, host: str, stac_port: int, files_port: int, advertise: str | None) -> None:
     """Serve a built world: STAC API (rustac) and COG file server, until Ctrl-C."""
     from curate.world.serve import serve_world
 
     if not world_dir.is_dir():
         raise UserError(f"{world_dir} is not a directory; build one with `curate world build --out {world_dir}`")
-    with serve_world(world_dir, host=host) as w:
+    with serve_world(world_dir, host=host, stac_port=stac_port, files_port=files_port, advertise=advertise) as w:
         click.echo(f"STAC API:    {w.stac_url}")
         click.echo(f"file server: {w.files_url}")
         click.echo(f"bbox:        {','.join(f'{v:.5f}' for v in w.bbox)}")

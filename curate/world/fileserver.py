@@ -87,7 +87,7 @@ class FileServer:
     they wait for the network, which would starve an in-process server.
     """
 
-    def __init__(self, root: str | os.PathLike, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, root: str | os.PathLike, host: str = "127.0.0.1", port: int = 0, advertise: str | None = None):
         self.root = Path(root).absolute()
         self._secret = secrets.token_bytes(16)
         self._sig = ServerState(self.root, secret=self._secret)
@@ -102,11 +102,12 @@ class FileServer:
             self._log.seek(0)
             raise RuntimeError(f"file server failed to start: {line} {self._log.read().decode(errors='replace')[-2000:]}")
         self.port = int(line.split()[1])
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"http://{advertise or host}:{self.port}"
+        self._control_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
 
     def _control(self, action: str, **params) -> dict:
         data = json.dumps(params).encode()
-        req = urllib.request.Request(self.url + CONTROL + action, data=data, method="POST", headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(self._control_url + CONTROL + action, data=data, method="POST", headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
 

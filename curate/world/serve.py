@@ -138,24 +138,30 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30
     raise RuntimeError(f"rustac serve did not answer on {url} within {timeout:.0f} s")
 
 
-def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port: int = 0, files_port: int = 0) -> World:
-    """Start both servers (free loopback ports unless given); call .stop() when done."""
+def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port: int = 0, files_port: int = 0, advertise: str | None = None) -> World:
+    """Start both servers (free loopback ports unless given); call .stop() when done.
+
+    host: address to bind; advertise: host name clients use in URLs and hrefs (default: host;
+    give it when binding 0.0.0.0, e.g. a docker-compose service name).
+    """
+    public = advertise or host
     world_dir = Path(world_dir).absolute()
     cfg = load_config(world_dir)
     exe = _rustac()
-    files = FileServer(world_dir / "files", host=host, port=files_port)
+    files = FileServer(world_dir / "files", host=host, port=files_port, advertise=public)
     tmp = Path(tempfile.mkdtemp(prefix="world-stac-"))
     try:
         hrefs = _write_served_catalog(world_dir, files.url, tmp)
         for attempt in range(3):
             port = stac_port or _free_port()
-            url = f"http://{host}:{port}"
+            url = f"http://{public}:{port}"
             log = open(tmp / "rustac.log", "wb")  # a file, not a pipe: unread pipes fill and block
-            cmd = [sys.executable, "-m", "curate.world.guard", exe, "serve", "--addr", f"{host}:{port}", *hrefs]
+            cmd = [sys.executable, "-m", "curate.world.guard", exe, "serve", "--addr", url, "--bind", f"{host}:{port}", *hrefs]
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True, preexec_fn=_child_setup())
             log.close()
             try:
-                _wait_ready(url, proc, tmp / "rustac.log")
+                local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+                _wait_ready(local, proc, tmp / "rustac.log")
                 break
             except RuntimeError:
                 if proc.poll() is None:
@@ -184,9 +190,9 @@ def _stop_all() -> None:
 
 
 @contextlib.contextmanager
-def serve_world(world_dir: str | os.PathLike, host: str = "127.0.0.1") -> Iterator[World]:
+def serve_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", **kw) -> Iterator[World]:
     """Context manager: both servers on free loopback ports, stopped on exit."""
-    w = start_world(world_dir, host=host)
+    w = start_world(world_dir, host=host, **kw)
     try:
         yield w
     finally:
