@@ -386,3 +386,21 @@ def _pid_alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_cli_builds_a_small_world_in_one_zone(tmp_path):
+    out = tmp_path / "w"
+    argv = ["world", "build", "--out", str(out), "--bbox", "-100.505,36.0,-100.495,36.008"]
+    r = subprocess.run(CURATE + argv, capture_output=True, text=True, timeout=300, env={**os.environ, "SCALE_ALIBI_WORLD_WORKERS": "1"})
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "world.json").read_text())
+    assert meta["config"]["bbox"] == [-100.505, 36.0, -100.495, 36.008]
+    for coll in ("sentinel-2-l2a", "sentinel-1-rtc", "naip"):
+        feats = json.loads((out / "catalog" / f"{coll}-items.json").read_text())["features"]
+        assert feats and {f["properties"]["proj:epsg"] % 100 for f in feats} == {14}
+        for f in feats:
+            for a in f["assets"].values():
+                assert (out / "files" / a["href"].split("/", 1)[1]).is_file()
+    r2 = subprocess.run(CURATE + argv, capture_output=True, text=True, timeout=60)
+    assert r2.returncode == 0 and "world" in r2.stdout  # cached: nothing rendered again
+    assert json.loads((out / "world.json").read_text()) == meta

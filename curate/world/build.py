@@ -74,8 +74,9 @@ def build_world(out_dir: str | os.PathLike, cfg: WorldConfig) -> Path:
     with _locked(out):
         if is_world(out, cfg):  # built by a concurrent process while we waited
             return out
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             t0 = time.perf_counter()
