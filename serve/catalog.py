@@ -163,14 +163,11 @@ class ReleaseIndex:
         """Where tile (layer, z, x, y) lives (built from integers only)."""
         return os.path.join(self.path, layer, str(z), str(x), f"{y}.png")
 
-    def triplet_files(self, row: int) -> list[tuple[str, str, str]]:
-        """(member name, path, sha256) of every PNG of manifest row `row`, in TRIPLET_MEMBERS order."""
-        cols = self.table
-        z, x, y = (int(cols.column(c)[row].as_py()) for c in ("z", "x", "y"))
-        out = [(layer, self.tile_path(layer, z, x, y), cols.column(f"hash_{layer}")[row].as_py()) for layer in LAYERS]
-        hires = cols.column("hash_naip_hires")[row].as_py()
-        for name, (dx, dy), digest in zip(HIRES_NAMES, HIRES_CHILDREN, hires):
-            out.append((name, self.tile_path("naip", z + 1, 2 * x + dx, 2 * y + dy), digest))
+    def files_at(self, z: int, x: int, y: int) -> list[tuple[str, str]]:
+        """(member name, path) of every PNG of triplet (z, x, y), in TRIPLET_MEMBERS order."""
+        out = [(layer, self.tile_path(layer, z, x, y)) for layer in LAYERS]
+        for name, (dx, dy) in zip(HIRES_NAMES, HIRES_CHILDREN):
+            out.append((name, self.tile_path("naip", z + 1, 2 * x + dx, 2 * y + dy)))
         return out
 
     def rows(self, rows: np.ndarray | list[int]) -> list[dict]:

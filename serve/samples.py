@@ -27,11 +27,11 @@ def pack_samples(
     index: ReleaseIndex, reader: SafeReader, samples: list[tuple[int, dict, str]], metadata_name: str,
     end: bool = False,
 ) -> bytearray:
-    """Tar bytes of triplets given as (manifest row, metadata, member prefix): the PNGs, then the metadata."""
+    """Tar bytes of triplets given as (manifest row, metadata with z/x/y, member prefix): PNGs, then metadata."""
     plan: list[tuple[str, int | bytes, int]] = []  # (member name, fd or bytes, size)
     try:
         for row, metadata, prefix in samples:
-            for name, path, _digest in index.triplet_files(row):
+            for name, path in index.files_at(int(metadata["z"]), int(metadata["x"]), int(metadata["y"])):
                 opened = reader.open_fd(path)
                 if opened is None:
                     raise MissingFile(f"{index.name}: {name} of row {row} is not readable")

@@ -37,10 +37,16 @@ def shard_etag(index: ReleaseIndex, *params: object) -> bytes:
     return b'"' + hashlib.sha256(text.encode()).hexdigest()[:40].encode() + b'"'
 
 
-def build_batch(index: ReleaseIndex, reader, rows: np.ndarray) -> bytearray:
-    """Tar bytes of the triplets at manifest rows `rows` (runs in a worker thread)."""
+def build_batch(index: ReleaseIndex, reader, rows: list[int], metas: list[dict]) -> bytearray:
+    """Tar bytes of the triplets at manifest rows `rows` with their manifest rows `metas` (in a worker thread)."""
+    return pack_samples(index, reader, [(r, m, sample_key(m) + ".") for r, m in zip(rows, metas)], "json")
+
+
+def first_batch(index: ReleaseIndex, reader, rows: np.ndarray, size: int) -> tuple[list[dict], bytearray]:
+    """All manifest rows of the shard (one Arrow take) and the tar bytes of its first `size` triplets."""
     metas = index.rows(rows)
-    return pack_samples(index, reader, [(r, m, sample_key(m) + ".") for r, m in zip(rows.tolist(), metas)], "json")
+    head = rows[:size].tolist()
+    return metas, build_batch(index, reader, head, metas[:size]) if head else bytearray()
 
 
 class ShardStream(Response):
@@ -69,16 +75,17 @@ class ShardStream(Response):
                 await send({"type": "http.response.body", "body": b""})
                 return
         loop = asyncio.get_running_loop()
-        batches = [self.rows[i : i + BATCH] for i in range(0, len(self.rows), BATCH)]
+        rows = self.rows.tolist()
         # The first batch is read before the status line, so a broken shard still gets a JSON 404.
         try:
-            first = await loop.run_in_executor(None, build_batch, self.index, self.reader, batches[0]) if batches else b""
+            metas, first = await loop.run_in_executor(None, first_batch, self.index, self.reader, self.rows, BATCH)
         except MissingFile as exc:
             body = json.dumps({"detail": f"shard has files missing on disk: {exc}"}).encode()
             headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), CORS]
             await send({"type": "http.response.start", "status": 404, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
+        batches = [(rows[i : i + BATCH], metas[i : i + BATCH]) for i in range(0, len(rows), BATCH)]
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
@@ -95,7 +102,7 @@ class ShardStream(Response):
         try:
             for i in range(len(batches)):
                 if i + 1 < len(batches):
-                    pending = loop.run_in_executor(None, build_batch, self.index, self.reader, batches[i + 1])
+                    pending = loop.run_in_executor(None, build_batch, self.index, self.reader, *batches[i + 1])
                 if disconnected.is_set():
                     return
                 await send({"type": "http.response.body", "body": first, "more_body": True})

@@ -16,13 +16,34 @@ def member(name: str, data: bytes, mtime: int) -> list[bytes]:
 
 
 def header(name: str, size: int, mtime: int) -> bytes:
-    """The ustar header block of a regular file of `size` bytes."""
+    """The ustar header block of a regular file of `size` bytes (byte-identical to tarfile's)."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or size >= 8**11 or not 0 <= mtime < 8**11:
+        return _tarfile_header(name, size, mtime)
+    # Built by hand: tarfile's pure-Python tobuf costs ~40 us per member, this ~5 us.
+    h = bytearray(_TEMPLATE)
+    h[0 : len(raw)] = raw
+    h[124:136] = b"%011o\0" % size
+    h[136:148] = b"%011o\0" % mtime
+    h[148:155] = b"%06o\0" % sum(h)
+    return bytes(h)
+
+
+def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = mtime
     info.mode = 0o644
-    info.uname = info.gname = "scale-alibi"
+    info.uname = info.gname = OWNER
     return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+OWNER = "scale-alibi"
+_TEMPLATE = bytearray(_tarfile_header("", 0, 0))
+_TEMPLATE[124:136] = b"\0" * 12  # size, mtime: filled per member
+_TEMPLATE[136:148] = b"\0" * 12
+_TEMPLATE[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
+_TEMPLATE = bytes(_TEMPLATE)
 
 
 def padded(size: int) -> int:
