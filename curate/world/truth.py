@@ -22,6 +22,7 @@ import numpy as np
 from curate.world import field
 from curate.world.config import DEFAULT_WORLD, WorldConfig
 from curate.world.field import Truth
+from curate.world.raster import single_threaded_blas
 
 LAYERS = ("s2", "s1", "naip")
 GSD = {"naip": 0.6, "s2": 10.0, "s1": 10.0}
@@ -75,16 +76,19 @@ def render_truth(layer: str, z: int, x: int, y: int, size: int = 256, cfg: World
         gr = sensor[None, :] * np.sinc(s.ky[None, :] * dy[:, None] / (2 * math.pi))
         gc = np.sinc(s.kx * dx / (2 * math.pi))[None, :]
         gains[name] = (gr, gc)
-    tex = t.textures(P, Q, gains)
+    with single_threaded_blas():
+        tex = t.textures(P, Q, gains)
     # Smooth fields averaged over n x n sub-positions of each output pixel.
     sub = (np.arange(n) + 0.5) / n - 0.5
     sx = (cx[:, None] + sub[None, :] * px).ravel()
     sy = (cy[:, None] - sub[None, :] * px).ravel()
-    X = t.to_local(lon_of(sx), t.lat0)[0][None, :]
-    Y = t.to_local(t.lon0, lat_of(sy))[1][:, None]
-    X, Y = np.broadcast_arrays(X, Y)
-    wts = t.weights(X, Y).reshape(len(field.CLASSES), size, n, size, n).mean(axis=(2, 4))
-    blend = t.stripe_blend(X, Y).reshape(size, n, size, n).mean(axis=(1, 3))
+    Xs = t.to_local(lon_of(sx), t.lat0)[0]
+    Ys = t.to_local(t.lon0, lat_of(sy))[1]
+    Ps = np.stack([np.zeros_like(Ys), Ys], axis=1)  # separable: rows vary y, columns vary x
+    Qs = np.stack([Xs, np.zeros_like(Xs)], axis=1)
+    with single_threaded_blas():
+        wts = t.weights_grid(Ps, Qs).reshape(len(field.CLASSES), size, n, size, n).mean(axis=(2, 4))
+        blend = t.stripe_blend_grid(Ps, Qs).reshape(size, n, size, n).mean(axis=(1, 3))
     return _combine(layer, wts, blend, tex)
 
 
