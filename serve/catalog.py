@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.release import (
     HIRES_CHILDREN,
@@ -104,11 +105,11 @@ class ReleaseIndex:
             table = table.take(pa.array(order))
             z, x, y, keys = z[order], x[order], y[order], keys[order]
             order = np.arange(len(keys))
-        split = np.asarray(table.column("split").to_pylist(), dtype=object)
+        split = table.column("split")
         split_rows = {
             "all": np.arange(len(z)),
-            "train": np.flatnonzero(split == "train"),
-            "heldout": np.flatnonzero(split == "heldout"),
+            "train": np.flatnonzero(pc.equal(split, "train").to_numpy(zero_copy_only=False)),
+            "heldout": np.flatnonzero(pc.equal(split, "heldout").to_numpy(zero_copy_only=False)),
         }
         if len(z):
             b = tile_bounds(z, x, y)

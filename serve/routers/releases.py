@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 from urllib.parse import quote
 
@@ -114,6 +115,7 @@ def releases_router(catalog: Catalog) -> APIRouter:
     @router.get("/releases/{release}/coverage.geojson", summary="Triplet footprints as GeoJSON")
     async def coverage(request: Request, release: str) -> RawResponse:
         index = release_or_404(catalog, release)
-        return json_response(request, index.coverage())
+        # Large releases make a large document: build and serialise it off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: json_response(request, index.coverage()))
 
     return router
