@@ -203,7 +203,10 @@ def _choose(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_for, si
             data, valid = _render(groups[key], layer, grid, signer)
             for t in ts:
                 sl = _slice(grid, layer, t)
-                frac = float(valid[sl].mean())
+                v = valid[sl]
+                # NAIP: every one of the four z+1 tiles must pass, not just their 512 px union.
+                frac = float(min(v[:256, :256].mean(), v[:256, 256:].mean(), v[256:, :256].mean(), v[256:, 256:].mean())
+                             if layer == "naip" else v.mean())
                 if frac >= min_valid:
                     chosen[t] = (groups[key], data[sl], frac)
                 else:

@@ -40,7 +40,7 @@ def _bbox(value: str | None):
 @click.option("--out", default="data", show_default=True, type=click.Path(file_okay=False), help="Data root.")
 @click.option("--catalog", default="https://planetarycomputer.microsoft.com/api/stac/v1", show_default=True,
               help="STAC API URL.")
-@click.option("--datetime", "datetime_", help="STAC interval of scene dates, e.g. 2022-01-01/2022-12-31.  [default: any]")
+@click.option("--datetime", "datetime_", help="STAC interval of S1/S2 scene dates, e.g. 2022-01-01/2022-12-31 (NAIP: --naip-years).  [default: any]")
 @click.option("--max-cloud", default=20.0, show_default=True, help="S2 eo:cloud_cover upper limit (percent).")
 @click.option("--naip-years", help="NAIP years, YEAR or FIRST-LAST (newest preferred).  [default: any]")
 @click.option("--max-gap-days", default=730.0, show_default=True,

@@ -41,7 +41,7 @@ GDAL_ENV: dict[str, object] = {
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
     "GDAL_HTTP_MAX_RETRY": "2",
     "GDAL_HTTP_RETRY_DELAY": "0.2",
-    "GDAL_CACHEMAX": 256,
+    "GDAL_CACHEMAX": 256 * 2**20,  # bytes: rasterio passes an int to GDALSetCacheMax64
 }
 
 RETRIES = 6  # application-level attempts on top of GDAL's own

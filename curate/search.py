@@ -42,7 +42,7 @@ SENSORS: dict[str, Sensor] = {
 class SearchOptions:
     """Client-side filters applied to every search (and pushed to the server where it can)."""
 
-    datetime: str | None = None  # STAC interval "a/b", open ends allowed
+    datetime: str | None = None  # STAC interval "a/b" for S1 and S2 (NAIP: naip_years)
     max_cloud: float = 20.0  # S2 eo:cloud_cover upper limit, percent
     s1_mode: str = "IW"
     naip_years: tuple[int, int] | None = None  # inclusive
@@ -151,7 +151,7 @@ def keep_item(item: dict[str, Any], opts: SearchOptions) -> bool:
     layer = item["layer"]
     if any(k not in item["assets"] for k in SENSORS[layer].assets if k != "SCL"):
         return False
-    start, end = parse_interval(opts.datetime)
+    start, end = parse_interval(opts.datetime) if layer != "naip" else (None, None)
     dt = _parse_dt(item["datetime"])
     if dt is None or (start and dt < start) or (end and dt > end):
         return False
@@ -175,7 +175,7 @@ def search_items(catalog: str, layer: str, bbox: tuple[float, float, float, floa
     sensor = SENSORS[layer]
     client = open_catalog(catalog)
     kwargs: dict[str, Any] = {"collections": [sensor.collection], "bbox": list(bbox), "limit": 250}
-    if opts.datetime:
+    if opts.datetime and layer != "naip":  # NAIP is chosen by --naip-years, the anchor of the match
         kwargs["datetime"] = opts.datetime
     # Push filters down only where the server says it implements them.
     if _conforms(client, "QUERY"):

@@ -24,3 +24,26 @@ def world(world_dir):
         yield w
     finally:
         w.stop()
+
+
+# -- curate build (curate/build.py) ----------------------------------------------------------
+@pytest.fixture(scope="session")
+def built_release_info(world, tmp_path_factory):
+    """A z17 build of the whole default world (local Dask cluster, 2 workers), with the bytes and
+    requests it fetched: {"root", "name", "result", "requests", "bytes"}."""
+    from shapely.geometry import box
+
+    from curate.build import build_release
+
+    root = tmp_path_factory.mktemp("built-release")
+    world.files.reset_stats()
+    result = build_release(root, zoom=17, region=box(*world.bbox), release="world-z17", catalog=world.stac_url,
+                           signer="none", workers=2, progress=False, echo=lambda m: None)
+    stats = world.files.stats()
+    return {"root": root, "name": "world-z17", "result": result, **stats}
+
+
+@pytest.fixture(scope="session")
+def built_release(built_release_info):
+    """(data_root, release_name) of a finished z17 release of the whole default world (~240 triplets)."""
+    return built_release_info["root"], built_release_info["name"]

@@ -1,0 +1,483 @@
+"""curate build against the synthetic world: rows, alignment with the ground truth, resumability,
+faults, a real Dask scheduler, and user errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import pytest
+from shapely.geometry import box, shape
+from shapely.ops import unary_union
+
+from curate.build import build_release
+from curate.encode import decode_png, encode_tile, to_rgb8
+from curate.release import HIRES_CHILDREN, Release, manifest_metadata
+from tests.alignment import measure
+
+SRC_RES = {"s1": 10.0, "s2": 10.0, "naip": 0.6}
+QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}
+
+
+def _ground_res(z: int, y: int) -> float:
+    b = mercantile.bounds(0, y, z)
+    return 2 * 20037508.342789244 / 2**z / 256 * math.cos(math.radians((b.north + b.south) / 2))
+
+
+def _truth_rgb(layer: str, z: int, tiles, block: int = 2) -> dict:
+    """Ground-truth RGB tiles, rendered a 4x4 block at a time (same pixel grid, ~3x cheaper)."""
+    from curate.world.truth import render_truth
+
+    out = {}
+    groups = defaultdict(list)
+    for x, y in tiles:
+        groups[(x >> block, y >> block)].append((x, y))
+    n = 1 << block
+    for (bx, by), members in groups.items():
+        img = to_rgb8(layer, render_truth(layer, z - block, bx, by, size=256 * n))
+        for x, y in members:
+            r, c = (y - (by << block)) * 256, (x - (bx << block)) * 256
+            out[(x, y)] = img[r:r + 256, c:c + 256]
+    return out
+
+
+def _shifts(rel: Release, layer: str, z: int, tiles) -> np.ndarray:
+    """(dx, dy, corr) per tile of `layer` at zoom z against the truth."""
+    truth = _truth_rgb(layer, z, tiles)
+    rows = []
+    for x, y in tiles:
+        img = decode_png(rel.tile_path(layer, z, x, y).read_bytes())
+        rows.append(measure(img, truth[(x, y)], layer, SRC_RES[layer] / _ground_res(z, y)))
+    return np.array(rows)
+
+
+def _assert_aligned(v: np.ndarray, what: str, mean_max: float = 0.1, tile_max: float = 0.5) -> None:
+    mag = np.hypot(v[:, 0], v[:, 1])
+    assert len(v) > 0, what
+    assert mag.mean() <= mean_max, f"{what}: mean shift {mag.mean():.3f} px"
+    assert mag.max() <= tile_max, f"{what}: worst tile shift {mag.max():.3f} px"
+    assert v[:, 2].min() >= 0.85, f"{what}: correlation {v[:, 2].min():.3f}"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def z16(world, tmp_path_factory):
+    """A z16 build of the whole world with 2x2-tile metatiles (many metatiles: the kill test's reference)."""
+    root = tmp_path_factory.mktemp("z16")
+    world.files.reset_stats()
+    build_release(root, zoom=16, region=box(*world.bbox), release="w16", catalog=world.stac_url,
+                  metatile_levels=1, scheduler="synchronous", **QUIET)
+    return Release(root, "w16"), world.files.stats()
+
+
+@pytest.fixture(scope="module")
+def z15_offset(world, tmp_path_factory):
+    """z15 builds: the default one, and one restricted to dates that select the descending S1 pass
+    (grid offset by half a pixel) and the S2 date with a nodata swath edge."""
+    root = tmp_path_factory.mktemp("z15")
+    build_release(root, zoom=15, region=box(*world.bbox), release="w15", catalog=world.stac_url,
+                  scheduler="synchronous", **QUIET)
+    build_release(root, zoom=15, region=box(*world.bbox), release="w15-late", catalog=world.stac_url,
+                  datetime="2023-06-08/2023-06-30", scheduler="synchronous", **QUIET)
+    return Release(root, "w15"), Release(root, "w15-late")
+
+
+# ------------------------------------------------------------------------------ rows and splits
+
+def _world_items(world) -> dict[str, list]:
+    import pystac_client
+
+    client = pystac_client.Client.open(world.stac_url)
+    out = {}
+    for layer, coll in (("s2", "sentinel-2-l2a"), ("s1", "sentinel-1-rtc"), ("naip", "naip")):
+        out[layer] = [it.to_dict() for it in client.search(collections=[coll], bbox=list(world.bbox)).items()]
+    return out
+
+
+def _expected_rows(world, z: int, min_valid: float = 0.99, datetime_window=None):
+    """Complete tiles implied by the world's scene footprints alone (independent of curate.build):
+    a tile is complete when, for every sensor, one mosaic group (S2: a day with cloud <= 20 %; S1:
+    a day+orbit; NAIP: a year) covers >= min_valid of it. Returns (complete, ambiguous)."""
+    items = _world_items(world)
+    groups: dict[str, dict] = {}
+    for layer, its in items.items():
+        g = defaultdict(list)
+        for it in its:
+            p = it["properties"]
+            day = p["datetime"][:10]
+            if datetime_window and layer != "naip" and not (datetime_window[0] <= day <= datetime_window[1]):
+                continue
+            if layer == "s2":
+                if p["eo:cloud_cover"] > 20:
+                    continue
+                key = day
+            elif layer == "s1":
+                key = (day, p["sat:orbit_state"], p["sat:relative_orbit"])
+            else:
+                key = p["naip:year"]
+            g[key].append(shape(it["geometry"]))
+        groups[layer] = {k: unary_union(v) for k, v in g.items()}
+    w, s, e, n = world.bbox
+    complete, ambiguous = set(), set()
+    for t in mercantile.tiles(w, s, e, n, zooms=z):
+        b = mercantile.bounds(t)
+        tb = box(b.west, b.south, b.east, b.north)
+        if tb.intersection(box(w, s, e, n)).area <= 0:
+            continue
+        # NAIP: each of the four z+1 children must be covered on its own.
+        parts = {"s2": [tb], "s1": [tb], "naip": [box(*mercantile.bounds(c)) for c in mercantile.children(t)]}
+        fracs = [max((min(u.intersection(p).area / p.area for p in parts[layer]) for u in groups[layer].values()),
+                     default=0.0) for layer in ("s2", "s1", "naip")]
+        if min(fracs) >= min_valid + 0.003:
+            complete.add((t.x, t.y))
+        elif min(fracs) > min_valid - 0.003:
+            ambiguous.add((t.x, t.y))  # within a pixel row of the threshold: either answer is right
+    return complete, ambiguous
+
+
+def test_manifest_rows_are_what_the_scenes_imply(built_release, world):
+    rel = Release(*built_release)
+    table = rel.read_manifest()
+    got = set(zip(table.column("x").to_pylist(), table.column("y").to_pylist()))
+    complete, ambiguous = _expected_rows(world, 17)
+    assert len(ambiguous) <= 3
+    assert got - ambiguous == complete
+    assert len(got) >= 200
+    # Every manifest file exists, with the recorded hash; nothing else is in the public tree.
+    from curate.release import content_hash
+
+    listed = set()
+    for row in table.to_pylist():
+        paths = rel.triplet_paths(row["z"], row["x"], row["y"])
+        for name, path in paths.items():
+            want = row["hash_naip_hires"][int(name[-1])] if name.startswith("naip_hires") else row[f"hash_{name}"]
+            assert content_hash(path.read_bytes()) == want
+            listed.add(path)
+    public = {p for layer in ("s1", "s2", "naip") for p in (rel.path / layer).rglob("*") if p.is_file()}
+    assert public == listed
+    meta = manifest_metadata(table)
+    assert meta["zoom"] == 17 and meta["software"]["rasterio"]
+    used = {i for row in table.to_pylist() for k in ("s1_items", "s2_items", "naip_items") for i in row[k]}
+    assert used == set(meta["items"]) and all(v["updated"] for v in meta["items"].values())
+
+
+def test_hard_cases_are_in_the_manifest(built_release):
+    rows = Release(*built_release).read_manifest().to_pylist()
+    across = [r for r in rows if mercantile.bounds(r["x"], r["y"], r["z"]).west < -102.0 < mercantile.bounds(r["x"], r["y"], r["z"]).east]
+    assert len(across) >= 3
+    assert all(len({i.split("_R098_T")[1][:2] for i in r["s2_items"]}) == 2 for r in across)  # zones 13 and 14
+    naip_zones = {i.split("_")[4] for r in rows for i in r["naip_items"]}
+    assert naip_zones == {"13", "14"}  # NAD83 UTM 13N and 14N NAIP both used
+
+
+def test_split_is_spatially_blocked_with_enough_heldout(built_release):
+    rows = Release(*built_release).read_manifest().to_pylist()
+    by_block = defaultdict(set)
+    for r in rows:
+        by_block[(r["x"] >> 2, r["y"] >> 2)].add(r["split"])
+    assert all(len(s) == 1 for s in by_block.values())
+    heldout = sum(r["split"] == "heldout" for r in rows)
+    assert 64 <= heldout <= len(rows) - 64
+
+
+# ------------------------------------------------------------------------- alignment with truth
+
+def test_every_tile_matches_the_truth(z16):
+    rel, _ = z16
+    rows = rel.read_manifest().to_pylist()
+    tiles = [(r["x"], r["y"]) for r in rows]
+    assert len(tiles) >= 30
+    _assert_aligned(_shifts(rel, "s2", 16, tiles), "s2 z16")
+    _assert_aligned(_shifts(rel, "naip", 16, tiles), "naip z16")
+    children = [(2 * x + dx, 2 * y + dy) for x, y in tiles for dx, dy in HIRES_CHILDREN]
+    _assert_aligned(_shifts(rel, "naip", 17, children), "naip z17")
+    # S1 carries speckle, which the truth does not: per tile the estimate has a noise floor of
+    # ~0.15 source px, so at z16 only the systematic (mean vector) error can be held to 0.1 px.
+    v = _shifts(rel, "s1", 16, tiles)
+    assert np.hypot(v[:, 0].mean(), v[:, 1].mean()) <= 0.1
+    assert v[:, 2].min() >= 0.85
+    across = [r for r in rows if mercantile.bounds(r["x"], r["y"], 16).west < -102.0 < mercantile.bounds(r["x"], r["y"], 16).east]
+    assert len(across) >= 2
+
+
+def test_s1_on_both_grids_and_s2_swath_match_the_truth(z15_offset, world):
+    default, late = z15_offset
+    for rel, orbit in ((default, "ascending"), (late, "descending")):
+        rows = rel.read_manifest().to_pylist()
+        assert rows and {r["s1_orbit_state"] for r in rows} == {orbit}
+        tiles = [(r["x"], r["y"]) for r in rows]
+        _assert_aligned(_shifts(rel, "s1", 15, tiles), f"s1 z15 {orbit}")
+        _assert_aligned(_shifts(rel, "s2", 15, tiles), f"s2 z15 {orbit}")
+    late_rows = late.read_manifest().to_pylist()
+    assert {r["s2_datetime"][:10] for r in late_rows} == {"2023-06-20"}
+    complete, ambiguous = _expected_rows(world, 15, datetime_window=("2023-06-08", "2023-06-30"))
+    assert {(r["x"], r["y"]) for r in late_rows} - ambiguous == complete
+    assert len(complete) < len(default.read_manifest())  # the swath edge removed tiles
+
+
+def test_a_one_source_pixel_shift_fails_the_check(z16, world, tmp_path, monkeypatch):
+    """The same build with every source window mis-registered by one source pixel must fail."""
+    import curate.reader as reader
+    from affine import Affine
+
+    rel, _ = z16
+    rows = rel.read_manifest().to_pylist()
+    centre = rows[len(rows) // 2]
+    sub = mercantile.bounds(centre["x"], centre["y"], 16)
+    orig = reader._read
+
+    def shifted(ds, *a, **k):
+        src = orig(ds, *a, **k)
+        if src is not None:
+            src.transform = src.transform * Affine.translation(1, 0)  # off by one source pixel
+        return src
+
+    monkeypatch.setattr(reader, "_read", shifted)
+    build_release(tmp_path, zoom=16, region=box(sub.west + 1e-6, sub.south + 1e-6, sub.east - 1e-6, sub.north - 1e-6),
+                  release="bad", catalog=world.stac_url, scheduler="synchronous", **QUIET)
+    bad = Release(tmp_path, "bad")
+    t = [(centre["x"], centre["y"])]
+    for layer, z, tiles in (("s2", 16, t), ("naip", 17, [(2 * t[0][0], 2 * t[0][1])])):
+        with pytest.raises(AssertionError):
+            _assert_aligned(_shifts(bad, layer, z, tiles), layer)
+        _assert_aligned(_shifts(rel, layer, z, tiles), layer)  # the correct build passes
+
+
+def test_naip_512_from_children_is_aligned(z16):
+    from curate.world.truth import render_truth
+
+    rel, _ = z16
+    rows = rel.read_manifest().to_pylist()[::5]
+    for r in rows:
+        z, x, y = r["z"], r["x"], r["y"]
+        big = np.zeros((512, 512, 3), np.uint8)
+        for dx, dy in HIRES_CHILDREN:
+            big[dy * 256:(dy + 1) * 256, dx * 256:(dx + 1) * 256] = decode_png(
+                rel.tile_path("naip", z + 1, 2 * x + dx, 2 * y + dy).read_bytes())
+        small = decode_png(rel.tile_path("naip", z, x, y).read_bytes())
+        down = big.reshape(256, 2, 256, 2, 3).astype(np.float64).mean((1, 3))
+        dx_, dy_, corr = measure(down, small.astype(np.float64), "naip", 1.0)
+        assert math.hypot(dx_, dy_) <= 0.05 and corr >= 0.99
+        truth = to_rgb8("naip", render_truth("naip", z, x, y, size=512))
+        dx_, dy_, corr = measure(big, truth, "naip", SRC_RES["naip"] / (_ground_res(z, y) / 2))
+        assert math.hypot(dx_, dy_) <= 0.1 and corr >= 0.85
+
+
+def test_saturated_s1_is_255(built_release, world):
+    from curate.world.build import bright_targets
+
+    rel = Release(*built_release)
+    rows = {(r["x"], r["y"]): r for r in rel.read_manifest().to_pylist()}
+    seen = 0
+    for lon, lat, vv, vh in bright_targets(world.config):
+        t = mercantile.tile(lon, lat, 17)
+        if (t.x, t.y) not in rows:
+            continue
+        img = decode_png(rel.tile_path("s1", 17, t.x, t.y).read_bytes())
+        b = mercantile.xy_bounds(t)
+        px, py = mercantile.xy(lon, lat)
+        c = int((px - b.left) / (b.right - b.left) * 256)
+        r = int((b.top - py) / (b.top - b.bottom) * 256)
+        patch = img[max(r - 3, 0):r + 4, max(c - 3, 0):c + 4]
+        assert patch[..., 1].max() == 255 and patch[..., 0].max() == 0
+        seen += 1
+    assert seen >= 3
+    # The mapping itself: clipped, never wrapped; nodata and non-positive power are 0.
+    lin = np.array([[[1e3, 10.0, 1e-9, -32768.0]], [[1e3, 10.0, 1e-9, -32768.0]]], np.float32)
+    rgb = to_rgb8("s1", lin)
+    assert rgb[0, :, 1].tolist() == [255, 255, 0, 0] and rgb[0, :, 2].tolist() == [255, 255, 0, 0]
+    assert decode_png(encode_tile("s1", lin))[0, 0, 1] == 255
+
+
+# ------------------------------------------------------------------------ kill -9 and resume
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from curate.cli import main; main()", "build", *args]
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_kill_9_then_rerun_is_identical_and_cheaper(z16, world, tmp_path):
+    import psutil
+
+    ref, ref_stats = z16
+    total = sum(1 for layer in ("s1", "s2", "naip") for p in (ref.path / layer).rglob("*.png"))
+    w, s, e, n = world.bbox
+    args = _cli("--bbox", f"{w},{s},{e},{n}", "--zoom", "16", "--release", "w16", "--metatile", "1",
+                "--out", str(tmp_path), "--catalog", world.stac_url, "--signer", "none", "--workers", "2",
+                "--no-progress")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    public = tmp_path / "w16"
+    kids: set[int] = set()
+    written = 0
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        kids.update(_children(proc.pid))
+        written = sum(1 for layer in ("s1", "s2", "naip") for _ in (public / layer).rglob("*.png"))
+        if written >= 0.2 * total:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    kids.update(_children(proc.pid))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 0.2 * total <= written <= 0.8 * total, (written, total)
+    # No build process survives the kill (workers notice their parent is gone).
+    gone_by = time.monotonic() + 20
+    alive = [k for k in kids if psutil.pid_exists(k) and psutil.Process(k).status() != psutil.STATUS_ZOMBIE]
+    while alive and time.monotonic() < gone_by:
+        time.sleep(0.2)
+        alive = [k for k in alive if psutil.pid_exists(k) and psutil.Process(k).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"build processes survived the kill: {alive}"
+
+    world.files.reset_stats()
+    done = subprocess.run(args, capture_output=True, timeout=240)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    rerun = world.files.stats()
+    assert 0 < rerun["bytes"] < ref_stats["bytes"]
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name in (".build", ".lock")]
+    assert not leftovers
+    assert _tree(public) == _tree(ref.path)  # byte-identical tiles and manifest
+
+    world.files.reset_stats()
+    again = subprocess.run(args, capture_output=True, timeout=120)
+    assert again.returncode == 0 and world.files.stats()["bytes"] == 0
+    assert _tree(public) == _tree(ref.path)
+
+
+# --------------------------------------------------------------------- faults and schedulers
+
+@pytest.fixture(scope="module")
+def small(world, tmp_path_factory):
+    """A clean reference build of a sub-area at z16: (region, Release)."""
+    w, s, e, n = world.bbox
+    region = box(w + 0.3 * (e - w), s + 0.3 * (n - s), w + 0.7 * (e - w), s + 0.7 * (n - s))
+    root = tmp_path_factory.mktemp("small")
+    world.files.clear_faults() if hasattr(world.files, "clear_faults") else None
+    build_release(root, zoom=16, region=region, release="small", catalog=world.stac_url,
+                  scheduler="synchronous", **QUIET)
+    return region, Release(root, "small")
+
+
+def test_429_503_and_expired_tokens_retry_resign_and_match(world, small, tmp_path):
+    region, ref = small
+    calls = defaultdict(int)
+
+    def signer(href: str) -> str:
+        calls[href] += 1
+        return world.sign(href, ttl_s=-60 if calls[href] == 1 else 3600)  # the first token is expired
+
+    world.files.require_signature(True)
+    world.files.inject(status=429, count=3)
+    world.files.inject(status=503, count=3)
+    try:
+        build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
+                      scheduler="synchronous", signer=signer, progress=False, echo=lambda m: None)
+    finally:
+        world.files.require_signature(False)
+        world.files.clear_faults()
+    assert calls and all(c >= 2 for c in calls.values())  # every href was re-signed after its 403
+    assert _tree(Release(tmp_path, "small").path) == _tree(ref.path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_existing_dask_scheduler_on_loopback(world, small, tmp_path):
+    region, ref = small
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", addr, "--nworkers", "1",
+                                       "--nthreads", "1", "--no-dashboard"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, cwd=str(Path(__file__).resolve().parents[1])))
+        from dask.distributed import Client
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(addr, timeout="2s") as c:
+                    if c.scheduler_info()["workers"]:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "dask scheduler/worker did not start"
+            time.sleep(0.3)
+        build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
+                      scheduler=addr, **QUIET)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert _tree(Release(tmp_path, "small").path) == _tree(ref.path)
+
+
+# ---------------------------------------------------------------------------- user errors
+
+def _run_cli(args: list[str]):
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    return CliRunner().invoke(main, ["build", *args])
+
+
+def test_bad_input_gives_one_line_and_nonzero_exit(world, tmp_path):
+    bad_json = tmp_path / "area.geojson"
+    bad_json.write_text("{not json")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    w, s, e, n = world.bbox
+    bbox = f"{w},{s},{e},{n}"
+    cases = [
+        ["--bbox", bbox, "--zoom", "15", "--catalog", "http://127.0.0.1:9", "--out", str(tmp_path / "o")],
+        ["--region", str(bad_json), "--zoom", "15", "--catalog", world.stac_url, "--out", str(tmp_path / "o")],
+        ["--bbox", bbox, "--zoom", "25", "--catalog", world.stac_url, "--out", str(tmp_path / "o")],
+        ["--bbox", bbox, "--zoom", "15", "--catalog", world.stac_url, "--out", str(a_file / "sub")],
+    ]
+    for args in cases:
+        result = _run_cli([*args, "--signer", "none", "--no-progress", "--scheduler", "synchronous"])
+        lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+        assert result.exit_code == 2, (args, result.output)
+        assert len(lines) == 1 and len(result.output.strip().splitlines()) <= 2, result.output
+
+
+def test_a_second_build_of_one_release_is_refused(world, tmp_path):
+    from curate.build import _Lock
+    from curate.errors import UserError
+
+    (tmp_path / "r").mkdir()
+    with _Lock(tmp_path / "r" / ".lock"):
+        with pytest.raises(UserError, match="another build"):
+            build_release(tmp_path, zoom=15, region=box(*world.bbox), release="r", catalog=world.stac_url,
+                          scheduler="synchronous", **QUIET)
