@@ -34,7 +34,9 @@ def _free_port() -> int:
 
 
 def _rustac() -> str:
-    exe = shutil.which("rustac")
+    # Next to this interpreter first: a virtualenv's scripts need not be on PATH.
+    beside = Path(sys.executable).parent / "rustac"
+    exe = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("rustac")
     if exe is None:
         raise UserError("the `rustac` command is missing; install it with `pip install rustac`")
     return exe
