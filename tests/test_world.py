@@ -119,8 +119,9 @@ def test_s1_passes_speckle_bright_targets_and_truth(world):
         assert np.std(np.log(cog_s[0][keep_s] / truth_s[0][keep_s])) > spread * 1.03
     assert grids["ascending"].c % 10 == 0 and grids["descending"].c % 10 == 5  # half-pixel grid
     # Exactly one item (the ascending pass) carries a stale proj:transform; the file is right.
-    asc = by_state["ascending"]
-    assert asc.properties["proj:transform"][:6] != list(grids["ascending"])[:6]
+    asc, desc = by_state["ascending"], by_state["descending"]
+    assert asc.properties["proj:transform"][:6] != pytest.approx(list(grids["ascending"])[:6])
+    assert desc.properties["proj:transform"][:6] == pytest.approx(list(grids["descending"])[:6])
 
 
 def test_naip_years_footprints_and_truth(world):
@@ -404,3 +405,17 @@ def test_cli_builds_a_small_world_in_one_zone(tmp_path):
     r2 = subprocess.run(CURATE + argv, capture_output=True, text=True, timeout=60)
     assert r2.returncode == 0 and "world" in r2.stdout  # cached: nothing rendered again
     assert json.loads((out / "world.json").read_text()) == meta
+
+
+def test_exactly_one_stale_proj_transform(world_dir):
+    """Every item's proj:transform/shape matches its file, except one S1 item (as on PC)."""
+    stale = []
+    for coll in ("sentinel-2-l2a", "sentinel-1-rtc", "naip"):
+        for f in json.loads((world_dir / "catalog" / f"{coll}-items.json").read_text())["features"]:
+            for key, asset in f["assets"].items():
+                meta = asset if "proj:transform" in asset else f["properties"]
+                with rasterio.open(world_dir / "files" / asset["href"].split("/", 1)[1]) as ds:
+                    assert meta["proj:shape"] == [ds.height, ds.width]
+                    if meta["proj:transform"][:6] != pytest.approx(list(ds.transform)[:6]):
+                        stale.append((f["id"], key))
+    assert len({i for i, _ in stale}) == 1 and stale[0][0].startswith("S1")
