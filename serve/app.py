@@ -32,6 +32,17 @@ Tiles are standard XYZ PNGs (Leaflet, MapLibre, QGIS, GDAL read them unchanged).
 """
 
 
+class ServeApp(FastAPI):
+    """FastAPI with the tile fast path checked before routing and before any middleware (~10 us saved)."""
+
+    fast_path: TileFastPath | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.fast_path is not None and await self.fast_path.serve(scope, send):
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) -> FastAPI:
     """The service for the releases under `data_dir` (indexed once, here, per process)."""
     catalog = Catalog(data_dir)
@@ -40,7 +51,7 @@ def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) ->
     store = TileStore(catalog, reader, BlobCache(mb * 2**20))
 
     # Interactive docs pull their JS from a CDN; the schema itself is at /openapi.json.
-    app = FastAPI(title="scale-alibi", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None)
+    app = ServeApp(title="scale-alibi", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None)
     errors.install(app)
     app.include_router(health_router(catalog))
     app.include_router(releases_router(catalog))
@@ -57,8 +68,7 @@ def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) ->
         expose_headers=["ETag", "Content-Range", "Content-Length", "X-Shard-Triplets"],
         max_age=86400,
     )
-    # Added last, so it runs first: tiles skip routing entirely.
-    app.add_middleware(TileFastPath, store=store)
+    app.fast_path = TileFastPath(store)  # tiles skip middleware and routing entirely
     app.state.catalog = catalog
     app.state.store = store
     return app
