@@ -26,6 +26,14 @@ def world(world_dir):
         w.stop()
 
 
+@pytest.fixture(autouse=True)
+def _world_faults_cleared(request):
+    """After each test that used `world`: drop its leftover faults, delays and signature mode."""
+    yield
+    if "world" in request.fixturenames:
+        request.getfixturevalue("world").files.clear_faults()
+
+
 # -- curate build (curate/build.py) ----------------------------------------------------------
 @pytest.fixture(scope="session")
 def built_release_info(world, tmp_path_factory):
