@@ -20,7 +20,7 @@ from rasterio.transform import Affine
 from shapely.geometry import Polygon, box
 
 from curate.errors import UserError
-from curate.world import field, stac
+from curate.world import stac
 from curate.world.config import WorldConfig
 from curate.world.raster import render_sensor, write_cog
 from curate.world.scenes import Scene, pixel_to_xy, plan
@@ -130,11 +130,11 @@ def _render_all(root: Path, cfg: WorldConfig) -> None:
         (cat / f"{cid}-items.json").write_text(json.dumps(fc, indent=1))
 
 
-def _pixel_lonlat_local(scene: Scene, truth, cols: np.ndarray, rows: np.ndarray, step: float = 1.0):
+def _pixel_lonlat_local(scene: Scene, truth, cols: np.ndarray, rows: np.ndarray):
     """Local-frame coordinates of pixel centres (arrays of fractional col/row indices)."""
     from rasterio.warp import transform as warp_transform
 
-    xs, ys = pixel_to_xy(scene.transform, cols.ravel() * step, rows.ravel() * step)
+    xs, ys = pixel_to_xy(scene.transform, cols.ravel(), rows.ravel())
     lon, lat = warp_transform(scene.crs, "EPSG:4326", list(xs), list(ys))
     x, y = truth.to_local(np.array(lon), np.array(lat))
     return x.reshape(cols.shape), y.reshape(cols.shape)
