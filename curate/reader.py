@@ -23,7 +23,6 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.errors import RasterioIOError
-from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 log = logging.getLogger(__name__)
@@ -140,7 +139,9 @@ def _level(ds, target_res: float) -> int:
 
 
 def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> Source | None:
-    left, bottom, right, top = transform_bounds("EPSG:3857", ds.crs, *bounds_3857, densify_pts=21)
+    from curate.warp import _transformer  # cached per CRS: rasterio's transform_bounds builds one per call
+
+    left, bottom, right, top = _transformer(ds.crs.to_wkt()).transform_bounds(*bounds_3857, densify_pts=21)
     # Mercator metres are 1/cos(lat) ground metres: compare resolutions in the file's units.
     scale = (right - left) / (bounds_3857[2] - bounds_3857[0])
     f = _level(ds, target_res_3857 * scale)

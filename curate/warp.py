@@ -23,6 +23,7 @@ from affine import Affine
 import cv2
 from functools import lru_cache
 from pyproj import CRS, Transformer
+from pyproj.enums import TransformDirection
 
 from curate.reader import Source
 
@@ -91,21 +92,22 @@ def _transformer(src_crs_wkt: str) -> Transformer:
     return Transformer.from_crs("EPSG:3857", CRS.from_user_input(src_crs_wkt), always_xy=True)
 
 
-def source_maps(grid: Grid, src_crs, src_transform: Affine, step: int = NODE_STEP) -> tuple[np.ndarray, np.ndarray]:
-    """For every output pixel centre of `grid`: the source array coordinates (col, row; pixel i's centre is i).
+def source_maps(t: Affine, shape: tuple[int, int], src_crs, src_transform: Affine, step: int = NODE_STEP
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """For every centre of an EPSG:3857 output grid (transform `t`, `shape`): the source array
+    coordinates (col, row; pixel i's centre is i).
 
     The exact transform (PROJ) is evaluated on nodes every `step` output pixels and interpolated
     linearly in between (like GDAL's approximate transformer; over one node cell the mapping is
     affine to < 1e-3 px at the zooms this project builds). The interpolation is cv2.resize of the
     node grid onto a frame one node wider on each side, so no output pixel is extrapolated."""
-    h, w = grid.shape
+    h, w = shape
     assert h % step == 0 and w % step == 0
     nr, nc = h // step + 2, w // step + 2
     # Node k sits where cv2.resize puts source sample k: output index (k + 0.5) * step - 0.5,
     # in a frame shifted by one node (step pixels) up and left.
     rpos = (np.arange(nr) + 0.5) * step - 0.5 - step
     cpos = (np.arange(nc) + 0.5) * step - 0.5 - step
-    t = grid.transform
     X, Y = np.meshgrid(t.c + (cpos + 0.5) * t.a, t.f + (rpos + 0.5) * t.e)
     sx, sy = _transformer(CRS.from_user_input(src_crs).to_wkt()).transform(X, Y)
     inv = ~src_transform
@@ -159,6 +161,10 @@ def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: st
     valid = np.zeros((h, w), bool)
     for src in sources:
         bands = src.data.shape[0]
+        win = _dst_window(src, grid)
+        if win is None:
+            continue
+        r0, r1, c0, c1 = win
         rs = resampling or choose_resampling(src.res, grid.ground_res)
         if rs == "average":
             img, mask, transform = _area_prefilter(src, grid.ground_res / src.res)
@@ -167,7 +173,10 @@ def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: st
         if img.dtype.kind == "f":
             img = np.where(np.isfinite(img) & (img != (src.nodata if src.nodata is not None else np.nan)), img, 0)
             img = img.astype(np.float32, copy=False)
-        mx, my = source_maps(grid, src.crs, transform)
+        # Only the part of the grid this source can reach is remapped (a NAIP quarter-quad
+        # covers a fraction of a metatile).
+        sub = grid.transform * Affine.translation(c0, r0)
+        mx, my = source_maps(sub, (r1 - r0, c1 - c0), src.crs, transform)
         interp = cv2.INTER_NEAREST if rs == "nearest" else cv2.INTER_LINEAR
         data = cv2.remap(np.ascontiguousarray(img), mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         m = cv2.remap(mask, mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -175,19 +184,38 @@ def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: st
         if data.ndim == 2:
             data = data[..., None]
         if out is None:
-            out = data
-            if not got.all():
-                out[~got] = nodata
-            valid = got
-        else:
-            fill = got & ~valid
-            np.copyto(out, data, where=fill[..., None])
-            valid |= fill
+            out = np.full((h, w, bands), nodata, dtype=data.dtype)
+        region, vreg = out[r0:r1, c0:c1], valid[r0:r1, c0:c1]
+        fill = got & ~vreg
+        np.copyto(region, data, where=fill[..., None])
+        vreg |= fill
         if valid.all():
             break
     if out is None:
         out = np.full((h, w, 1), nodata, dtype=dtype)
     return out, valid
+
+
+def _dst_window(src: Source, grid: Grid, pad: int = 2) -> tuple[int, int, int, int] | None:
+    """Rows r0:r1 and columns c0:c1 of `grid` (multiples of NODE_STEP) that the source array can reach."""
+    _, sh, sw = src.data.shape
+    t = src.transform
+    xs = [t.c, t.c + sw * t.a + sh * t.b]
+    ys = [t.f, t.f + sw * t.d + sh * t.e]
+    left, bottom, right, top = _transformer(CRS.from_user_input(src.crs).to_wkt()).transform_bounds(
+        min(xs), min(ys), max(xs), max(ys), densify_pts=21, direction=TransformDirection.INVERSE)
+    g = grid.transform
+    h, w = grid.shape
+    c0 = max(0, int(math.floor((left - g.c) / g.a)) - pad)
+    c1 = min(w, int(math.ceil((right - g.c) / g.a)) + pad)
+    r0 = max(0, int(math.floor((g.f - top) / -g.e)) - pad)
+    r1 = min(h, int(math.ceil((g.f - bottom) / -g.e)) + pad)
+    s = NODE_STEP
+    c0, r0 = c0 // s * s, r0 // s * s
+    c1, r1 = min(w, -(-c1 // s) * s), min(h, -(-r1 // s) * s)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return r0, r1, c0, c1
 
 
 def box_down2(data: np.ndarray) -> np.ndarray:

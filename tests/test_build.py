@@ -378,8 +378,11 @@ def small(world, tmp_path_factory):
     return region, Release(root, "small")
 
 
-def test_429_503_and_expired_tokens_retry_resign_and_match(world, small, tmp_path):
+def test_429_503_and_expired_tokens_retry_resign_and_match(world, small, tmp_path, monkeypatch):
+    import curate.reader as reader
+
     region, ref = small
+    monkeypatch.setattr(reader, "BACKOFF_S", 0.02)  # same retries, shorter waits
     calls = defaultdict(int)
 
     def signer(href: str) -> str:
@@ -481,3 +484,24 @@ def test_a_second_build_of_one_release_is_refused(world, tmp_path):
         with pytest.raises(UserError, match="another build"):
             build_release(tmp_path, zoom=15, region=box(*world.bbox), release="r", catalog=world.stac_url,
                           scheduler="synchronous", **QUIET)
+
+
+def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path, monkeypatch):
+    import curate.reader as reader
+    from curate.errors import UserError
+
+    region, ref = small
+    monkeypatch.setattr(reader, "BACKOFF_S", 0.01)
+    victim = ref.read_manifest().to_pylist()[0]["naip_items"][0]
+    world.files.inject(status=503, count=10_000, path_contains=victim)
+    try:
+        with pytest.raises(UserError, match="failed after retries"):
+            build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
+                          scheduler="synchronous", **QUIET)
+    finally:
+        world.files.clear_faults()
+    rel = Release(tmp_path, "small")
+    assert not rel.is_finished
+    build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
+                  scheduler="synchronous", **QUIET)
+    assert _tree(rel.path) == _tree(ref.path)
