@@ -551,7 +551,7 @@ def build_release(
         failures: list[str] = []
         items_by_block: dict = {}
         # Search even when every metatile is done: item `updated` times go in the manifest.
-        if True:
+        if metatiles:
             from curate.search import SearchOptions, open_catalog
 
             open_catalog(catalog)  # fail fast, with one line, before starting any cluster
@@ -560,8 +560,10 @@ def build_release(
             for mt in metatiles:
                 blocks.setdefault(mercantile.parent(mercantile.Tile(mt[1], mt[2], mt[0]), zoom=min(SEARCH_ZOOM, mt[0]))
                                   if mt[0] > SEARCH_ZOOM else mercantile.Tile(mt[1], mt[2], mt[0]), []).append(mt)
+            # Nothing left to cut (a resumed build that had finished its metatiles): search here,
+            # without starting a cluster.
             new_records, items_by_block = _run(rel, params, metatiles, todo, blocks, catalog, opts, signer,
-                                               scheduler, workers, progress, echo, failures)
+                                               scheduler if todo else "synchronous", workers, progress, echo, failures)
             records.update(new_records)
         if failures:
             raise UserError(f"{len(failures)} of {len(metatiles)} metatiles failed after retries "
