@@ -608,8 +608,11 @@ def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler,
     jobs = {mt: MetatileJob(str(rel.path), params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
                             signer=signer, catalog=catalog) for mt in todo}
     records: dict = {}
-    bar = tqdm(total=len(todo), unit="metatile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    def new_bar():
+        return tqdm(total=len(todo), unit="metatile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
     if scheduler == "synchronous":
+        bar = new_bar()
         from curate.search import search_items
 
         items = {(b, layer): search_items(catalog, layer, block_bbox[b], opts) for b in blocks for layer in LAYERS}
@@ -626,6 +629,11 @@ def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler,
         return records, {b: items[(b, "s2")] + items[(b, "s1")] + items[(b, "naip")] for b in blocks}
 
     from dask.distributed import Client, LocalCluster, as_completed
+
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # `curate -v` keeps Dask's own log lines
+        for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                     "distributed.worker", "distributed.http.proxy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     cluster = None
     if scheduler and scheduler.startswith(("tcp://", "tls://", "ucx://")):
@@ -647,6 +655,7 @@ def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler,
     try:
         link = client.dashboard_link
         echo(f"dask dashboard: {link}" + ("" if _has_bokeh() else " (pip install bokeh to enable it)"))
+        bar = new_bar()
         search_f = {(b, layer): client.submit(_search_block, catalog, layer, block_bbox[b], opts, pure=False,
                                               key=f"search-{layer}-{b.z}-{b.x}-{b.y}-{time.time_ns()}")
                     for b in blocks for layer in LAYERS}
