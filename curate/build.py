@@ -530,6 +530,9 @@ def build_release(
             echo(f"release {release} is already complete ({n} triplets): nothing to do")
             return BuildResult(rel, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
 
+        from curate.search import open_catalog
+
+        open_catalog(catalog)  # fail fast, with one line, before planning or starting any cluster
         tiles = plan_tiles(params, geometry=geometry, spec=spec)
         if not tiles:
             raise UserError("the region covers no tiles at this zoom")
@@ -552,9 +555,7 @@ def build_release(
         items_by_block: dict = {}
         # Search even when every metatile is done: item `updated` times go in the manifest.
         if metatiles:
-            from curate.search import SearchOptions, open_catalog
-
-            open_catalog(catalog)  # fail fast, with one line, before starting any cluster
+            from curate.search import SearchOptions
             opts = SearchOptions(datetime=datetime, max_cloud=max_cloud, naip_years=params.naip_years)
             blocks: dict[tuple, list] = {}
             for mt in metatiles:

@@ -89,7 +89,9 @@ def open_catalog(url: str):
     try:
         return pystac_client.Client.open(url, timeout=30)
     except Exception as e:  # connection refused, DNS, not a STAC API, ...
-        reason = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
+        text = str(e)
+        reason = ("connection failed" if "Connection" in text or "connect" in text.lower()
+                  else (text.splitlines()[0][:120] if text else e.__class__.__name__))
         raise UserError(f"cannot reach STAC catalog {url} ({reason}); check --catalog and the network") from None
 
 
