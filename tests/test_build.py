@@ -372,16 +372,18 @@ def small(world, tmp_path_factory):
     w, s, e, n = world.bbox
     region = box(w + 0.3 * (e - w), s + 0.3 * (n - s), w + 0.7 * (e - w), s + 0.7 * (n - s))
     root = tmp_path_factory.mktemp("small")
-    world.files.clear_faults() if hasattr(world.files, "clear_faults") else None
+    world.files.clear_faults()
+    world.files.reset_stats()
     build_release(root, zoom=16, region=region, release="small", catalog=world.stac_url,
                   scheduler="synchronous", **QUIET)
-    return region, Release(root, "small")
+    small_requests = world.files.stats()["requests"]
+    return region, Release(root, "small"), small_requests
 
 
 def test_429_503_and_expired_tokens_retry_resign_and_match(world, small, tmp_path, monkeypatch):
     import curate.reader as reader
 
-    region, ref = small
+    region, ref, ref_requests = small
     monkeypatch.setattr(reader, "BACKOFF_S", 0.02)  # same retries, shorter waits
     calls = defaultdict(int)
 
@@ -392,6 +394,7 @@ def test_429_503_and_expired_tokens_retry_resign_and_match(world, small, tmp_pat
     world.files.require_signature(True)
     world.files.inject(status=429, count=3)
     world.files.inject(status=503, count=3)
+    world.files.reset_stats()
     try:
         build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
                       scheduler="synchronous", signer=signer, progress=False, echo=lambda m: None)
@@ -399,6 +402,8 @@ def test_429_503_and_expired_tokens_retry_resign_and_match(world, small, tmp_pat
         world.files.require_signature(False)
         world.files.clear_faults()
     assert calls and all(c >= 2 for c in calls.values())  # every href was re-signed after its 403
+    # The 6 injected errors and one 403 per href were answered, and retried.
+    assert world.files.stats()["requests"] >= ref_requests + 6 + len(calls)
     assert _tree(Release(tmp_path, "small").path) == _tree(ref.path)
 
 
@@ -411,7 +416,7 @@ def _free_port() -> int:
 
 
 def test_existing_dask_scheduler_on_loopback(world, small, tmp_path):
-    region, ref = small
+    region, ref, ref_requests = small
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
@@ -490,7 +495,7 @@ def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path,
     import curate.reader as reader
     from curate.errors import UserError
 
-    region, ref = small
+    region, ref, ref_requests = small
     monkeypatch.setattr(reader, "BACKOFF_S", 0.01)
     victim = ref.read_manifest().to_pylist()[0]["naip_items"][0]
     world.files.inject(status=503, count=10_000, path_contains=victim)
