@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from datetime import datetime
 from pathlib import Path
 
 import mercantile
