@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "stats": "model.stats:stats",
     "serve": "serve.cli:serve",
     "world": "curate.world.cli:world",
+    "demo": "curate.demo:demo",
 }
 
 
@@ -44,3 +45,7 @@ def main(verbose: int) -> None:
     """Build, serve and learn from aligned Sentinel-1 / Sentinel-2 / NAIP tile triplets."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    main()
