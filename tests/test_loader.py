@@ -299,8 +299,9 @@ def test_batch_layout_and_tags(server, release):
 
 # ---------------------------------------------------------------------------- pure functions
 
-@pytest.mark.parametrize("n,shard_size,world,workers", [(32, 6, 2, 2), (7, 3, 3, 2), (50, 4, 2, 3), (5, 8, 2, 2)])
-def test_plan_partitions_every_position_once(n, shard_size, world, workers):
+@pytest.mark.parametrize("n,shard_size,world_size,workers", [(32, 6, 2, 2), (7, 3, 3, 2), (50, 4, 2, 3), (5, 8, 2, 2)])
+def test_plan_partitions_every_position_once(n, shard_size, world_size, workers):
+    world = world_size
     plan = ShardPlan(n, shard_size, seed=1, epoch=2, world_size=world, num_workers=workers, shuffle_buffer=5)
     got = [p for r in range(world) for w in range(workers) for p in plan.worker_order(r, w)]
     want = [(s, o) for s in range(plan.num_shards) for o in range(min(shard_size, n - s * shard_size))]
