@@ -30,9 +30,10 @@ def world(world_dir):
 def _world_faults_cleared(request):
     """After each test that used `world`: drop its leftover faults, delays and signature mode."""
     yield
-    served = request.node.funcargs.get("world") if hasattr(request.node, "funcargs") else None
-    if hasattr(served, "files"):  # a test parameter may also be called "world"
-        served.files.clear_faults()
+    callspec = getattr(request.node, "callspec", None)
+    parametrized = callspec is not None and "world" in callspec.params  # a parameter, not the fixture
+    if "world" in request.fixturenames and not parametrized:
+        request.getfixturevalue("world").files.clear_faults()
 
 
 # -- curate build (curate/build.py) ----------------------------------------------------------
