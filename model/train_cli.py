@@ -1,7 +1,7 @@
 """`curate train`: train a Scale-ALiBi model on triplets streamed from a running `curate serve`.
 
 Single process:  curate train --server http://127.0.0.1:8000 --release small --config tiny --out runs/a
-Multi-GPU DDP:   torchrun --nproc-per-node 8 -m curate.cli train ... --device cuda
+Multi-GPU DDP:   torchrun --nproc-per-node 8 "$(command -v curate)" train ... --device cuda
 (each rank reads its own shards; gradients are synchronised by DistributedDataParallel).
 """
 

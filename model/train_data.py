@@ -112,7 +112,7 @@ class StreamSource:
                 it = iter(loader)
             for batch in it:
                 if batch_size_of(batch) < self.batch_size:
-                    self._dropped.append({"worker": batch["worker"], "z": batch["z"]})
+                    self._dropped.append({k: batch[k] for k in ("worker", "z", "epoch") if k in batch})
                     continue
                 yield batch
             self._dropped.clear()

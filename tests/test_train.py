@@ -1,0 +1,174 @@
+"""Training through the real server: the tiny model learns the synthetic world (loss falls, held-out
+S1->S2 retrieval far above chance and above the untrained model), resume is exact, the CLI works.
+
+One training run (module fixture) is shared by the assertions; budget: about 3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from curate.cli import main as cli
+from curate.release import Release
+from model.config import get_config
+from model.retrieval import retrieval_top1, top1_from_embeddings
+from model.scale_alibi import ScaleAlibiModel
+from model.train import TrainConfig, Trainer, lr_at
+from model.train_data import StreamSource, collect_split, prepare_batch
+from serve.process import ServerProcess
+
+# Trainer-side hyper-parameters for the CPU acceptance run (tiny config unchanged).
+STEPS = 70
+BATCH = 32
+LR = 2e-3
+WARMUP = 5
+MIN_HELDOUT = 64
+
+
+@pytest.fixture(scope="module")
+def served(built_release):
+    """(url, release name, stats) of the synthetic world's release behind a real server process."""
+    from model.stats import compute_stats
+
+    data_root, name = built_release
+    stats_file = Path(data_root) / name / "stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else compute_stats(Release(Path(data_root), name), limit=64)
+    with ServerProcess(data_root) as server:
+        yield server.url, name, stats["modalities"]
+
+
+@pytest.fixture(scope="module")
+def heldout(served):
+    url, name, stats = served
+    data = collect_split(url, name, "heldout", stats=stats)
+    assert len(data["z"]) >= MIN_HELDOUT, "the release needs at least 64 held-out tiles for the retrieval check"
+    return data
+
+
+def _model() -> ScaleAlibiModel:
+    torch.manual_seed(0)
+    return ScaleAlibiModel(get_config("tiny"))
+
+
+@pytest.fixture(scope="module")
+def trained(served, heldout, tmp_path_factory):
+    """Train tiny for STEPS steps from the server; measure retrieval before and after."""
+    url, name, stats = served
+    model = _model()
+    untrained = retrieval_top1(model, heldout, prepare=prepare_batch)
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(steps=STEPS, batch_size=BATCH, lr=LR, warmup_steps=WARMUP, progress=False, log_every=5)
+    trainer = Trainer(model, cfg, run_dir, model_config=get_config("tiny").to_dict(), prepare=prepare_batch)
+    source = StreamSource(url, name, BATCH, num_workers=2, seed=0, stats=stats)
+    t0 = time.perf_counter()
+    losses = trainer.fit(source)
+    seconds = time.perf_counter() - t0
+    trainer.close()
+    after = retrieval_top1(model, heldout, prepare=prepare_batch)
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    figures = {"loss_first20": first, "loss_last20": last, "ratio": last / first, "top1": after.top1,
+               "top1_untrained": untrained.top1, "chance": after.chance, "n_heldout": after.n,
+               "samples_per_s": STEPS * BATCH / seconds, "train_s": seconds}
+    print("\ntraining figures:", json.dumps(figures))
+    return {"losses": losses, "untrained": untrained, "after": after, "run_dir": run_dir, "figures": figures,
+            "source": source}
+
+
+def test_loss_falls(trained):
+    losses = trained["losses"]
+    assert len(losses) == STEPS
+    assert trained["figures"]["ratio"] <= 0.7, trained["figures"]
+
+
+def test_heldout_retrieval_beats_chance_and_untrained(trained):
+    after, untrained = trained["after"], trained["untrained"]
+    assert after.n >= MIN_HELDOUT
+    assert after.top1 >= 10 * after.chance, trained["figures"]
+    assert after.top1 >= 3 * max(untrained.top1, after.chance / 3), trained["figures"]
+
+
+def test_run_writes_checkpoint_and_tensorboard(trained):
+    run_dir = trained["run_dir"]
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    sidecar = json.loads((run_dir / "checkpoints" / latest / "state.json").read_text())
+    assert sidecar["step"] == STEPS
+    consumed = sidecar["ranks"][0]["loader"]
+    assert consumed["epoch"] >= 0 and sum(consumed["consumed"]) > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/contrastive", "train/reconstruction", "train/lr", "train/samples_per_s"} <= tags
+    assert acc.Scalars("train/loss")[-1].step == STEPS - 1
+
+
+def test_resume_mid_epoch_repeats_the_uninterrupted_losses(served, tmp_path):
+    """Kill after step 6 (mid-epoch, 2 DataLoader workers), resume: the next 10 losses equal the uninterrupted run's."""
+    url, name, stats = served
+    total, stop, batch = 16, 6, 8
+
+    def run(run_dir, resume=False, stop_at=None):
+        cfg = TrainConfig(steps=total, batch_size=batch, lr=LR, warmup_steps=3, deterministic=True, progress=False)
+        trainer = Trainer(_model(), cfg, run_dir, prepare=prepare_batch)
+        torch.manual_seed(42)  # the mask RNG's state at the start of a fresh run
+        source = StreamSource(url, name, batch, num_workers=2, seed=3, stats=stats)
+        losses = trainer.fit(source, resume=resume, stop_at=stop_at)
+        trainer.close()
+        return losses, source
+
+    full, _ = run(tmp_path / "full")
+    part, source = run(tmp_path / "part", stop_at=stop)
+    assert len(part) == stop and part == full[:stop]
+    state = json.loads((tmp_path / "part" / "checkpoints" / f"step-{stop:09d}" / "state.json").read_text())
+    loader_state = state["ranks"][0]["loader"]
+    assert loader_state["epoch"] == 0 and 0 < sum(loader_state["consumed"]) < len(source.dataset)  # mid-epoch
+    resumed, _ = run(tmp_path / "part", resume=True)
+    assert len(resumed) == total - stop
+    assert max(abs(a - b) for a, b in zip(resumed[:10], full[stop : stop + 10])) <= 1e-5
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # rising during warmup
+    assert lrs[10] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then falling
+    assert lrs[-1] == pytest.approx(1e-4)
+
+
+def test_top1_counts_only_strict_own_matches():
+    q = torch.eye(4)
+    assert top1_from_embeddings(q, q) == 1.0
+    assert top1_from_embeddings(q, q.roll(1, 0)) == 0.0
+    assert top1_from_embeddings(torch.ones(4, 3), torch.ones(4, 3)) == 0.0  # all ties: no hits
+
+
+def test_cli_unreachable_server_is_one_line_exit_2(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--server", "http://127.0.0.1:9", "--release", "x",
+                                      "--config", "tiny", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "127.0.0.1:9" in lines[0]
+
+
+def test_cli_trains_and_resumes(served, tmp_path):
+    url, name, stats = served
+    stats_file = tmp_path / "stats.json"
+    stats_file.write_text(json.dumps({"modalities": stats}))
+    args = ["train", "--server", url, "--release", name, "--config", "tiny", "--batch-size", "4",
+            "--out", str(tmp_path / "run"), "--stats", str(stats_file), "--num-workers", "0", "--eval-tiles", "8"]
+    first = CliRunner().invoke(cli, [*args, "--steps", "2"])
+    assert first.exit_code == 0, first.output
+    assert "retrieval top-1" in first.output
+    again = CliRunner().invoke(cli, [*args, "--steps", "2"])
+    assert again.exit_code == 2 and "--resume" in again.output  # refuses to overwrite a run
+    resumed = CliRunner().invoke(cli, [*args, "--steps", "3", "--resume", "--eval-tiles", "0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (tmp_path / "run" / "checkpoints" / "step-000000003").is_dir()
