@@ -92,17 +92,29 @@ def signed_href(href: str, signer, force: bool = False) -> str:
     return fresh
 
 
-def _forget(url: str) -> None:
-    """Drop vsicurl's cached state for `url` (it remembers a failed open), via the GDAL that rasterio loaded."""
-    try:
-        import ctypes
-        import glob
-        import os
+def _gdal_lib():
+    """The GDAL shared library that rasterio loaded (for the cache calls rasterio does not wrap)."""
+    import ctypes
+    import glob
+    import os
 
-        libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(rasterio.__file__)), "rasterio.libs", "libgdal*"))
-        lib = ctypes.CDLL(libs[0]) if libs else ctypes.CDLL(None)
-        lib.VSICurlPartialClearCache(("/vsicurl/" + url).encode())
-    except (OSError, AttributeError, IndexError):  # not fatal: the next attempt may still succeed
+    libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(rasterio.__file__)), "rasterio.libs", "libgdal*"))
+    return ctypes.CDLL(libs[0]) if libs else ctypes.CDLL(None)
+
+
+def _forget(url: str) -> None:
+    """Drop vsicurl's cached state for `url` (it remembers a failed open)."""
+    try:
+        _gdal_lib().VSICurlPartialClearCache(("/vsicurl/" + url).encode())
+    except (OSError, AttributeError):  # not fatal: the next attempt may still succeed
+        pass
+
+
+def clear_http_cache() -> None:
+    """Drop everything vsicurl cached in this process (file sizes, blocks, remembered failures)."""
+    try:
+        _gdal_lib().VSICurlClearCache()
+    except (OSError, AttributeError):
         pass
 
 

@@ -34,6 +34,9 @@ def _world_faults_cleared(request):
     parametrized = callspec is not None and "world" in callspec.params  # a parameter, not the fixture
     if "world" in request.fixturenames and not parametrized:
         request.getfixturevalue("world").files.clear_faults()
+        from curate.reader import clear_http_cache
+
+        clear_http_cache()  # GDAL remembers a 403 per URL in-process: don't let it outlive the test
 
 
 # -- curate build (curate/build.py) ----------------------------------------------------------

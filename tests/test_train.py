@@ -24,7 +24,7 @@ from model.train_data import StreamSource, collect_split, prepare_batch
 from serve.process import ServerProcess
 
 # Trainer-side hyper-parameters for the CPU acceptance run (tiny config unchanged).
-STEPS = 70
+STEPS = 100
 BATCH = 32
 LR = 2e-3
 WARMUP = 5
