@@ -59,3 +59,26 @@ def measure(img: np.ndarray, ref: np.ndarray, layer: str, source_px: float, whit
     uy, ux = np.unravel_index(np.argmax(up), up.shape)
     dy, dx = shift + (np.array([uy, ux]) - centre) / factor
     return float(dx), float(dy), corr
+
+
+def measure_gradient(img: np.ndarray, ref: np.ndarray, layer: str, iterations: int = 5, margin: int = 8,
+                     saturated_px: int = 24) -> tuple[float, float, float]:
+    """(dx, dy, corr) like `measure`, by iterated least squares on the reference's gradient
+    (Lucas-Kanade) over the whole tile. Used for heavily upsampled S1: there the band-limited
+    spectrum has only a few frequencies per tile, and the point scatterers (saturated, absent from
+    the truth) are masked out, `saturated_px` around each, instead of dominating a correlation peak."""
+    from scipy import ndimage
+
+    a, b = _gray(img, layer), _gray(ref, layer)
+    saturated = (img[..., 1:] >= 255).any(-1) | (ref[..., 1:] >= 255).any(-1)
+    keep = ~ndimage.binary_dilation(saturated, iterations=saturated_px)
+    keep[:margin], keep[-margin:], keep[:, :margin], keep[:, -margin:] = False, False, False, False
+    gy, gx = np.gradient(b)
+    d = np.zeros(2)  # (dx, dy): img(p) = ref(p - d)
+    for _ in range(iterations):
+        at = (d[1], d[0])
+        residual = (a - ndimage.shift(b, at, order=3, mode="nearest"))[keep]
+        jac = -np.stack([ndimage.shift(gx, at, order=3)[keep], ndimage.shift(gy, at, order=3)[keep]], 1)
+        d += np.linalg.lstsq(jac, residual, rcond=None)[0]
+    corr = float(np.corrcoef(a[keep], b[keep])[0, 1])
+    return float(d[0]), float(d[1]), corr
