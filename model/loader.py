@@ -3,13 +3,14 @@
 Use (the trainer wraps this in `model.train_data.StreamSource`)::
 
     ds = TripletStream("http://127.0.0.1:8000", "small", split="train", shard_size=64, seed=0,
-                       rank=rank, world_size=world, stats=load_stats(".../stats.json"))
+                       rank=rank, world_size=world)
     loader = make_loader(ds, batch_size=32, num_workers=4)
+    normalize = Normalize(load_stats(".../stats.json"))  # applied after the batch is on its device
     progress = StreamProgress.for_loader(loader)
     for epoch in range(epochs):
         ds.set_epoch(epoch)
         for batch in loader:                 # dict: s1 s2 naip naip_hires z x y tile_size_m + tags
-            ...                              # train on it, then:
+            ...                              # train on normalize(batch), then:
             progress.update(batch)           # the trainer says what it consumed
         state = progress.state_dict()        # small JSON dict; store it in the checkpoint
 
@@ -56,9 +57,11 @@ restart mid-epoch loses and repeats nothing. A server that cannot be reached whe
 created raises `curate.errors.UserError` at once, naming the URL.
 
 **Tensors.** uint8 (C, H, W): s1 (2: VV, VH), s2 (3), naip (3, 256 px), naip_hires (3, 512 px
-assembled from the four z+1 tiles). With ``stats`` (``curate stats`` -> ``<release>/stats.json``)
-they become float32 ``(x - mean) / std`` per channel. ``tile_size_m`` (B,) float32 is
-`model.geometry.tile_ground_size_m(z, y)`.
+assembled from the four z+1 tiles); ``modalities=`` decodes only those a consumer reads (the trainer
+skips the 256 px naip). They stay uint8 through the DataLoader's worker->main
+queue and the host->GPU copy (4x fewer bytes than float32); `Normalize` (``curate stats`` ->
+``<release>/stats.json``) turns them into float32 ``(x - mean) / std`` per channel on the device.
+``tile_size_m`` (B,) float32 is `model.geometry.tile_ground_size_m(z, y)`.
 """
 
 from __future__ import annotations
@@ -361,27 +364,34 @@ def load_stats(path: str | Path) -> dict[str, dict[str, list[float]]]:
     return data["modalities"]
 
 
-def _stat_tensors(stats: Mapping[str, Mapping[str, Sequence[float]]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    out = {}
-    for m in MODALITIES:
-        if m not in stats:
-            continue
-        mean = torch.tensor(stats[m]["mean"], dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(stats[m]["std"], dtype=torch.float32).clamp_min(1e-6).view(-1, 1, 1)
-        if mean.shape[0] != CHANNELS[m]:
-            raise UserError(f"stats for {m} have {mean.shape[0]} channels, expected {CHANNELS[m]}; rerun `curate stats`")
-        out[m] = (mean, std)
-    return out
+class Normalize:
+    """(x - mean) / std per channel with a release's stats (0..255 scale), on the batch's device.
 
+    Works on samples (C, H, W) and batches (B, C, H, W); modalities without stats pass through.
+    Runs after the uint8 batch has been moved to its device, so workers never ship floats.
+    """
 
-def normalize(sample: dict[str, torch.Tensor], stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """(x - mean) / std per channel for each modality with stats (float32); works on (C,H,W) and (B,C,H,W)."""
-    out = dict(sample)
-    for m, (mean, std) in stats.items():
-        if m in out:
-            x = out[m]
-            out[m] = (x.float() - mean.to(x.device)) / std.to(x.device)
-    return out
+    def __init__(self, stats: Mapping[str, Mapping[str, Sequence[float]]]):
+        self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for m in MODALITIES:
+            if m not in stats:
+                continue
+            mean = torch.tensor(stats[m]["mean"], dtype=torch.float32).view(-1, 1, 1)
+            std = torch.tensor(stats[m]["std"], dtype=torch.float32).clamp_min(1e-6).view(-1, 1, 1)
+            if mean.shape[0] != CHANNELS[m]:
+                raise UserError(f"stats for {m} have {mean.shape[0]} channels, expected {CHANNELS[m]}; rerun `curate stats`")
+            self.stats[m] = (mean, std)
+
+    def __contains__(self, modality: str) -> bool:
+        return modality in self.stats
+
+    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(sample)
+        for m, (mean, std) in self.stats.items():
+            if m in out:
+                x = out[m]
+                out[m] = (x.float() - mean.to(x.device)) / std.to(x.device)
+        return out
 
 
 # ------------------------------------------------------------------------------------- dataset
@@ -405,8 +415,8 @@ class TripletStream(IterableDataset):
         world_size: int = 1,
         shuffle_buffer: int = 256,
         prefetch: int = 64,
-        stats: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
         decode: bool = True,
+        modalities: Sequence[str] = MODALITIES,
         retries: int = 10,
         timeout_s: float = 30.0,
         on_retry: Callable[[str], None] | None = None,
@@ -420,8 +430,11 @@ class TripletStream(IterableDataset):
         self.seed, self.epoch = int(seed), int(epoch)
         self.rank, self.world_size = int(rank), int(world_size)
         self.shuffle_buffer, self.prefetch = int(shuffle_buffer), int(prefetch)
-        self.stats = _stat_tensors(stats) if stats else None
         self.decode = decode
+        unknown = set(modalities) - set(MODALITIES)
+        if unknown:
+            raise UserError(f"unknown modalities {sorted(unknown)}; choose from {list(MODALITIES)}")
+        self.modalities = tuple(modalities)  # decoded per sample; the rest of the PNGs are skipped
         info = self.client.release_info(release, self.shard_size, split)  # fails fast when unreachable
         self.n = int(info["triplets"])
         if int(info["num_shards"]) != shard_count(self.n, self.shard_size):
@@ -535,8 +548,7 @@ class TripletStream(IterableDataset):
         z, x, y = (int(meta[k]) for k in ("z", "x", "y")) if meta else (int(v) for v in key.split("_"))
         sample: dict[str, Any] = {"z": z, "x": x, "y": y, "tile_size_m": tile_ground_size_m(z, y), "shard": pos[0], "offset": pos[1], "worker": worker, "epoch": self.epoch}
         if self.decode:
-            images = decode_triplet(members)
-            sample.update(normalize(images, self.stats) if self.stats else images)
+            sample.update(decode_triplet(members, self.modalities))
         else:
             sample["png"] = {m: members[m] for m in TRIPLET_MEMBERS}
         return sample

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.vit import gather_tokens
+
 
 def _world() -> tuple[int, int]:
     """(rank, world size) of the default process group, (0, 1) when none is running."""
@@ -77,14 +79,23 @@ class ContrastiveLoss(nn.Module):
 
 
 def normalise_patches(target: Tensor, eps: float = 1e-6) -> Tensor:
-    """Per-patch normalisation of (..., P) pixel vectors to mean 0, std 1 (MAE's norm_pix_loss)."""
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return (target - mean) / (var + eps).sqrt()
+    """Per-patch normalisation of (..., P) pixel vectors to mean 0, std 1 (MAE's norm_pix_loss).
+
+    One fused layer_norm pass (biased variance; MAE's unbiased variance differs by P/(P-1),
+    under 0.2% for P >= 512) instead of separate mean/var/sub/div passes over the pixels.
+    """
+    return F.layer_norm(target, target.shape[-1:], eps=eps)
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """MSE over masked patches only: pred/target (B, N, P), mask (B, N) bool, True = masked."""
-    per_patch = ((pred - target) ** 2).mean(dim=-1)  # (B, N)
-    weight = mask.to(per_patch.dtype)
-    return (per_patch * weight).sum() / weight.sum().clamp(min=1.0)
+def masked_patch_mse(pred: Tensor, target: Tensor, ids_masked: Tensor) -> Tensor:
+    """MSE of predictions for the masked patches against their per-patch-normalised targets.
+
+    pred (B, M, S*P): predictions for the patches ids_masked (B, M); target (B, N, S, P) or
+    (B, N, P): every patch's pixels, S sub-patches each normalised on its own (NAIP's 2x2 hires
+    children of a low-res patch). Only the M masked patches are gathered and normalised, so kept
+    patches cost nothing and cannot contribute.
+    """
+    picked = gather_tokens(target, ids_masked)  # (B, M, [S,] P)
+    picked = normalise_patches(picked.float()).reshape(pred.shape)
+    return F.mse_loss(pred.float(), picked)
+

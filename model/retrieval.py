@@ -39,9 +39,10 @@ def embed_all(model: nn.Module, data: Mapping[str, Any], modality: str, device: 
     try:
         for i in range(0, n, chunk):
             part = {k: v[i : i + chunk] for k, v in data.items() if isinstance(v, torch.Tensor)}
+            part = move_batch(part, torch.device(device))
             if prepare is not None:
                 part = prepare(part)
-            out.append(model.embed(move_batch(part, torch.device(device)), modality).float().cpu())
+            out.append(model.embed(part, modality).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)

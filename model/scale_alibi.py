@@ -31,19 +31,21 @@ from torch import Tensor
 
 from model.config import ModelConfig
 from model.geometry import patch_centres_m
-from model.losses import ContrastiveLoss, masked_mse, normalise_patches
+from model.losses import ContrastiveLoss, masked_patch_mse
 from model.vit import Block, CrossEncoder, Encoder, gather_tokens, patchify, sincos_2d
 
 MODALITIES = ("s1", "s2", "naip_hires")
 
 
-def keep_ids_from_mask(mask: Tensor) -> Tensor:
-    """Bool mask (B, N), True = masked, same count per row -> kept ids (B, K), ascending."""
+def split_ids_from_mask(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Bool mask (B, N), True = masked, same count per row -> (kept ids (B, K), masked ids (B, N-K)),
+    each ascending."""
     kept = (~mask).sum(dim=1)
     if not bool((kept == kept[0]).all()):
         raise ValueError("every row of the MAE mask must keep the same number of patches")
     order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # kept (0) first, ascending
-    return order[:, : int(kept[0])]
+    k = int(kept[0])
+    return order[:, :k], order[:, k:]
 
 
 def random_mask(batch: int, n: int, mask_ratio: float, device: torch.device | str) -> Tensor:
@@ -65,11 +67,11 @@ def expand_to_hires(ids_lo: Tensor, grid: int) -> Tensor:
     return torch.stack(children, dim=-1).reshape(ids_lo.shape[0], -1)  # (B, K*4), parent-major
 
 
-def pack_hires(patches: Tensor, grid: int) -> Tensor:
-    """Hires per-patch vectors (B, (2g)^2, P) -> (B, g^2, 4P): each low-res patch's 2x2 children."""
+def group_hires(patches: Tensor, grid: int) -> Tensor:
+    """Hires per-patch vectors (B, (2g)^2, P) -> (B, g^2, 4, P): each low-res patch's 2x2 children."""
     b, _, p = patches.shape
     x = patches.reshape(b, grid, 2, grid, 2, p).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, grid * grid, 4 * p)
+    return x.reshape(b, grid * grid, 4, p)
 
 
 def coords(tile_size_m: Tensor, grid: int, l_ref_m: float) -> Tensor:
@@ -102,8 +104,11 @@ class MAEDecoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, out_dim)
 
-    def forward(self, joint: Tensor, ids_keep: Tensor, grid: int) -> Tensor:
-        """joint (B, K, D), ids_keep (B, K) -> predictions (B, grid*grid, out_dim)."""
+    def forward(self, joint: Tensor, ids_keep: Tensor, grid: int, ids_out: Tensor) -> Tensor:
+        """joint (B, K, D) at ids_keep (B, K) -> predictions (B, M, out_dim) for ids_out (B, M).
+
+        Every position goes through the blocks; only the M requested ones (the masked patches,
+        the only ones the loss reads) go through the wide pixel head."""
         x = self.proj(joint)  # (B, K, Dd)
         b, _, dd = x.shape
         full = self.mask_token.to(x.dtype).expand(b, grid * grid, dd)
@@ -111,7 +116,7 @@ class MAEDecoder(nn.Module):
         x = x + sincos_2d(grid, dd).to(x)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        return self.head(self.norm(gather_tokens(x, ids_out)))
 
 
 class ScaleAlibiModel(nn.Module):
@@ -163,14 +168,16 @@ class ScaleAlibiModel(nn.Module):
         if mask is None:
             mask = random_mask(b, n, cfg.mask_ratio, batch["s2"].device)
         mask = mask.to(batch["s2"].device, torch.bool)
-        ids_lo = keep_ids_from_mask(mask)  # (B, K)
+        ids_lo, ids_masked = split_ids_from_mask(mask)  # (B, K), (B, N-K)
         xy_lo = gather_tokens(coords(tile_m, g, self.l_ref_m), ids_lo)  # (B, K, 2)
+        # each image is cut into patches once: encoders read the kept ones, losses the masked ones
+        patches = {m: patchify(batch[m], p) for m in self.modalities}
 
-        tokens = {m: self.encoders[m](batch[m], xy_lo, ids_lo) for m in ("s1", "s2")}
+        tokens = {m: self.encoders[m](patches[m], xy_lo, ids_lo) for m in ("s1", "s2")}
         if cfg.use_hires:
             ids_hi = expand_to_hires(ids_lo, g)  # (B, 4K)
             xy_hi = gather_tokens(coords(tile_m, 2 * g, self.l_ref_m), ids_hi)
-            tokens["naip_hires"] = self.encoders["naip_hires"](batch["naip_hires"], xy_hi, ids_hi)
+            tokens["naip_hires"] = self.encoders["naip_hires"](patches["naip_hires"], xy_hi, ids_hi)
 
         embeddings = {m: self.heads[m](tokens[m]) for m in self.modalities}
         contrastive, pair_losses = self.contrastive(embeddings)
@@ -178,18 +185,12 @@ class ScaleAlibiModel(nn.Module):
         joint = self.cross_lores(tokens["s1"], xy_lo, tokens["s2"], xy_lo)  # (B, K, D)
         if cfg.use_hires:
             joint = self.cross_hires(joint, xy_lo, tokens["naip_hires"], xy_hi)
-        pred = self.decoder(joint, ids_lo, g)  # (B, N, sum pixel dims)
+        pred = self.decoder(joint, ids_lo, g, ids_masked)  # (B, N-K, sum pixel dims)
 
-        targets = {"s1": patchify(batch["s1"], p), "s2": patchify(batch["s2"], p)}
         if cfg.use_hires:
-            targets["naip_hires"] = pack_hires(normalise_patches(patchify(batch["naip_hires"], p)
-                                                                 .float()), g)
+            patches["naip_hires"] = group_hires(patches["naip_hires"], g)  # (B, N, 4, 3*p*p)
         preds = dict(zip(self.pixel_dims, pred.split(list(self.pixel_dims.values()), dim=-1)))
-        recon = {}
-        for m, target in targets.items():
-            if m != "naip_hires":
-                target = normalise_patches(target.float())
-            recon[m] = masked_mse(preds[m].float(), target, mask)
+        recon = {m: masked_patch_mse(preds[m], patches[m], ids_masked) for m in self.pixel_dims}
         reconstruction = torch.stack(list(recon.values())).mean()
         loss = cfg.contrastive_weight * contrastive + cfg.reconstruction_weight * reconstruction
         return {"loss": loss, "contrastive": contrastive, "reconstruction": reconstruction,
@@ -206,7 +207,8 @@ class ScaleAlibiModel(nn.Module):
             raise ValueError(f"images must be square, got {tuple(img.shape[-2:])}")
         grid = img.shape[-1] // self.cfg.patch_size
         tile_m = batch["tile_size_m"].to(img.device, torch.float32).reshape(img.shape[0])
-        tokens = self.encoders[modality](img, coords(tile_m, grid, self.l_ref_m))
+        tokens = self.encoders[modality](patchify(img, self.cfg.patch_size),
+                                         coords(tile_m, grid, self.l_ref_m))
         return self.heads[modality](tokens)
 
 

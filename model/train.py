@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from model import checkpoint as ckpt
+from model.host_memory import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ class Trainer:
         self.device = torch.device(cfg.device)
         if cfg.deterministic:
             set_deterministic(True)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # ~1.5x faster CPU steps (model.host_memory)
         self.module = model.to(self.device)  # the raw module: checkpoints and embeddings use it
         self.optimizer = build_optimizer(self.module, cfg)
         wrapped: nn.Module = self.module
@@ -204,7 +207,7 @@ class Trainer:
     def forward_backward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Forward and backward of one batch (gradients left in .grad, synchronised by DDP)."""
         self.model.train()
-        batch = move_batch(self.prepare(batch), self.device)
+        batch = self.prepare(move_batch(batch, self.device))  # uint8 over the bus, floats on the device
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             out = self.model(batch)

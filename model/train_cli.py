@@ -47,7 +47,7 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
     import torch
 
     from model.train import TrainConfig, Trainer, init_distributed, seed_everything
-    from model.train_data import StreamSource, collect_split, fetch_stats, prepare_batch
+    from model.train_data import PrepareBatch, StreamSource, collect_split, fetch_stats
 
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but torch sees no CUDA device; use --device cpu")
@@ -65,7 +65,8 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
         log.warning("no stats.json for %s: images are scaled with fixed constants instead", release)
     # Fails at once, with one line, if the server cannot be reached.
     source = StreamSource(url, release, batch_size, num_workers=num_workers, seed=seed, rank=info.rank,
-                          world_size=info.world_size, stats=stats)
+                          world_size=info.world_size)
+    prepare = PrepareBatch(stats)
 
     from model.config import get_config
     from model.scale_alibi import ScaleAlibiModel
@@ -80,7 +81,7 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
         weight_decay=weight_decay, grad_clip=grad_clip, device=dev, compile=compile_,
         deterministic=deterministic, seed=seed, checkpoint_every=checkpoint_every,
     )
-    trainer = Trainer(model, cfg, run_dir, model_config=asdict(model_cfg), prepare=prepare_batch)
+    trainer = Trainer(model, cfg, run_dir, model_config=asdict(model_cfg), prepare=prepare)
     try:
         losses = trainer.fit(source, resume=resume)
     finally:
@@ -91,8 +92,8 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
     if info.is_main and eval_tiles:
         from model.retrieval import retrieval_top1
 
-        heldout = collect_split(url, release, "heldout", limit=eval_tiles, stats=stats)
-        r = retrieval_top1(trainer.module, heldout, device=dev, prepare=prepare_batch)
+        heldout = collect_split(url, release, "heldout", limit=eval_tiles)
+        r = retrieval_top1(trainer.module, heldout, device=dev, prepare=prepare)
         click.echo(f"heldout s1->s2 retrieval top-1 {r.top1:.3f} over {r.n} tiles (chance {r.chance:.4f}, {r.over_chance:.1f}x)")
     if info.world_size > 1:
         import torch.distributed as dist

@@ -28,23 +28,32 @@ IMAGE_KEYS = ("s1", "s2", "naip_hires")  # what the model reads; "naip" (256 px)
 FALLBACK_MEAN, FALLBACK_STD = 127.5, 64.0
 
 
-def prepare_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The model's view of a loader batch: float images, tile_size_m, an optional fixed mask."""
-    out: dict[str, Any] = {}
-    for k in IMAGE_KEYS:
-        x = batch[k]
-        out[k] = (x.float() - FALLBACK_MEAN) / FALLBACK_STD if x.dtype == torch.uint8 else x
-    if "tile_size_m" in batch:
-        out["tile_size_m"] = batch["tile_size_m"].float()
-    else:
-        from model.geometry import tile_ground_size_m
+class PrepareBatch:
+    """The model's view of a loader batch, computed on the batch's device (after the uint8 copy):
+    images normalised per channel with the release's stats (fixed constants for a modality that has
+    none), tile_size_m, and the optional fixed MAE mask."""
 
-        out["tile_size_m"] = torch.tensor(
-            [tile_ground_size_m(int(z), int(y)) for z, y in zip(batch["z"], batch["y"])], dtype=torch.float32
-        )
-    if "mask" in batch:
-        out["mask"] = batch["mask"]
-    return out
+    def __init__(self, stats: Mapping[str, Any] | None = None):
+        from model.loader import Normalize
+
+        self.normalize = Normalize(stats or {})
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        out = self.normalize({k: batch[k] for k in IMAGE_KEYS})
+        for k in IMAGE_KEYS:
+            if out[k].dtype == torch.uint8:
+                out[k] = (out[k].float() - FALLBACK_MEAN) / FALLBACK_STD
+        if "tile_size_m" in batch:
+            out["tile_size_m"] = batch["tile_size_m"].float()
+        else:
+            from model.geometry import tile_ground_size_m
+
+            out["tile_size_m"] = torch.tensor(
+                [tile_ground_size_m(int(z), int(y)) for z, y in zip(batch["z"], batch["y"])], dtype=torch.float32
+            )
+        if "mask" in batch:
+            out["mask"] = batch["mask"]
+        return out
 
 
 def fetch_stats(url: str, release: str, timeout_s: float = 10.0) -> dict[str, Any] | None:
@@ -73,13 +82,12 @@ class StreamSource:
         split: str = "train",
         shard_size: int = 32,
         shuffle_buffer: int = 64,
-        stats: Mapping[str, Any] | None = None,
     ) -> None:
         from model.loader import StreamProgress, TripletStream
 
         self.dataset = TripletStream(
             url, release, split=split, shard_size=shard_size, seed=seed, rank=rank,
-            world_size=world_size, shuffle_buffer=shuffle_buffer, stats=stats,
+            world_size=world_size, shuffle_buffer=shuffle_buffer, modalities=IMAGE_KEYS,
         )
         self.batch_size, self.num_workers = batch_size, num_workers
         self.progress = StreamProgress(max(1, num_workers), epoch=0, seed=seed, world_size=world_size)
@@ -134,11 +142,11 @@ class StreamSource:
 
 
 def collect_split(url: str, release: str, split: str = "heldout", limit: int | None = None,
-                  stats: Mapping[str, Any] | None = None, batch_size: int = 64, num_workers: int = 0) -> dict[str, torch.Tensor]:
-    """Every triplet of a split (or the first `limit`) as one batch dict, in the split's epoch-0 order."""
+                  batch_size: int = 64, num_workers: int = 0) -> dict[str, torch.Tensor]:
+    """Every triplet of a split (or the first `limit`) as one uint8 batch dict, in the split's epoch-0 order."""
     from model.loader import TripletStream, collate_triplets
 
-    ds = TripletStream(url, release, split=split, shard_size=batch_size, seed=0, shuffle_buffer=1, stats=stats)
+    ds = TripletStream(url, release, split=split, shard_size=batch_size, seed=0, shuffle_buffer=1, modalities=IMAGE_KEYS)
     samples = []
     for sample in ds:
         samples.append(sample)

@@ -48,15 +48,15 @@ def sincos_2d(grid: int, dim: int) -> Tensor:
 
 
 class PatchEmbed(nn.Module):
-    """Linear embedding of p x p patches: (B, C, H, W) -> (B, H/p * W/p, D)."""
+    """Linear embedding of p x p patches already cut by `patchify`: (B, L, C*p*p) -> (B, L, D)."""
 
     def __init__(self, in_channels: int, patch_size: int, dim: int):
         super().__init__()
         self.patch_size = patch_size
         self.proj = nn.Linear(in_channels * patch_size * patch_size, dim)
 
-    def forward(self, img: Tensor) -> Tensor:
-        return self.proj(patchify(img, self.patch_size))
+    def forward(self, patches: Tensor) -> Tensor:
+        return self.proj(patches)
 
 
 class MLP(nn.Module):
@@ -150,11 +150,12 @@ class Encoder(nn.Module):
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, img: Tensor, xy: Tensor, ids_keep: Tensor | None = None) -> Tensor:
-        """img (B, C, H, W); xy (B, K, 2) of the kept tokens; ids_keep (B, K) or None -> (B, K, D)."""
-        x = self.embed(img)  # (B, L, D)
+    def forward(self, patches: Tensor, xy: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """patches (B, L, C*p*p) from `patchify`; ids_keep (B, K) or None (all L); xy (B, K, 2)
+        of the kept tokens -> (B, K, D). Masked patches are dropped before the embedding."""
         if ids_keep is not None:
-            x = gather_tokens(x, ids_keep)
+            patches = gather_tokens(patches, ids_keep)
+        x = self.embed(patches)  # (B, K, D)
         for block in self.blocks:
             x = block(x, xy)
         return self.norm(x)

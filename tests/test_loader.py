@@ -20,6 +20,7 @@ import torch
 from curate.errors import UserError
 from curate.release import HIRES_NAMES, Release, content_hash, write_manifest
 from model.loader import (
+    Normalize,
     ShardPlan,
     StreamBroken,
     StreamProgress,
@@ -279,8 +280,10 @@ def test_stats_and_normalisation(server, release, disk_hashes):
     assert np.allclose(stats["s1"]["std"], s1.reshape(-1, 2).std(0), atol=1e-3)
     assert [len(stats[m]["mean"]) for m in MODALITIES] == [2, 3, 3, 3]
 
-    ds = TripletStream(server.url, "loadertest", stats=stats, **CFG)
-    batch = next(iter(make_loader(ds, batch_size=16, num_workers=0)))
+    ds = TripletStream(server.url, "loadertest", **CFG)
+    raw = next(iter(make_loader(ds, batch_size=16, num_workers=0)))
+    assert raw["s2"].dtype == torch.uint8  # workers ship bytes; normalising happens on the device
+    batch = Normalize(stats)(raw)
     assert batch["s2"].dtype == torch.float32 and batch["naip_hires"].shape[1:] == (3, 512, 512)
     assert abs(float(batch["s2"].mean())) < 0.1 and abs(float(batch["s2"].std()) - 1) < 0.1
 
@@ -291,6 +294,11 @@ def test_batch_layout_and_tags(server, release):
     shapes = {m: tuple(batch[m].shape) for m in MODALITIES}
     assert shapes == {"s1": (4, 2, 256, 256), "s2": (4, 3, 256, 256), "naip": (4, 3, 256, 256), "naip_hires": (4, 3, 512, 512)}
     assert all(batch[m].dtype == torch.uint8 for m in MODALITIES)
+    only = next(iter(make_loader(TripletStream(server.url, "loadertest", modalities=("s1", "naip_hires"), **CFG),
+                                 batch_size=4, num_workers=0)))
+    assert not {"s2", "naip"} & set(only) and torch.equal(only["naip_hires"], batch["naip_hires"])
+    with pytest.raises(UserError, match="unknown modalities"):
+        TripletStream(server.url, "loadertest", modalities=("s3",), **CFG)
     z, x, y = (int(batch[k][0]) for k in "zxy")
     assert batch["tile_size_m"][0] == pytest.approx(2 * np.pi * 6378137 * np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * (y + 0.5) / 2**z)))) / 2**z, rel=1e-4)
     # hires quadrants are the z+1 children in row-major order; VV, VH are the PNG's G, B

@@ -11,8 +11,8 @@ import torch
 import torch.multiprocessing as mp
 
 from model.config import get_config
-from model.losses import ContrastiveLoss, masked_mse
-from model.scale_alibi import (ScaleAlibiModel, expand_to_hires, keep_ids_from_mask, pack_hires,
+from model.losses import ContrastiveLoss, masked_patch_mse
+from model.scale_alibi import (ScaleAlibiModel, expand_to_hires, split_ids_from_mask, group_hires,
                                random_mask)
 from model.vit import patchify
 
@@ -98,8 +98,9 @@ def test_mask_is_ground_consistent_and_taken_from_batch():
     m1 = random_mask(4, 16, 0.75, "cpu")
     torch.manual_seed(5)
     assert torch.equal(m1, random_mask(4, 16, 0.75, "cpu"))  # global RNG, reproducible
-    ids = keep_ids_from_mask(m1)
+    ids, masked = split_ids_from_mask(m1)
     assert ids.shape == (4, 4) and not m1.gather(1, ids).any()
+    assert masked.shape == (4, 12) and m1.gather(1, masked).all()
     hi = expand_to_hires(ids, 4)  # children of a kept low-res patch cover the same ground
     for b in range(4):
         for k, parent in enumerate(ids[b].tolist()):
@@ -108,8 +109,8 @@ def test_mask_is_ground_consistent_and_taken_from_batch():
             assert set(hi[b, 4 * k: 4 * k + 4].tolist()) == kids
     # packing hires patches onto the low-res grid keeps each parent's children together
     img = torch.arange(8 * 8, dtype=torch.float32).reshape(1, 1, 8, 8)
-    packed = pack_hires(patchify(img, 1), 4)  # 1 px "patches": values are pixel indices
-    assert packed[0, 5].tolist() == [18.0, 19.0, 26.0, 27.0]  # parent (1, 1)
+    grouped = group_hires(patchify(img, 1), 4)  # 1 px "patches": values are pixel indices
+    assert grouped[0, 5].flatten().tolist() == [18.0, 19.0, 26.0, 27.0]  # parent (1, 1)
     model = make_model()
     out = model({**make_batch(4), "mask": m1})
     assert torch.equal(out["mask"], m1)
@@ -173,13 +174,19 @@ def test_temperature_is_clamped():
 
 
 def test_reconstruction_counts_masked_patches_only():
-    target = torch.randn(2, 4, 6)
-    pred = target.clone()
+    target = torch.randn(2, 4, 2, 6)  # 4 patches of 2 sub-patches x 6 pixels
     mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
-    pred[~mask] += 100.0  # errors on kept patches are ignored
-    assert float(masked_mse(pred, target, mask)) == 0.0
+    _, ids_masked = split_ids_from_mask(mask)
+    sub = target.gather(1, ids_masked[..., None, None].expand(-1, -1, 2, 6))
+    mean, std = sub.mean(-1, keepdim=True), sub.std(-1, unbiased=False, keepdim=True)
+    pred = ((sub - mean) / std).reshape(2, 2, 12)  # exact predictions of the normalised targets
+    target[~mask] += 100.0  # kept patches are neither read nor scored
+    assert float(masked_patch_mse(pred, target, ids_masked)) == pytest.approx(0.0, abs=1e-9)
     pred[0, 0] += 1.0
-    assert float(masked_mse(pred, target, mask)) == pytest.approx(1.0 / 4)
+    assert float(masked_patch_mse(pred, target, ids_masked)) == pytest.approx(1.0 / 4, rel=1e-5)
+    target[0, 0, 1] *= 7.0  # a sub-patch's scale is normalised away on its own
+    target[0, 0, 0] += 3.0
+    assert float(masked_patch_mse(pred, target, ids_masked)) == pytest.approx(1.0 / 4, rel=1e-4)
 
 
 def test_tiny_loss_decreases_on_a_fixed_batch():

@@ -20,7 +20,7 @@ from model.config import get_config
 from model.retrieval import retrieval_top1, top1_from_embeddings
 from model.scale_alibi import ScaleAlibiModel
 from model.train import TrainConfig, Trainer, lr_at
-from model.train_data import StreamSource, collect_split, prepare_batch
+from model.train_data import PrepareBatch, StreamSource, collect_split
 from serve.process import ServerProcess
 
 # Trainer-side hyper-parameters for the CPU acceptance run (tiny config unchanged).
@@ -46,7 +46,7 @@ def served(built_release):
 @pytest.fixture(scope="module")
 def heldout(served):
     url, name, stats = served
-    data = collect_split(url, name, "heldout", stats=stats)
+    data = collect_split(url, name, "heldout")
     assert len(data["z"]) >= MIN_HELDOUT, "the release needs at least 64 held-out tiles for the retrieval check"
     return data
 
@@ -60,17 +60,18 @@ def _model() -> ScaleAlibiModel:
 def trained(served, heldout, tmp_path_factory):
     """Train tiny for STEPS steps from the server; measure retrieval before and after."""
     url, name, stats = served
+    prepare = PrepareBatch(stats)
     model = _model()
-    untrained = retrieval_top1(model, heldout, prepare=prepare_batch)
+    untrained = retrieval_top1(model, heldout, prepare=prepare)
     run_dir = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(steps=STEPS, batch_size=BATCH, lr=LR, warmup_steps=WARMUP, progress=False, log_every=5)
-    trainer = Trainer(model, cfg, run_dir, model_config=get_config("tiny").to_dict(), prepare=prepare_batch)
-    source = StreamSource(url, name, BATCH, num_workers=2, seed=0, stats=stats)
+    trainer = Trainer(model, cfg, run_dir, model_config=get_config("tiny").to_dict(), prepare=prepare)
+    source = StreamSource(url, name, BATCH, num_workers=2, seed=0)
     t0 = time.perf_counter()
     losses = trainer.fit(source)
     seconds = time.perf_counter() - t0
     trainer.close()
-    after = retrieval_top1(model, heldout, prepare=prepare_batch)
+    after = retrieval_top1(model, heldout, prepare=prepare)
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     figures = {"loss_first20": first, "loss_last20": last, "ratio": last / first, "top1": after.top1,
                "top1_untrained": untrained.top1, "chance": after.chance, "n_heldout": after.n,
@@ -113,12 +114,13 @@ def test_resume_mid_epoch_repeats_the_uninterrupted_losses(served, tmp_path):
     """Kill after step 6 (mid-epoch, 2 DataLoader workers), resume: the next 10 losses equal the uninterrupted run's."""
     url, name, stats = served
     total, stop, batch = 16, 6, 8
+    prepare = PrepareBatch(stats)
 
     def run(run_dir, resume=False, stop_at=None):
         cfg = TrainConfig(steps=total, batch_size=batch, lr=LR, warmup_steps=3, deterministic=True, progress=False)
-        trainer = Trainer(_model(), cfg, run_dir, prepare=prepare_batch)
+        trainer = Trainer(_model(), cfg, run_dir, prepare=prepare)
         torch.manual_seed(42)  # the mask RNG's state at the start of a fresh run
-        source = StreamSource(url, name, batch, num_workers=2, seed=3, stats=stats)
+        source = StreamSource(url, name, batch, num_workers=2, seed=3)
         losses = trainer.fit(source, resume=resume, stop_at=stop_at)
         trainer.close()
         return losses, source
