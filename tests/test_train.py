@@ -1,7 +1,8 @@
 """Training through the real server: the tiny model learns the synthetic world (loss falls, held-out
 S1->S2 retrieval far above chance and above the untrained model), resume is exact, the CLI works.
 
-One training run (module fixture) is shared by the assertions; budget: about 3 minutes on 2 cores.
+One training run (module fixture) is shared by the assertions; budget: 3 minutes on 2 cores (the
+hyper-parameters and the figures they gave are in docs/model.md, "Training on CPU").
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from model.train import TrainConfig, Trainer, lr_at
 from model.train_data import PrepareBatch, StreamSource, collect_split
 from serve.process import ServerProcess
 
-# Trainer-side hyper-parameters for the CPU acceptance run (tiny config unchanged).
-STEPS = 100
-BATCH = 32
+# Trainer-side hyper-parameters for the CPU acceptance run (tiny config unchanged): 3,200 samples
+# in 200 small steps rather than 100 large ones, since a model trained from scratch is short of updates.
+STEPS = 200
+BATCH = 16
 LR = 2e-3
-WARMUP = 5
+WARMUP = 10
 MIN_HELDOUT = 64
+BUDGET_S = 180.0  # the issue's "at most 3 minutes on 2 cores" for the training itself
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +88,12 @@ def test_loss_falls(trained):
     losses = trained["losses"]
     assert len(losses) == STEPS
     assert trained["figures"]["ratio"] <= 0.7, trained["figures"]
+
+
+def test_training_fits_its_time_budget(trained):
+    # Twice the budget: catches a regression (a slower step, a stalled loader) without turning a
+    # busy CI machine red; the measured time is printed with the other figures.
+    assert trained["figures"]["train_s"] <= 2 * BUDGET_S, trained["figures"]
 
 
 def test_heldout_retrieval_beats_chance_and_untrained(trained):
