@@ -95,7 +95,22 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-class Nginx:
+class _Subprocess:
+    """A server process on loopback port `self.port`, in its own session so stop() ends all of it."""
+
+    port: int
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+
+
+class Nginx(_Subprocess):
     """nginx with one worker on core SERVER_CORE, serving `root` as static files."""
 
     def __init__(self, root: Path, work: Path):
@@ -122,16 +137,8 @@ class Nginx:
         self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, "nginx", "-c", str(conf), "-p", str(work)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(10)
-
-
-class PlainFastAPI:
+class PlainFastAPI(_Subprocess):
     """The plain FastAPI app under uvicorn (httptools, uvloop, no access log) on core SERVER_CORE."""
 
     def __init__(self, data: Path):
@@ -141,14 +148,6 @@ class PlainFastAPI:
             ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "uvicorn", "benchmarks.serve_bench:plain_app",
              "--factory", "--port", str(self.port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
              "--log-level", "warning"], env=env, cwd=ROOT, start_new_session=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(10)
 
 
 def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:

@@ -158,8 +158,8 @@ def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> S
     scale = (right - left) / (bounds_3857[2] - bounds_3857[0])
     f = _level(ds, target_res_3857 * scale)
     inv = ~ds.transform
-    c0, r0 = inv * (left, top)
-    c1, r1 = inv * (right, bottom)
+    c0, r0 = inv @ (left, top)
+    c1, r1 = inv @ (right, bottom)
     c0, c1 = sorted((c0, c1))
     r0, r1 = sorted((r0, r1))
     m = margin_px * f
@@ -172,7 +172,7 @@ def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> S
     window = Window(c0, r0, c1 - c0, r1 - r0)
     shape = (len(indexes), (r1 - r0) // f, (c1 - c0) // f)
     data = ds.read(indexes, window=window, out_shape=shape)
-    transform = ds.window_transform(window) * Affine.scale(f)
+    transform = ds.window_transform(window) @ Affine.scale(f)
     return Source(data, transform, ds.crs, ds.nodata, abs(ds.res[0]) * f)
 
 

@@ -136,7 +136,7 @@ def _area_prefilter(src: Source, factor: float) -> tuple[np.ndarray, np.ndarray,
     if img.ndim == 2:
         img = img[..., None]
     mask = cv2.resize(_valid_u8(src), (nw, nh), interpolation=cv2.INTER_AREA)
-    transform = src.transform * Affine.scale(w / nw, h / nh)
+    transform = src.transform @ Affine.scale(w / nw, h / nh)
     return img, mask, transform
 
 
@@ -175,7 +175,7 @@ def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: st
             img = img.astype(np.float32, copy=False)
         # Only the part of the grid this source can reach is remapped (a NAIP quarter-quad
         # covers a fraction of a metatile).
-        sub = grid.transform * Affine.translation(c0, r0)
+        sub = grid.transform @ Affine.translation(c0, r0)
         mx, my = source_maps(sub, (r1 - r0, c1 - c0), src.crs, transform)
         interp = cv2.INTER_NEAREST if rs == "nearest" else cv2.INTER_LINEAR
         data = cv2.remap(np.ascontiguousarray(img), mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)

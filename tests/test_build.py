@@ -322,7 +322,7 @@ def test_a_one_source_pixel_shift_fails_the_check(z16, world, tmp_path, monkeypa
     def shifted(ds, *a, **k):
         src = orig(ds, *a, **k)
         if src is not None:
-            src.transform = src.transform * Affine.translation(1, 0)  # off by one source pixel
+            src.transform = src.transform @ Affine.translation(1, 0)  # off by one source pixel
         return src
 
     monkeypatch.setattr(reader, "_read", shifted)

@@ -1,4 +1,4 @@
-"""Validation shared by the routers: release look-up and tile coordinates."""
+"""Validation shared by the routers: release look-up, tile coordinates and triplet rows."""
 
 from __future__ import annotations
 
@@ -27,3 +27,14 @@ def check_tile(z: int, x: int, y: int) -> None:
     n = 2**z
     if not (0 <= x < n and 0 <= y < n):
         raise ApiError(422, f"tile x={x}, y={y} outside the zoom-{z} grid 0..{n - 1}")
+
+
+def triplet_row_or_404(catalog: Catalog, release: str, z: int, x: int, y: int) -> tuple[ReleaseIndex, int]:
+    """(release index, manifest row) of triplet z/x/y: 404 for an unknown release or triplet, 422
+    for coordinates off the zoom's grid."""
+    index = release_or_404(catalog, release)
+    check_tile(z, x, y)
+    row = index.row_of(z, x, y)
+    if row is None:
+        raise ApiError(404, f"no triplet {z}/{x}/{y} in release {release!r}")
+    return index, row

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from serve.catalog import LAYERS, Catalog, ReleaseIndex, pack_key
 from serve.errors import ApiError
 from serve.responses import RawResponse, json_response
-from serve.routers.common import check_tile, release_or_404
+from serve.routers.common import check_tile, release_or_404, triplet_row_or_404
 
 MAX_PAGE = 1000
 
@@ -105,11 +105,7 @@ def releases_router(catalog: Catalog) -> APIRouter:
 
     @router.get("/releases/{release}/triplets/{z}/{x}/{y}", summary="One triplet's manifest row")
     async def triplet_meta(request: Request, release: str, z: int, x: int, y: int) -> RawResponse:
-        index = release_or_404(catalog, release)
-        check_tile(z, x, y)
-        row = index.row_of(z, x, y)
-        if row is None:
-            raise ApiError(404, f"no triplet {z}/{x}/{y} in release {release!r}")
+        index, row = triplet_row_or_404(catalog, release, z, x, y)
         return json_response(request, item(index, index.rows([row])[0]))
 
     @router.get("/releases/{release}/coverage.geojson", summary="Triplet footprints as GeoJSON")

@@ -11,7 +11,7 @@ from serve.catalog import Catalog
 from serve.errors import ApiError
 from serve.files import CACHE_IMMUTABLE, CORS, TAR, Blob, etag_matches
 from serve.responses import RawResponse, blob_response
-from serve.routers.common import check_tile, release_or_404
+from serve.routers.common import triplet_row_or_404
 from serve.samples import MissingFile, triplet_tar
 
 _DOC = (
@@ -35,11 +35,7 @@ def triplets_router(catalog: Catalog, reader) -> APIRouter:
         responses={200: {"content": {"application/x-tar": {}}}},
     )
     async def triplet(request: Request, release: str, z: int, x: int, y: int) -> RawResponse:
-        index = release_or_404(catalog, release)
-        check_tile(z, x, y)
-        row = index.row_of(z, x, y)
-        if row is None:
-            raise ApiError(404, f"no triplet {z}/{x}/{y} in release {release!r}")
+        index, row = triplet_row_or_404(catalog, release, z, x, y)
         digest = hashlib.sha256(f"{index.etag_seed}|triplet|{z}|{x}|{y}".encode()).hexdigest()
         etag = f'"{digest}"'.encode()
         for name, value in request.scope["headers"]:
