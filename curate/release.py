@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 LAYERS: tuple[str, ...] = ("s1", "s2", "naip")
 MANIFEST_NAME = "manifest.parquet"
+STATS_NAME = "stats.json"  # `curate stats`: per-channel mean/std beside the manifest
 
 # The four NAIP tiles at zoom z+1 that make the 512 px image of tile (z, x, y), in row-major
 # order: (dx, dy) offsets of the child (2x+dx, 2y+dy). Names are the triplet/shard member names.

@@ -23,10 +23,8 @@ import click
 import numpy as np
 
 from curate.errors import UserError
-from curate.release import MANIFEST_NAME, Release, content_hash, write_bytes_atomic
+from curate.release import MANIFEST_NAME, STATS_NAME, Release, content_hash, write_bytes_atomic
 from model.triplet_decode import MODALITIES, decode_triplet
-
-STATS_NAME = "stats.json"
 
 
 def _sums(release: Release, tiles: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from request text.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from curate.release import (
     LAYERS,
     MANIFEST_NAME,
     REQUIRED_COLUMNS,
+    STATS_NAME,
     Release,
     manifest_metadata,
     read_manifest,
@@ -130,6 +132,15 @@ class ReleaseIndex:
             etag_seed=hashlib.sha256(raw).hexdigest(),
             mtime=int(manifest.stat().st_mtime),
         )
+
+    def stats(self) -> dict | None:
+        """The release's `curate stats` document, read at each call (a new one is served at once);
+        None when there is none, or when it is a link out of the release. ValueError if corrupt."""
+        real = os.path.realpath(self.path / STATS_NAME)
+        if not is_inside(real, str(self.path)) or not os.path.isfile(real):
+            return None
+        with open(real, "rb") as f:
+            return json.loads(f.read())  # json.JSONDecodeError is a ValueError
 
     @property
     def triplets(self) -> int:

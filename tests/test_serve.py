@@ -209,6 +209,32 @@ def test_triplet_metadata_and_coverage(client, data):
         (r["x"], r["y"]) for r in manifest(data)}
 
 
+def test_stats_json_is_served_once_curate_stats_wrote_it(client, data):
+    r = client.get("/releases/small/stats.json")
+    assert_json_error(r, (404,))
+    assert "curate stats" in r.json()["detail"]
+    assert client.get("/releases/small").json()["links"]["stats"] == "/releases/small/stats.json"
+    stats = {"modalities": {"s2": {"mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0]}}, "triplets": 8}
+    path = data.small.path / "stats.json"
+    try:
+        path.write_text(json.dumps(stats))
+        assert client.get("/releases/small/stats.json").json() == stats  # no restart needed
+        path.write_text("{not json")
+        r = client.get("/releases/small/stats.json")
+        assert_json_error(r, (500,))
+        assert "curate stats" in r.json()["detail"]
+    finally:
+        path.unlink(missing_ok=True)
+    evil = data.data / "evil" / "stats.json"
+    evil.symlink_to(data.canary)  # a link out of the release is not followed
+    try:
+        r = client.get("/releases/evil/stats.json")
+        assert_json_error(r, (404,))
+        assert data.canary_text not in r.text
+    finally:
+        evil.unlink()
+
+
 @pytest.mark.parametrize("split", ["all", "train", "heldout"])
 def test_paging_by_cursor_and_offset(client, data, split):
     rows = [r for r in manifest(data) if split == "all" or r["split"] == split]

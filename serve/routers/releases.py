@@ -25,6 +25,7 @@ def links(name: str) -> dict:
         "triplets": f"/releases/{r}/triplets",
         "shards": f"/releases/{r}/shards",
         "coverage": f"/releases/{r}/coverage.geojson",
+        "stats": f"/releases/{r}/stats.json",
     }
 
 
@@ -107,6 +108,19 @@ def releases_router(catalog: Catalog) -> APIRouter:
     async def triplet_meta(request: Request, release: str, z: int, x: int, y: int) -> RawResponse:
         index, row = triplet_row_or_404(catalog, release, z, x, y)
         return json_response(request, item(index, index.rows([row])[0]))
+
+    @router.get("/releases/{release}/stats.json", summary="Per-channel normalisation stats (`curate stats`)")
+    async def stats(request: Request, release: str) -> RawResponse:
+        index = release_or_404(catalog, release)
+        try:
+            doc = await asyncio.get_running_loop().run_in_executor(None, index.stats)
+        except ValueError:
+            raise ApiError(500, f"stats.json of release {release!r} is not valid JSON; rerun "
+                                f"`curate stats --data DATA --release {release}`") from None
+        if doc is None:
+            raise ApiError(404, f"release {release!r} has no stats.json; run `curate stats --data DATA "
+                                f"--release {release}` (served at once, no restart needed)")
+        return json_response(request, doc)
 
     @router.get("/releases/{release}/coverage.geojson", summary="Triplet footprints as GeoJSON")
     async def coverage(request: Request, release: str) -> RawResponse:
