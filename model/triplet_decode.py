@@ -1,8 +1,8 @@
 """PNG triplet members -> uint8 tensors (C, H, W), shared by the HTTP loader and the local-disk baseline.
 
-Decoding bounds the loader. imagecodecs' libspng decoder is used when installed: on the synthetic
-world's 256 px RGB tiles 1.23 ms a tile here, libpng (imagecodecs) 1.43 ms, Pillow 3.6 ms; PNGs
-libspng declines (e.g. 16-bit RGB) go to libpng, which reports them.
+Decoding bounds the loader. imagecodecs' libpng decoder is used when installed: 1.4 ms a 256 px
+RGB tile of the synthetic world here, Pillow 3.6 ms. (libspng was measured too: 4-14% faster on
+the world's tiles, 10% slower on the loader benchmark's level-1 PNGs, so not worth a second path.)
 """
 
 from __future__ import annotations
@@ -18,13 +18,7 @@ from curate.release import HIRES_NAMES
 try:  # a declared dependency, but keep the loader usable with Pillow alone
     import imagecodecs
 
-    def _png_decode(data: bytes) -> np.ndarray:
-        if imagecodecs.SPNG.available:
-            try:
-                return imagecodecs.spng_decode(data)
-            except imagecodecs.SpngError:
-                pass
-        return imagecodecs.png_decode(data)
+    _png_decode = imagecodecs.png_decode
 except ImportError:  # pragma: no cover - exercised only without imagecodecs
     _png_decode = None
 
