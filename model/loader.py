@@ -58,8 +58,8 @@ created raises `curate.errors.UserError` at once, naming the URL.
 
 **Tensors.** uint8 (C, H, W): s1 (2: VV, VH), s2 (3), naip (3, 256 px), naip_hires (3, 512 px
 assembled from the four z+1 tiles); ``modalities=`` decodes only those a consumer reads (the trainer
-skips the 256 px naip). They stay uint8 through the DataLoader's worker->main
-queue and the host->GPU copy (4x fewer bytes than float32); `Normalize` (``curate stats`` ->
+skips the 256 px naip). They stay uint8 through the DataLoader's worker->main queue and the
+host->GPU copy (4x fewer bytes than float32); `Normalize` (``curate stats`` ->
 ``<release>/stats.json``) turns them into float32 ``(x - mean) / std`` per channel on the device.
 ``tile_size_m`` (B,) float32 is `model.geometry.tile_ground_size_m(z, y)`.
 """
@@ -381,9 +381,6 @@ class Normalize:
             if mean.shape[0] != CHANNELS[m]:
                 raise UserError(f"stats for {m} have {mean.shape[0]} channels, expected {CHANNELS[m]}; rerun `curate stats`")
             self.stats[m] = (mean, std)
-
-    def __contains__(self, modality: str) -> bool:
-        return modality in self.stats
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(sample)
