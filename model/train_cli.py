@@ -7,7 +7,6 @@ Multi-GPU DDP:   torchrun --nproc-per-node 8 "$(command -v curate)" train ... --
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -47,6 +46,7 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
     import torch
 
     from model.train import TrainConfig, Trainer, init_distributed, seed_everything
+    from model.loader import load_stats
     from model.train_data import PrepareBatch, StreamSource, collect_split, fetch_stats
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -60,7 +60,7 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
     if not resume and (run_dir / "checkpoints" / "latest").is_file():
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
-    stats = json.loads(stats_path.read_text()).get("modalities") if stats_path else fetch_stats(url, release)
+    stats = load_stats(stats_path) if stats_path else fetch_stats(url, release)
     if stats is None:
         log.warning("no stats.json for %s: images are scaled with fixed constants instead", release)
     # Fails at once, with one line, if the server cannot be reached.

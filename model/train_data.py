@@ -35,14 +35,15 @@ class PrepareBatch:
 
     def __init__(self, stats: Mapping[str, Any] | None = None):
         from model.loader import Normalize
+        from model.triplet_decode import CHANNELS
 
-        self.normalize = Normalize(stats or {})
+        stats = dict(stats or {})
+        for m in IMAGE_KEYS:  # a modality without stats gets the fixed constants, same mechanism
+            stats.setdefault(m, {"mean": [FALLBACK_MEAN] * CHANNELS[m], "std": [FALLBACK_STD] * CHANNELS[m]})
+        self.normalize = Normalize(stats)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         out = self.normalize({k: batch[k] for k in IMAGE_KEYS})
-        for k in IMAGE_KEYS:
-            if out[k].dtype == torch.uint8:
-                out[k] = (out[k].float() - FALLBACK_MEAN) / FALLBACK_STD
         if "tile_size_m" in batch:
             out["tile_size_m"] = batch["tile_size_m"].float()
         else:
@@ -142,7 +143,7 @@ class StreamSource:
 
 
 def collect_split(url: str, release: str, split: str = "heldout", limit: int | None = None,
-                  batch_size: int = 64, num_workers: int = 0) -> dict[str, torch.Tensor]:
+                  batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Every triplet of a split (or the first `limit`) as one uint8 batch dict, in the split's epoch-0 order."""
     from model.loader import TripletStream, collate_triplets
 

@@ -275,7 +275,8 @@ def test_every_s1_tile_at_z16_and_z17_matches_the_truth(speckle_free):
         assert len(tiles) >= 40
         v = _shifts(rel, "s1", z, tiles, cfg=cfg, gradient=True)
         mag = np.hypot(v[:, 0], v[:, 1])
-        print(f"\ns1 z{z} speckle-free: {len(tiles)} tiles, mean {mag.mean():.3f} px, worst {mag.max():.3f} px")
+        print(f"\ns1 z{z} speckle-free: {len(tiles)} tiles, mean {mag.mean():.3f} px, worst {mag.max():.3f} px, "
+              f"mean vector ({v[:, 0].mean():.3f}, {v[:, 1].mean():.3f}) px, min corr {v[:, 2].min():.3f}")
         if in_source_px:
             px = np.array([SRC_RES["s1"] / _ground_res(z, y) for _, y in tiles])  # output px per S1 px
             v = np.column_stack([v[:, 0] / px, v[:, 1] / px, v[:, 2]])

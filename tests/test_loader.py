@@ -284,6 +284,12 @@ def test_stats_and_normalisation(server, release, disk_hashes):
     raw = next(iter(make_loader(ds, batch_size=16, num_workers=0)))
     assert raw["s2"].dtype == torch.uint8  # workers ship bytes; normalising happens on the device
     batch = Normalize(stats)(raw)
+    # the trainer's view: the release's stats where given, fixed constants for a modality without
+    from model.train_data import FALLBACK_MEAN, FALLBACK_STD, PrepareBatch
+
+    mixed = PrepareBatch({"s2": stats["s2"]})(raw)
+    assert torch.equal(mixed["s2"], batch["s2"])
+    assert torch.allclose(mixed["s1"], (raw["s1"].float() - FALLBACK_MEAN) / FALLBACK_STD)
     assert batch["s2"].dtype == torch.float32 and batch["naip_hires"].shape[1:] == (3, 512, 512)
     assert abs(float(batch["s2"].mean())) < 0.1 and abs(float(batch["s2"].std()) - 1) < 0.1
 
