@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tempfile
 
@@ -16,6 +17,10 @@ from tests.serve_fixtures import shared_data_dir, shared_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
+# A developer's machine without a browser skips this module; CI installs one, so there a missing
+# browser is a failure, never a silent skip.
+if not (CHROMIUM and DRIVER) and os.environ.get("CI"):
+    raise RuntimeError("CI needs Debian's chromium and chromium-driver for the viewer test (.ci/run installs them)")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian chromium + chromium-driver")
 
 

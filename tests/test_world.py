@@ -13,6 +13,7 @@ import time
 import httpx
 import mercantile
 import numpy as np
+import pystac_client
 import pytest
 import rasterio
 from rasterio.transform import Affine
@@ -22,7 +23,6 @@ from rasterio.warp import transform as warp_transform
 from curate.world.scenes import pixel_to_xy
 from curate.world.truth import band_limit, phase_shift, render_truth, sample_truth
 
-pystac_client = pytest.importorskip("pystac_client")
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 
 

@@ -33,8 +33,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rustac() -> str:
-    # Next to this interpreter first: a virtualenv's scripts need not be on PATH.
+def rustac_executable() -> str:
+    """Path of the `rustac` command: beside this interpreter first (a virtualenv's scripts need
+    not be on PATH), then on PATH; a UserError naming the install command if neither has it."""
     beside = Path(sys.executable).parent / "rustac"
     exe = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("rustac")
     if exe is None:
@@ -149,7 +150,7 @@ def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port
     public = advertise or host
     world_dir = Path(world_dir).absolute()
     cfg = load_config(world_dir)
-    exe = _rustac()
+    exe = rustac_executable()
     files = FileServer(world_dir / "files", host=host, port=files_port, advertise=public)
     tmp = Path(tempfile.mkdtemp(prefix="world-stac-"))
     try:
