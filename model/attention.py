@@ -22,9 +22,9 @@ Two implementations, equal to ~1e-6:
   CPU (torch 2.13), so CPU training cannot use it.
 - `reference`: the bias materialised as (B, H, Lq, Lk) and passed to SDPA as a float mask.
 `attend(..., backend="auto")` takes flex on CUDA and the reference on CPU: CPU flex cannot
-train (no backward), and measured here (torch 2.13, 2 busy cores, B=8, 4 heads x 16) its
-forward is no better either: eager flex 260 ms at L=64 and 680 ms at L=256 vs the reference's
-0.8 ms and 140 ms; compiled flex 23 / 64 ms but 20-47 s to compile per shape. So CPU
+train (no backward), and its forward is slower there too (`python benchmarks/attention_cpu.py`,
+torch 2.13, 2 cores, B=8, 4 heads x 16: eager flex 15 ms at L=64 and 62 ms at L=256 vs the
+reference's 0.4 ms and 2.7 ms; `--compiled` times the fused kernel and its compile). So CPU
 evaluation (`embed` under no_grad) also takes the reference; pass backend="flex" to force it.
 """
 
