@@ -12,7 +12,6 @@ printed is flex's time beside it and the ratio flex / reference (> 1: flex is sl
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,19 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model.attention import alibi_slopes, flex_attention_scale_alibi, reference_attention  # noqa: E402
-
-
-def median_ms(fn, repeats: int) -> float:
-    """Median wall time of `fn()` in milliseconds over `repeats` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+from timing import median_ms  # noqa: E402
 
 
 def main() -> None:

@@ -14,9 +14,7 @@ analytic truth in tests/test_build.py, not against GDAL).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import mercantile
@@ -27,9 +25,11 @@ from pyproj import Transformer
 from rasterio.enums import Resampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from curate.reader import Source  # noqa: E402
 from curate.warp import Grid, warp  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 LON, LAT = -102.0, 35.2  # the synthetic world's centre (UTM 13N / 14N edge region)
 UTM = "EPSG:32614"
@@ -47,16 +47,6 @@ def source_for(grid: Grid, res_m: float, seed: int) -> Source:
     base = 128 + 60 * np.sin(xx / 37.0) * np.cos(yy / 23.0)
     data = np.stack([base + rng.normal(0, 12, (h, w)) for _ in range(3)]).clip(1, 255).astype(np.uint8)
     return Source(data, Affine(res_m, 0, left, 0, -res_m, top), UTM, 0, res_m)
-
-
-def time_ms(fn, repeats: int) -> float:
-    fn()
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(runs)
 
 
 def gdal_warp(src: Source, grid: Grid, resampling: str) -> np.ndarray:
@@ -79,8 +69,8 @@ def main() -> None:
         t = mercantile.tile(LON, LAT, zoom)
         grid = Grid(zoom, t.x - t.x % n, t.y - t.y % n, n, n)
         src = source_for(grid, res_m, seed=zoom)
-        ours = time_ms(lambda: warp([src], grid, np.uint8, 0, resampling), args.repeats)
-        gdal = time_ms(lambda: gdal_warp(src, grid, resampling), args.repeats)
+        ours = median_ms(lambda: warp([src], grid, np.uint8, 0, resampling), args.repeats)
+        gdal = median_ms(lambda: gdal_warp(src, grid, resampling), args.repeats)
         mine, _ = warp([src], grid, np.uint8, 0, resampling)
         diff = np.abs(np.moveaxis(mine, -1, 0).astype(float) - gdal_warp(src, grid, resampling)).mean()
         print(f"{label:28s} project {ours:8.1f} ms   GDAL warper {gdal:8.1f} ms   "
