@@ -41,9 +41,11 @@ from curate.release import (
     LAYERS,
     REQUIRED_COLUMNS,
     Release,
+    check_release_name,
     content_hash,
     manifest_metadata,
     read_manifest,
+    resolves_inside,
     write_bytes_atomic,
     write_manifest,
 )
@@ -113,6 +115,15 @@ def group_metatiles(tiles: dict[tuple[int, int], str], z: int, levels: int) -> d
 
 def _mt_name(mt: tuple[int, int, int]) -> str:
     return f"{mt[0]}-{mt[1]}-{mt[2]}"
+
+
+def _confined(path: Path, root: Path) -> Path:
+    """`path`, once proven to resolve (symlinks followed) strictly inside `root`; the build writes or
+    deletes nothing that is not, so a crafted name or a planted symlink cannot reach other files."""
+    if not resolves_inside(path, root):
+        raise UserError(f"refusing to write {path}: it resolves outside {root}; remove the link or "
+                        "choose another --out")
+    return path
 
 
 def lonlat_bounds(z: int, tiles: Iterable[tuple]) -> tuple[float, float, float, float]:
@@ -267,7 +278,8 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             have = [t for t in have if t in chosen[layer]]
 
     release = Release(Path(job.release_dir).parent, Path(job.release_dir).name)
-    staging = Path(job.release_dir) / ".build" / "staging" / _mt_name(job.metatile)
+    release_dir = Path(job.release_dir)
+    staging = _confined(release_dir / ".build" / "staging" / _mt_name(job.metatile), release_dir)
     shutil.rmtree(staging, ignore_errors=True)
     rows, files = [], []
     for t in have:
@@ -300,9 +312,9 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             files.append(str(rel))
         rows.append(row)
     record = {"metatile": list(job.metatile), "rows": rows, "files": files}
-    done = Path(job.release_dir) / ".build" / "done" / f"{_mt_name(job.metatile)}.json"
+    done = _confined(release_dir / ".build" / "done" / f"{_mt_name(job.metatile)}.json", release_dir)
     write_bytes_atomic(done, json.dumps(record, sort_keys=True).encode())
-    commit_staging(Path(job.release_dir), job.metatile, record)
+    commit_staging(release_dir, job.metatile, record)
     return record
 
 
@@ -328,13 +340,13 @@ def _describe(row: dict, layer: str, group, frac: float, tile_fp) -> None:
 
 def commit_staging(release_dir: Path, metatile, record: dict) -> None:
     """Move a recorded metatile's staged files into the public tree (idempotent; renames only)."""
-    staging = release_dir / ".build" / "staging" / _mt_name(metatile)
+    staging = _confined(release_dir / ".build" / "staging" / _mt_name(metatile), release_dir)
     if not staging.exists():
         return
     for rel in record["files"]:
         src = staging / rel
         if src.exists():
-            dst = release_dir / rel
+            dst = _confined(release_dir / rel, release_dir)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
     shutil.rmtree(staging, ignore_errors=True)
@@ -363,7 +375,7 @@ class _Lock:
         self.fd: int | None = None
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)  # never a planted link
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -393,15 +405,15 @@ def _check_out(out: Path) -> None:
 
 def _clean_tmp(release_dir: Path, recorded: set[str]) -> None:
     """Remove what an interrupted build left: staging of unrecorded metatiles and temp files."""
-    staging = release_dir / ".build" / "staging"
+    staging = _confined(release_dir / ".build" / "staging", release_dir)
     if staging.exists():
         for d in staging.iterdir():
             if d.name not in recorded:
                 shutil.rmtree(d, ignore_errors=True)
-    for d in (release_dir, release_dir / ".build" / "done"):
+    for d in (release_dir, _confined(release_dir / ".build" / "done", release_dir)):
         if d.exists():
             for p in d.glob(".*.tmp"):
-                p.unlink(missing_ok=True)
+                p.unlink(missing_ok=True)  # unlinks a planted symlink itself, never its target
 
 
 def _versions() -> dict[str, str]:
@@ -442,6 +454,26 @@ def _params_meta(params: BuildParams) -> dict:
     return d
 
 
+def _check_options(max_cloud: float, naip_years, max_gap_days: float, min_valid: float, heldout_fraction: float,
+                   metatile_levels: int, split_levels: int, workers: int | None) -> None:
+    """Refuse option values that could only give an empty release, a traceback or a hang (NaN fails every test)."""
+    if not 0 <= max_cloud <= 100:
+        raise UserError(f"--max-cloud {max_cloud} must be a percentage in [0, 100]")
+    if not max_gap_days >= 0:
+        raise UserError(f"--max-gap-days {max_gap_days} must be a number of days >= 0")
+    if not 0 < min_valid <= 1:
+        raise UserError(f"--min-valid {min_valid} must be in (0, 1]")
+    if not 0 <= heldout_fraction <= 1:
+        raise UserError(f"--heldout-fraction {heldout_fraction} must be in [0, 1]")
+    if naip_years and naip_years[0] > naip_years[1]:
+        raise UserError(f"--naip-years {naip_years[0]}-{naip_years[1]} ends before it starts; give FIRST-LAST")
+    for name, value in (("--metatile", metatile_levels), ("--split-levels", split_levels)):
+        if not (isinstance(value, int) and value >= 0):
+            raise UserError(f"{name} {value} must be a whole number of levels >= 0")
+    if workers is not None and not (isinstance(workers, int) and workers >= 1):
+        raise UserError(f"--workers {workers} must be at least 1")
+
+
 def build_release(
     out: str | Path,
     zoom: int | None = None,
@@ -476,6 +508,8 @@ def build_release(
     catalog = catalog or PLANETARY_COMPUTER
     spec = None
     geometry = None
+    if release is not None:
+        check_release_name(release)
     if region is None:
         if not release:
             raise UserError("give --region (a name or GeoJSON file) or --release (a named release)")
@@ -496,14 +530,14 @@ def build_release(
             geometry = region
             region_label = f"geometry:{geometry.wkt if len(geometry.wkt) < 400 else hashlib.sha256(geometry.wkb).hexdigest()}"
         if not release:
-            release = f"{Path(str(region)).stem if isinstance(region, (str, Path)) else 'region'}-z{zoom}"
+            release = check_release_name(
+                f"{Path(str(region)).stem if isinstance(region, (str, Path)) else 'region'}-z{zoom}")
     check_zoom(zoom)
     if zoom > MAX_BUILD_ZOOM:
         raise UserError(f"zoom {zoom} is too deep: NAIP is also cut at zoom + 1, so use 0-{MAX_BUILD_ZOOM}")
-    if not 0 < min_valid <= 1:
-        raise UserError(f"--min-valid {min_valid} must be in (0, 1]")
-    if not 0 <= heldout_fraction <= 1:
-        raise UserError(f"--heldout-fraction {heldout_fraction} must be in [0, 1]")
+    _check_options(max_cloud=max_cloud, naip_years=naip_years, max_gap_days=max_gap_days, min_valid=min_valid,
+                   heldout_fraction=heldout_fraction, metatile_levels=metatile_levels, split_levels=split_levels,
+                   workers=workers)
     params = BuildParams(release=release, zoom=zoom, region=region_label, datetime=datetime, max_cloud=max_cloud,
                          naip_years=tuple(naip_years) if naip_years else None, max_gap_days=max_gap_days,
                          min_valid=min_valid, metatile_levels=metatile_levels, heldout_fraction=heldout_fraction,
@@ -516,7 +550,9 @@ def build_release(
     out = Path(out)
     _check_out(out)
     rel = Release(out, release)
+    _confined(rel.path, out)
     rel.path.mkdir(parents=True, exist_ok=True)
+    _confined(rel.path / ".build", rel.path)
     with _Lock(rel.path / ".lock"):
         if rel.is_finished:
             meta = manifest_metadata(read_manifest(rel.manifest_path))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from curate.errors import UserError
@@ -26,6 +28,8 @@ def _bbox(value: str | None):
         w, s, e, n = (float(v) for v in value.split(","))
     except ValueError:
         raise UserError(f"--bbox {value!r} must be W,S,E,N in degrees") from None
+    if not all(math.isfinite(v) for v in (w, s, e, n)):
+        raise UserError(f"--bbox {value!r} has a coordinate that is not a finite number; give W,S,E,N in degrees")
     if not (w < e and s < n):
         raise UserError(f"--bbox {value!r} must have W < E and S < N")
     return box(w, s, e, n)
@@ -47,18 +51,18 @@ def _bbox(value: str | None):
               help="Largest S1/S2 time gap to the tile's NAIP capture (closest is taken first).")
 @click.option("--min-valid", default=0.99, show_default=True,
               help="Fraction of a tile's pixels that must be valid (data, not cloud) in each layer.")
-@click.option("--metatile", "metatile_levels", default=3, show_default=True,
+@click.option("--metatile", "metatile_levels", default=3, show_default=True, type=click.IntRange(min=0),
               help="Metatile = ancestor this many levels up (3 -> 8x8 tiles warped at once).")
 @click.option("--heldout-fraction", default=0.25, show_default=True,
               help="Region builds: fraction of spatial blocks held out.")
-@click.option("--split-levels", default=2, show_default=True,
+@click.option("--split-levels", default=2, show_default=True, type=click.IntRange(min=0),
               help="Region builds: split blocks are ancestors this many levels up (2 -> 4x4 tiles).")
 @click.option("--signer", default="planetary-computer", show_default=True,
               help="Href signer: planetary-computer, none, or module:function.")
 @click.option("--scheduler", default=None,
               help="Dask: tcp://HOST:PORT of a running scheduler, or local, threads, synchronous.  [default: local "
               "cluster, one single-threaded worker process per core]")
-@click.option("--workers", type=int, default=None, help="Local cluster workers.  [default: number of cores]")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster workers.  [default: number of cores]")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def build(region, bbox, zoom, release, out, catalog, datetime_, max_cloud, naip_years, max_gap_days, min_valid,
           metatile_levels, heldout_fraction, split_levels, signer, scheduler, workers, progress) -> None:
