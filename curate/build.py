@@ -284,7 +284,7 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
 
     release = Release(Path(job.release_dir).parent, Path(job.release_dir).name)
     release_dir = Path(job.release_dir)
-    staging = _confined(release_dir / ".build" / "staging" / _mt_name(job.metatile), release_dir)
+    staging = _confined(release_dir / ".build" / "staging" / _mt_name(job.metatile), release_dir.parent)
     shutil.rmtree(staging, ignore_errors=True)
     rows, files = [], []
     for t in have:
@@ -317,7 +317,7 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             files.append(str(rel))
         rows.append(row)
     record = {"metatile": list(job.metatile), "rows": rows, "files": files}
-    done = _confined(release_dir / ".build" / "done" / f"{_mt_name(job.metatile)}.json", release_dir)
+    done = _confined(release_dir / ".build" / "done" / f"{_mt_name(job.metatile)}.json", release_dir.parent)
     write_bytes_atomic(done, json.dumps(record, sort_keys=True).encode())
     commit_staging(release_dir, job.metatile, record)
     return record
@@ -345,13 +345,13 @@ def _describe(row: dict, layer: str, group, frac: float, tile_fp) -> None:
 
 def commit_staging(release_dir: Path, metatile, record: dict) -> None:
     """Move a recorded metatile's staged files into the public tree (idempotent; renames only)."""
-    staging = _confined(release_dir / ".build" / "staging" / _mt_name(metatile), release_dir)
+    staging = _confined(release_dir / ".build" / "staging" / _mt_name(metatile), release_dir.parent)
     if not staging.exists():
         return
     for rel in record["files"]:
         src = staging / rel
         if src.exists():
-            dst = _confined(release_dir / rel, release_dir)
+            dst = _confined(release_dir / rel, release_dir.parent)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
     shutil.rmtree(staging, ignore_errors=True)
@@ -410,12 +410,12 @@ def _check_out(out: Path) -> None:
 
 def _clean_tmp(release_dir: Path, recorded: set[str]) -> None:
     """Remove what an interrupted build left: staging of unrecorded metatiles and temp files."""
-    staging = _confined(release_dir / ".build" / "staging", release_dir)
+    staging = _confined(release_dir / ".build" / "staging", release_dir.parent)
     if staging.exists():
         for d in staging.iterdir():
             if d.name not in recorded:
                 shutil.rmtree(d, ignore_errors=True)
-    for d in (release_dir, _confined(release_dir / ".build" / "done", release_dir)):
+    for d in (release_dir, _confined(release_dir / ".build" / "done", release_dir.parent)):
         if d.exists():
             for p in d.glob(".*.tmp"):
                 p.unlink(missing_ok=True)  # unlinks a planted symlink itself, never its target
@@ -565,7 +565,7 @@ def build_release(
     rel = Release(out, release)
     _confined(rel.path, out)
     rel.path.mkdir(parents=True, exist_ok=True)
-    _confined(rel.path / ".build", rel.path)
+    _confined(rel.path / ".build", out)
     with _Lock(rel.path / ".lock"):
         if rel.is_finished:
             meta = manifest_metadata(read_manifest(rel.manifest_path))

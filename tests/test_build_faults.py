@@ -245,3 +245,57 @@ def test_a_date_window_without_scenes_is_an_error_naming_the_window(world, tiny,
     with pytest.raises(UserError, match=r"no s1/s2 scenes over the region pass the filters \(--datetime 1990"):
         _build(world, tmp_path, region, datetime="1990-01-01/1990-12-31")
     assert not Release(tmp_path, "tiny").is_finished
+
+
+# ------------------------------------------------------------------------------------------ disk full
+
+def _can_mount_tmpfs() -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=4k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_a_full_disk_while_writing_the_manifest_is_one_error_line_and_a_rerun_finishes(world, tiny, tmp_path):
+    """The release directory is a full tmpfs (in a user+mount namespace); its tiles and build state
+    live beside it under --out (symlinks), so only the manifest meets the kernel's ENOSPC."""
+    import shlex
+    import subprocess
+    import sys
+
+    if not _can_mount_tmpfs():
+        pytest.skip("needs `unshare -rm` and tmpfs mounts in a user namespace")
+    region, ref = tiny
+    out, store, release = tmp_path / "out", tmp_path / "out" / "store", tmp_path / "out" / "tiny"
+    for name in (".build", "s1", "s2", "naip"):
+        (store / name).mkdir(parents=True)
+    release.mkdir()
+    w, s, e, n = region.bounds
+    cli = [sys.executable, "-c", "from curate.cli import main; main()", "build", "--bbox", f"{w!r},{s!r},{e!r},{n!r}",
+           "--zoom", "16", "--release", "tiny", "--out", str(out), "--catalog", world.stac_url, "--signer", "none",
+           "--scheduler", "synchronous", "--no-progress"]
+    links = " && ".join(f"ln -s {shlex.quote(str(store / name))} {shlex.quote(str(release / name))}"
+                        for name in (".build", "s1", "s2", "naip"))
+    script = f"""
+        mount -t tmpfs -o size=1m tmpfs {shlex.quote(str(release))} && {links}
+        cat /dev/zero > {shlex.quote(str(release / 'filler'))} 2>/dev/null  # until the disk is full
+        {shlex.join(cli)} 2> {shlex.quote(str(tmp_path / 'full.err'))}; echo "full=$?"
+        echo "left=$(ls -A {shlex.quote(str(release))} | tr '\n' ' ')"
+        rm {shlex.quote(str(release / 'filler'))}
+        {shlex.join(cli)} 2> {shlex.quote(str(tmp_path / 'freed.err'))}; echo "freed=$?"
+        cp {shlex.quote(str(release / 'manifest.parquet'))} {shlex.quote(str(store / 'manifest.parquet'))}
+    """
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    said = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    errors = [ln for ln in (tmp_path / "full.err").read_text().splitlines() if ln.startswith("error:")]
+    assert said.get("full") == "2", (done.stdout, done.stderr, (tmp_path / "full.err").read_text()[-2000:])
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "manifest.parquet" in errors[0]
+    assert "Traceback" not in (tmp_path / "full.err").read_text()
+    assert sorted(said["left"].split()) == [".build", "filler", "naip", "s1", "s2"]  # no manifest, no temp file
+    assert said.get("freed") == "0", (tmp_path / "freed.err").read_text()[-2000:]
+    got = Release(tmp_path / "out", "store")
+    assert _tiles(got) == _tiles(ref)
+    assert got.read_manifest().replace_schema_metadata(None).equals(ref.read_manifest().replace_schema_metadata(None))
