@@ -49,6 +49,7 @@ from curate.release import (
     write_bytes_atomic,
     write_manifest,
 )
+from curate.search import TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class MetatileJob:
     max_gap_days: float
     signer: Any = None
     catalog: str = ""
-    timeout_s: float = 30.0  # per network wait (curate.search.TIMEOUT_S)
+    timeout_s: float = TIMEOUT_S  # per network wait
     extra: dict = field(default_factory=dict)
 
 
@@ -512,7 +513,7 @@ def build_release(
     `timeout_s`: how long any one network call may wait for an answer (default curate.search.TIMEOUT_S).
     `allow_empty`: seal a release with no complete triplet instead of refusing it."""
     from curate.plan import check_zoom
-    from curate.search import PLANETARY_COMPUTER, TIMEOUT_S
+    from curate.search import PLANETARY_COMPUTER
 
     timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
 

@@ -7,6 +7,7 @@ import math
 import click
 
 from curate.errors import UserError
+from curate.search import TIMEOUT_S
 
 
 def _years(value: str | None) -> tuple[int, int] | None:
@@ -63,7 +64,7 @@ def _bbox(value: str | None):
               help="Dask: tcp://HOST:PORT of a running scheduler, or local, threads, synchronous.  [default: local "
               "cluster, one single-threaded worker process per core]")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster workers.  [default: number of cores]")
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True,
+@click.option("--timeout", "timeout_s", default=TIMEOUT_S, show_default=True,
               help="Seconds any one network call (catalog request, COG read) may wait for data before it is retried.")
 @click.option("--allow-empty", is_flag=True, help="Seal a release even when no tile has a complete triplet.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")

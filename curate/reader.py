@@ -27,6 +27,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from curate.errors import UserError
+from curate.search import TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,10 @@ GDAL_ENV: dict[str, object] = {
     "GDAL_HTTP_MAX_RETRY": "2",
     "GDAL_HTTP_RETRY_DELAY": "0.2",
     "GDAL_CACHEMAX": 256 * 2**20,  # bytes: rasterio passes an int to GDALSetCacheMax64
-    # A server that stalls fails the request instead of hanging the build; gdal_env(timeout_s)
-    # replaces these defaults (--timeout 30).
-    "GDAL_HTTP_CONNECTTIMEOUT": "30",
-    "GDAL_HTTP_LOW_SPEED_TIME": "30",  # abort when under LOW_SPEED_LIMIT bytes/s for this many seconds
+    # A server that stalls fails the request instead of hanging the build (gdal_env adds the
+    # timeouts): under LOW_SPEED_LIMIT bytes/s for the timeout, or connecting for longer, or a
+    # whole request 10x longer (a window read may be large).
     "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
-    "GDAL_HTTP_TIMEOUT": "300",  # whole request: a window read may be large, so 10x the wait
 }
 
 RETRIES = 6  # application-level attempts on top of GDAL's own
@@ -66,14 +65,11 @@ class AccessDenied(UserError):
     """A read refused with HTTP 403 even with a freshly signed href: retrying cannot help."""
 
 
-def gdal_env(timeout_s: float | None = None) -> rasterio.Env:
+def gdal_env(timeout_s: float = TIMEOUT_S) -> rasterio.Env:
     """The rasterio environment every read runs in (call inside the worker); `timeout_s` bounds every wait."""
-    env = dict(GDAL_ENV)
-    if timeout_s is not None:
-        wait = str(max(1, math.ceil(timeout_s)))  # curl takes whole seconds here
-        env.update(GDAL_HTTP_CONNECTTIMEOUT=wait, GDAL_HTTP_LOW_SPEED_TIME=wait,
-                   GDAL_HTTP_TIMEOUT=str(10 * max(1, math.ceil(timeout_s))))
-    return rasterio.Env(**env)
+    wait = max(1, math.ceil(timeout_s))  # curl takes whole seconds for the low-speed time
+    return rasterio.Env(**GDAL_ENV, GDAL_HTTP_CONNECTTIMEOUT=str(wait), GDAL_HTTP_LOW_SPEED_TIME=str(wait),
+                        GDAL_HTTP_TIMEOUT=str(10 * wait))
 
 
 # ---------------------------------------------------------------- lazy signing
@@ -239,7 +235,7 @@ def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> S
 
 
 def read_window(href: str, signer, bounds_3857, target_res_3857: float, indexes=None,
-                margin_px: int = 3, timeout_s: float = 30.0) -> Source | None:
+                margin_px: int = 3, timeout_s: float = TIMEOUT_S) -> Source | None:
     """Read the part of the COG at `href` covering `bounds_3857` (plus a margin for the resampling kernel)
     at the overview level that fits `target_res_3857`; None if it does not overlap.
 
