@@ -3,6 +3,7 @@ deleted outside --out. Fast: no world, no network (input is refused before any c
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -88,10 +89,11 @@ def test_the_server_does_not_serve_a_release_whose_directory_name_is_not_a_relea
     assert catalog.names() == ["good"] and catalog.get("bad name") is None
 
 
-def _geojson(tmp_path: Path, coordinate: str) -> str:
-    path = tmp_path / f"area-{abs(hash(coordinate))}.geojson"
-    path.write_text('{"type": "Polygon", "coordinates": [[[0, 0], [0.01, %s], [0.01, 0.01], [0, 0.01], [0, 0]]]}'
-                    % coordinate)
+def _geojson(tmp_path: Path, latitude: float) -> str:
+    """A square whose second vertex has `latitude` (json writes NaN and Infinity as those tokens)."""
+    path = tmp_path / f"area-{latitude}.geojson"
+    ring = [[0, 0], [0.01, latitude], [0.01, 0.01], [0, 0.01], [0, 0]]
+    path.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
     return str(path)
 
 
@@ -112,8 +114,8 @@ def _geojson(tmp_path: Path, coordinate: str) -> str:
     (["--bbox", "0,0,0.01,0.01", "--min-valid", "nan"], "--min-valid"),
 ])
 def test_bad_numbers_give_one_error_line_naming_the_option(tmp_path, args, mentions):
-    args = [_geojson(tmp_path, "NaN") if a == "NAN_GEOJSON" else _geojson(tmp_path, "Infinity") if a == "INF_GEOJSON"
-            else a for a in args]
+    args = [_geojson(tmp_path, float("nan")) if a == "NAN_GEOJSON" else _geojson(tmp_path, float("inf"))
+            if a == "INF_GEOJSON" else a for a in args]
     _one_error_line(_build(tmp_path / "data", "--zoom", "15", *args), mentions)
 
 

@@ -219,7 +219,7 @@ def test_a_permanent_403_fails_fast_with_advice_about_the_key(world, tiny, tmp_p
 def test_a_bug_in_a_metatile_is_raised_as_it_is_not_retried_as_a_network_fault(world, tiny, tmp_path, monkeypatch):
     import curate.build as build
 
-    region, ref = tiny
+    region, _ = tiny
 
     def broken(*args, **kwargs):
         raise TypeError("unsupported operand type(s)")
