@@ -668,14 +668,18 @@ def _empty_cause(items_by_block: dict, params: BuildParams) -> str:
             f"tile within --max-gap-days {params.max_gap_days:g} and --min-valid {params.min_valid:g}")
 
 
-def _faults() -> tuple[type[BaseException], ...]:
+def _faults(on_dask: bool) -> tuple[type[BaseException], ...]:
     """What a metatile may fail with and still be resumed by a rerun: a scene that kept failing to
-    read. UserError (bad input, access denied) stops the build; anything else is a bug in this
-    program and is raised as it is, never reported as a network fault to retry."""
+    read (or, on Dask, a worker that died). UserError (bad input, access denied) stops the build;
+    anything else is a bug in this program and is raised as it is, never reported as a fault to retry."""
     from rasterio.errors import RasterioIOError
 
     from curate.reader import TransientError
 
+    if on_dask:
+        from distributed import KilledWorker
+
+        return TransientError, RasterioIOError, OSError, KilledWorker
     return TransientError, RasterioIOError, OSError
 
 
@@ -695,7 +699,7 @@ def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler,
     jobs = {mt: MetatileJob(str(rel.path), params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
                             signer=signer, catalog=catalog, timeout_s=timeout_s) for mt in todo}
     records: dict = {}
-    faults = _faults()
+    faults = _faults(on_dask=scheduler != "synchronous")
 
     def new_bar():
         return tqdm(total=len(todo), unit="metatile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
