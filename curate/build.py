@@ -41,12 +41,15 @@ from curate.release import (
     LAYERS,
     REQUIRED_COLUMNS,
     Release,
+    check_release_name,
     content_hash,
     manifest_metadata,
     read_manifest,
+    resolves_inside,
     write_bytes_atomic,
     write_manifest,
 )
+from curate.search import TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,15 @@ def _mt_name(mt: tuple[int, int, int]) -> str:
     return f"{mt[0]}-{mt[1]}-{mt[2]}"
 
 
+def _confined(path: Path, root: Path) -> Path:
+    """`path`, once proven to resolve (symlinks followed) strictly inside `root`; the build writes or
+    deletes nothing that is not, so a crafted name or a planted symlink cannot reach other files."""
+    if not resolves_inside(path, root):
+        raise UserError(f"refusing to write {path}: it resolves outside {root}; remove the link or "
+                        "choose another --out")
+    return path
+
+
 def lonlat_bounds(z: int, tiles: Iterable[tuple]) -> tuple[float, float, float, float]:
     """Lon/lat bounds of a set of tiles at zoom z."""
     bs = [mercantile.bounds(t[0], t[1], z) for t in tiles]
@@ -135,6 +147,7 @@ class MetatileJob:
     max_gap_days: float
     signer: Any = None
     catalog: str = ""
+    timeout_s: float = TIMEOUT_S  # per network wait
     extra: dict = field(default_factory=dict)
 
 
@@ -145,16 +158,16 @@ def _tile_lonlat(z: int, x: int, y: int):
     return box(b.west, b.south, b.east, b.north)
 
 
-def _render(group, layer: str, grid, signer):
-    """Read every item of `group` over `grid`, warp and mosaic: (data, usable mask)."""
-    from curate.reader import read_window
+def _render(group, layer: str, grid, read):
+    """Read every item of `group` over `grid` with `read` (href, bounds, res, **options), warp and mosaic:
+    (data, usable mask)."""
     from curate.warp import warp
 
     bounds = grid.bounds
     if layer == "s2":
-        visual = [read_window(it["assets"]["visual"], signer, bounds, grid.res, indexes=[1, 2, 3]) for it in group.items]
+        visual = [read(it["assets"]["visual"], bounds, grid.res, indexes=[1, 2, 3]) for it in group.items]
         data, valid = warp([s for s in visual if s is not None], grid, np.uint8, 0)
-        scl_srcs = [read_window(it["assets"]["SCL"], signer, bounds, grid.res, indexes=[1], margin_px=1)
+        scl_srcs = [read(it["assets"]["SCL"], bounds, grid.res, indexes=[1], margin_px=1)
                     for it in group.items if "SCL" in it["assets"]]
         scl_srcs = [s for s in scl_srcs if s is not None]
         if scl_srcs:
@@ -165,8 +178,8 @@ def _render(group, layer: str, grid, signer):
     if layer == "s1":
         srcs = []
         for it in group.items:
-            vv = read_window(it["assets"]["vv"], signer, bounds, grid.res, indexes=[1])
-            vh = read_window(it["assets"]["vh"], signer, bounds, grid.res, indexes=[1])
+            vv = read(it["assets"]["vv"], bounds, grid.res, indexes=[1])
+            vh = read(it["assets"]["vh"], bounds, grid.res, indexes=[1])
             if vv is None or vh is None:
                 continue
             if vv.data.shape != vh.data.shape or vv.transform != vh.transform:
@@ -176,11 +189,11 @@ def _render(group, layer: str, grid, signer):
         nodata = srcs[0].nodata if srcs and srcs[0].nodata is not None else -32768.0
         return warp(srcs, grid, np.float32, nodata)
     # naip: RGB of the RGBN image
-    srcs = [read_window(it["assets"]["image"], signer, bounds, grid.res, indexes=[1, 2, 3]) for it in group.items]
+    srcs = [read(it["assets"]["image"], bounds, grid.res, indexes=[1, 2, 3]) for it in group.items]
     return warp([s for s in srcs if s is not None], grid, np.uint8, 0)
 
 
-def _choose(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_for, signer, min_valid: float):
+def _choose(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_for, read, min_valid: float):
     """Walk each tile's ranked groups; the first usable one wins. Returns {tile: (group, data, valid_frac)}.
 
     Groups are rendered lazily, over the block of the tiles that still need them, so a fallback
@@ -199,7 +212,7 @@ def _choose(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_for, si
         for key in sorted(need):
             ts = need[key]
             grid = grid_for(ts)
-            data, valid = _render(groups[key], layer, grid, signer)
+            data, valid = _render(groups[key], layer, grid, read)
             for t in ts:
                 sl = _slice(grid, layer, t)
                 v = valid[sl]
@@ -229,12 +242,16 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
     Pure in its inputs (items and job); its only effect is writing the metatile's staging
     directory and done record under `job.release_dir/.build`."""
     from curate.encode import encode_hwc
-    from curate.reader import gdal_env
+    from curate.reader import gdal_env, read_window
     from curate.search import resolve_signer
     from curate.selection import groups_touching, make_groups, rank_by_gap, rank_naip
     from curate.warp import block_grid, box_down2
 
     signer = resolve_signer(job.signer)
+
+    def read(href: str, bounds, res: float, **options):
+        return read_window(href, signer, bounds, res, timeout_s=job.timeout_s, **options)
+
     z = job.z
     tiles = [(x, y) for x, y, _ in job.tiles]
     split = {(x, y): s for x, y, s in job.tiles}
@@ -250,11 +267,11 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
 
     from curate.selection import footprint as _fp
 
-    with gdal_env():
+    with gdal_env(job.timeout_s):
         naip_groups = groups_touching(make_groups(naip_items), bounds)
         naip = _choose("naip", tiles, ranked_for(naip_groups, lambda gs, t: rank_naip(gs)),
                        lambda ts: block_grid(z + 1, [(2 * x + dx, 2 * y + dy) for x, y in ts for dx in (0, 1) for dy in (0, 1)]),
-                       signer, job.min_valid)
+                       read, job.min_valid)
         have = [t for t in tiles if t in naip]
         chosen = {"naip": naip}
         for layer, items in (("s2", s2_items), ("s1", s1_items)):
@@ -263,11 +280,12 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             for t in have:
                 here = [g for g in groups if any(_fp(it).intersects(footprints[t]) for it in g.items)]
                 ranked[t] = rank_by_gap(here, naip[t][0].datetime, job.max_gap_days)
-            chosen[layer] = _choose(layer, have, ranked, lambda ts: block_grid(z, ts), signer, job.min_valid)
+            chosen[layer] = _choose(layer, have, ranked, lambda ts: block_grid(z, ts), read, job.min_valid)
             have = [t for t in have if t in chosen[layer]]
 
     release = Release(Path(job.release_dir).parent, Path(job.release_dir).name)
-    staging = Path(job.release_dir) / ".build" / "staging" / _mt_name(job.metatile)
+    release_dir = Path(job.release_dir)
+    staging = _confined(release_dir / ".build" / "staging" / _mt_name(job.metatile), release_dir.parent)
     shutil.rmtree(staging, ignore_errors=True)
     rows, files = [], []
     for t in have:
@@ -300,9 +318,9 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             files.append(str(rel))
         rows.append(row)
     record = {"metatile": list(job.metatile), "rows": rows, "files": files}
-    done = Path(job.release_dir) / ".build" / "done" / f"{_mt_name(job.metatile)}.json"
+    done = _confined(release_dir / ".build" / "done" / f"{_mt_name(job.metatile)}.json", release_dir.parent)
     write_bytes_atomic(done, json.dumps(record, sort_keys=True).encode())
-    commit_staging(Path(job.release_dir), job.metatile, record)
+    commit_staging(release_dir, job.metatile, record)
     return record
 
 
@@ -328,13 +346,13 @@ def _describe(row: dict, layer: str, group, frac: float, tile_fp) -> None:
 
 def commit_staging(release_dir: Path, metatile, record: dict) -> None:
     """Move a recorded metatile's staged files into the public tree (idempotent; renames only)."""
-    staging = release_dir / ".build" / "staging" / _mt_name(metatile)
+    staging = _confined(release_dir / ".build" / "staging" / _mt_name(metatile), release_dir.parent)
     if not staging.exists():
         return
     for rel in record["files"]:
         src = staging / rel
         if src.exists():
-            dst = release_dir / rel
+            dst = _confined(release_dir / rel, release_dir.parent)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
     shutil.rmtree(staging, ignore_errors=True)
@@ -363,7 +381,7 @@ class _Lock:
         self.fd: int | None = None
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)  # never a planted link
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -393,15 +411,15 @@ def _check_out(out: Path) -> None:
 
 def _clean_tmp(release_dir: Path, recorded: set[str]) -> None:
     """Remove what an interrupted build left: staging of unrecorded metatiles and temp files."""
-    staging = release_dir / ".build" / "staging"
+    staging = _confined(release_dir / ".build" / "staging", release_dir.parent)
     if staging.exists():
         for d in staging.iterdir():
             if d.name not in recorded:
                 shutil.rmtree(d, ignore_errors=True)
-    for d in (release_dir, release_dir / ".build" / "done"):
+    for d in (release_dir, _confined(release_dir / ".build" / "done", release_dir.parent)):
         if d.exists():
             for p in d.glob(".*.tmp"):
-                p.unlink(missing_ok=True)
+                p.unlink(missing_ok=True)  # unlinks a planted symlink itself, never its target
 
 
 def _versions() -> dict[str, str]:
@@ -442,6 +460,28 @@ def _params_meta(params: BuildParams) -> dict:
     return d
 
 
+def _check_options(max_cloud: float, naip_years, max_gap_days: float, min_valid: float, heldout_fraction: float,
+                   metatile_levels: int, split_levels: int, workers: int | None, timeout_s: float) -> None:
+    """Refuse option values that could only give an empty release, a traceback or a hang (NaN fails every test)."""
+    if not 0 <= max_cloud <= 100:
+        raise UserError(f"--max-cloud {max_cloud} must be a percentage in [0, 100]")
+    if not max_gap_days >= 0:
+        raise UserError(f"--max-gap-days {max_gap_days} must be a number of days >= 0")
+    if not 0 < min_valid <= 1:
+        raise UserError(f"--min-valid {min_valid} must be in (0, 1]")
+    if not 0 <= heldout_fraction <= 1:
+        raise UserError(f"--heldout-fraction {heldout_fraction} must be in [0, 1]")
+    if naip_years and naip_years[0] > naip_years[1]:
+        raise UserError(f"--naip-years {naip_years[0]}-{naip_years[1]} ends before it starts; give FIRST-LAST")
+    for name, value in (("--metatile", metatile_levels), ("--split-levels", split_levels)):
+        if not (isinstance(value, int) and value >= 0):
+            raise UserError(f"{name} {value} must be a whole number of levels >= 0")
+    if workers is not None and not (isinstance(workers, int) and workers >= 1):
+        raise UserError(f"--workers {workers} must be at least 1")
+    if not 0 < timeout_s < float("inf"):
+        raise UserError(f"--timeout {timeout_s} must be a positive number of seconds")
+
+
 def build_release(
     out: str | Path,
     zoom: int | None = None,
@@ -461,21 +501,29 @@ def build_release(
     workers: int | None = None,
     progress: bool = False,
     echo: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
+    allow_empty: bool = False,
 ) -> BuildResult:
     """Build (or resume) a release under `out`; see the module docstring. Returns a BuildResult.
 
     `region`: a shapely geometry, a region name/path, or None with `release` naming a release of
     paper Table 1. `scheduler`: None (LocalCluster sized to the machine), "threads",
     "synchronous" (no Dask: this process, one thread) or a "tcp://host:port" scheduler address.
-    `signer`: None (Planetary Computer), "none", "module:function", or a picklable callable."""
+    `signer`: None (Planetary Computer), "none", "module:function", or a picklable callable.
+    `timeout_s`: how long any one network call may wait for an answer (default curate.search.TIMEOUT_S).
+    `allow_empty`: seal a release with no complete triplet instead of refusing it."""
     from curate.plan import check_zoom
     from curate.search import PLANETARY_COMPUTER
+
+    timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
 
     t0 = time.time()
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     catalog = catalog or PLANETARY_COMPUTER
     spec = None
     geometry = None
+    if release is not None:
+        check_release_name(release)
     if region is None:
         if not release:
             raise UserError("give --region (a name or GeoJSON file) or --release (a named release)")
@@ -496,14 +544,14 @@ def build_release(
             geometry = region
             region_label = f"geometry:{geometry.wkt if len(geometry.wkt) < 400 else hashlib.sha256(geometry.wkb).hexdigest()}"
         if not release:
-            release = f"{Path(str(region)).stem if isinstance(region, (str, Path)) else 'region'}-z{zoom}"
+            release = check_release_name(
+                f"{Path(str(region)).stem if isinstance(region, (str, Path)) else 'region'}-z{zoom}")
     check_zoom(zoom)
     if zoom > MAX_BUILD_ZOOM:
         raise UserError(f"zoom {zoom} is too deep: NAIP is also cut at zoom + 1, so use 0-{MAX_BUILD_ZOOM}")
-    if not 0 < min_valid <= 1:
-        raise UserError(f"--min-valid {min_valid} must be in (0, 1]")
-    if not 0 <= heldout_fraction <= 1:
-        raise UserError(f"--heldout-fraction {heldout_fraction} must be in [0, 1]")
+    _check_options(max_cloud=max_cloud, naip_years=naip_years, max_gap_days=max_gap_days, min_valid=min_valid,
+                   heldout_fraction=heldout_fraction, metatile_levels=metatile_levels, split_levels=split_levels,
+                   workers=workers, timeout_s=timeout_s)
     params = BuildParams(release=release, zoom=zoom, region=region_label, datetime=datetime, max_cloud=max_cloud,
                          naip_years=tuple(naip_years) if naip_years else None, max_gap_days=max_gap_days,
                          min_valid=min_valid, metatile_levels=metatile_levels, heldout_fraction=heldout_fraction,
@@ -516,7 +564,9 @@ def build_release(
     out = Path(out)
     _check_out(out)
     rel = Release(out, release)
+    _confined(rel.path, out)
     rel.path.mkdir(parents=True, exist_ok=True)
+    _confined(rel.path / ".build", out)
     with _Lock(rel.path / ".lock"):
         if rel.is_finished:
             meta = manifest_metadata(read_manifest(rel.manifest_path))
@@ -531,7 +581,7 @@ def build_release(
 
         from curate.search import open_catalog
 
-        open_catalog(catalog)  # fail fast, with one line, before planning or starting any cluster
+        open_catalog(catalog, timeout_s)  # fail fast, with one line, before planning or starting any cluster
         tiles = plan_tiles(params, geometry=geometry, spec=spec)
         if not tiles:
             raise UserError("the region covers no tiles at this zoom")
@@ -563,13 +613,17 @@ def build_release(
             # Nothing left to cut (a resumed build that had finished its metatiles): search here,
             # without starting a cluster.
             new_records, items_by_block = _run(rel, params, metatiles, todo, blocks, catalog, opts, signer,
-                                               scheduler if todo else "synchronous", workers, progress, echo, failures)
+                                               scheduler if todo else "synchronous", workers, progress, echo, failures,
+                                               timeout_s)
             records.update(new_records)
         if failures:
             raise UserError(f"{len(failures)} of {len(metatiles)} metatiles failed after retries "
                             f"(first: {failures[0]}); rerun the same command to resume")
 
         rows = [row for mt in metatiles for row in records[mt]["rows"]]
+        if not rows and not allow_empty:
+            raise UserError(f"no tile of release {release} has a complete triplet: "
+                            f"{_empty_cause(items_by_block, params)}; pass --allow-empty to seal an empty release anyway")
         used = {i for row in rows for layer in ("s1", "s2", "naip") for i in row[f"{layer}_items"]}
         items_meta = {}
         for items in items_by_block.values():
@@ -585,7 +639,11 @@ def build_release(
             "encoding": {"s1_vv_db": list(S1_VV_DB), "s1_vh_db": list(S1_VH_DB), "png_level": PNG_LEVEL},
             "planned_tiles": len(tiles),
         }
-        write_manifest(_manifest_table(rows), rel.manifest_path, metadata)
+        try:
+            write_manifest(_manifest_table(rows), rel.manifest_path, metadata)
+        except OSError as e:  # disk full, quota, read-only: no manifest is left half-written
+            raise UserError(f"cannot write {rel.manifest_path} ({e.strerror or e}); free space under {out} and "
+                            "rerun the same command: finished metatiles are kept, not cut again") from None
         shutil.rmtree(rel.path / ".build", ignore_errors=True)
         _clean_tmp(rel.path, set())
     dt = time.time() - t0
@@ -593,21 +651,56 @@ def build_release(
     return BuildResult(rel, len(rows), len(tiles), len(metatiles), len(metatiles) - len(todo), seconds=dt)
 
 
-def _search_block(catalog: str, layer: str, bbox, opts) -> list:
+def _empty_cause(items_by_block: dict, params: BuildParams) -> str:
+    """The likely reason a build found no complete triplet, from what its searches returned."""
+    found = {layer: 0 for layer in LAYERS}
+    for items in items_by_block.values():
+        for it in items:
+            found[it["layer"]] += 1
+    missing = [layer for layer in LAYERS if not found[layer]]
+    if len(missing) == len(LAYERS):
+        window = f" in --datetime {params.datetime}" if params.datetime else ""
+        return f"the catalog has no scenes over the region{window} (is the region outside the catalog's coverage?)"
+    if missing:
+        return (f"no {'/'.join(missing)} scenes over the region pass the filters (--datetime {params.datetime or 'any'}, "
+                f"--max-cloud {params.max_cloud:g}, --naip-years {params.naip_years or 'any'})")
+    return (f"scenes were found ({', '.join(f'{n} {layer}' for layer, n in found.items())}) but none combine into a "
+            f"tile within --max-gap-days {params.max_gap_days:g} and --min-valid {params.min_valid:g}")
+
+
+def _faults(on_dask: bool) -> tuple[type[BaseException], ...]:
+    """What a metatile may fail with and still be resumed by a rerun: a scene that kept failing to
+    read (or, on Dask, a worker that died). UserError (bad input, access denied) stops the build;
+    anything else is a bug in this program and is raised as it is, never reported as a fault to retry."""
+    from rasterio.errors import RasterioIOError
+
+    from curate.reader import TransientError
+
+    if on_dask:
+        from distributed import KilledWorker
+
+        return TransientError, RasterioIOError, OSError, KilledWorker
+    return TransientError, RasterioIOError, OSError
+
+
+def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float) -> list:
     from curate.search import search_items
 
-    return search_items(catalog, layer, bbox, opts)
+    return search_items(catalog, layer, bbox, opts, timeout_s)
 
 
-def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures):
+def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures,
+         timeout_s):
     """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler."""
     from tqdm import tqdm
 
     block_of = {mt: b for b, mts in blocks.items() for mt in mts}
     block_bbox = {b: lonlat_bounds(params.zoom, [t[:2] for mt in mts for t in metatiles[mt]]) for b, mts in blocks.items()}
     jobs = {mt: MetatileJob(str(rel.path), params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
-                            signer=signer, catalog=catalog) for mt in todo}
+                            signer=signer, catalog=catalog, timeout_s=timeout_s) for mt in todo}
     records: dict = {}
+    faults = _faults(on_dask=scheduler != "synchronous")
+
     def new_bar():
         return tqdm(total=len(todo), unit="metatile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
@@ -615,14 +708,13 @@ def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler,
         bar = new_bar()
         from curate.search import search_items
 
-        items = {(b, layer): search_items(catalog, layer, block_bbox[b], opts) for b in blocks for layer in LAYERS}
+        items = {(b, layer): search_items(catalog, layer, block_bbox[b], opts, timeout_s)
+                 for b in blocks for layer in LAYERS}
         for mt in todo:
             b = block_of[mt]
             try:
                 records[mt] = cut_metatile(jobs[mt], items[(b, "s2")], items[(b, "s1")], items[(b, "naip")])
-            except UserError:
-                raise
-            except Exception as e:  # a scene kept failing: report, keep going, resume on rerun
+            except faults as e:  # a scene kept failing: report, keep going, resume on rerun
                 failures.append(f"metatile {_mt_name(mt)}: {str(e)[:200]}")
             bar.update(1)
         bar.close()
@@ -656,7 +748,7 @@ def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler,
         link = client.dashboard_link
         echo(f"dask dashboard: {link}" + ("" if _has_bokeh() else " (pip install bokeh to enable it)"))
         bar = new_bar()
-        search_f = {(b, layer): client.submit(_search_block, catalog, layer, block_bbox[b], opts, pure=False,
+        search_f = {(b, layer): client.submit(_search_block, catalog, layer, block_bbox[b], opts, timeout_s, pure=False,
                                               key=f"search-{layer}-{b.z}-{b.x}-{b.y}-{time.time_ns()}")
                     for b in blocks for layer in LAYERS}
         futures = {}
@@ -669,9 +761,7 @@ def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler,
             mt = futures[f]
             try:
                 records[mt] = f.result()
-            except UserError:
-                raise
-            except Exception as e:
+            except faults as e:
                 failures.append(f"metatile {_mt_name(mt)}: {str(e)[:200]}")
             bar.update(1)
         bar.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from curate.errors import UserError
+from curate.search import TIMEOUT_S
 
 
 def _years(value: str | None) -> tuple[int, int] | None:
@@ -26,6 +29,8 @@ def _bbox(value: str | None):
         w, s, e, n = (float(v) for v in value.split(","))
     except ValueError:
         raise UserError(f"--bbox {value!r} must be W,S,E,N in degrees") from None
+    if not all(math.isfinite(v) for v in (w, s, e, n)):
+        raise UserError(f"--bbox {value!r} has a coordinate that is not a finite number; give W,S,E,N in degrees")
     if not (w < e and s < n):
         raise UserError(f"--bbox {value!r} must have W < E and S < N")
     return box(w, s, e, n)
@@ -47,21 +52,25 @@ def _bbox(value: str | None):
               help="Largest S1/S2 time gap to the tile's NAIP capture (closest is taken first).")
 @click.option("--min-valid", default=0.99, show_default=True,
               help="Fraction of a tile's pixels that must be valid (data, not cloud) in each layer.")
-@click.option("--metatile", "metatile_levels", default=3, show_default=True,
+@click.option("--metatile", "metatile_levels", default=3, show_default=True, type=click.IntRange(min=0),
               help="Metatile = ancestor this many levels up (3 -> 8x8 tiles warped at once).")
 @click.option("--heldout-fraction", default=0.25, show_default=True,
               help="Region builds: fraction of spatial blocks held out.")
-@click.option("--split-levels", default=2, show_default=True,
+@click.option("--split-levels", default=2, show_default=True, type=click.IntRange(min=0),
               help="Region builds: split blocks are ancestors this many levels up (2 -> 4x4 tiles).")
 @click.option("--signer", default="planetary-computer", show_default=True,
               help="Href signer: planetary-computer, none, or module:function.")
 @click.option("--scheduler", default=None,
               help="Dask: tcp://HOST:PORT of a running scheduler, or local, threads, synchronous.  [default: local "
               "cluster, one single-threaded worker process per core]")
-@click.option("--workers", type=int, default=None, help="Local cluster workers.  [default: number of cores]")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster workers.  [default: number of cores]")
+@click.option("--timeout", "timeout_s", default=TIMEOUT_S, show_default=True,
+              help="Seconds any one network call (catalog request, COG read) may wait for data before it is retried.")
+@click.option("--allow-empty", is_flag=True, help="Seal a release even when no tile has a complete triplet.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def build(region, bbox, zoom, release, out, catalog, datetime_, max_cloud, naip_years, max_gap_days, min_valid,
-          metatile_levels, heldout_fraction, split_levels, signer, scheduler, workers, progress) -> None:
+          metatile_levels, heldout_fraction, split_levels, signer, scheduler, workers, timeout_s, allow_empty,
+          progress) -> None:
     """Build aligned s1/s2/naip XYZ triplets of a region (or a named release) from a STAC catalog.
 
     Writes OUT/RELEASE/<layer>/<z>/<x>/<y>.png and OUT/RELEASE/manifest.parquet (last). Rerunning
@@ -78,5 +87,6 @@ def build(region, bbox, zoom, release, out, catalog, datetime_, max_cloud, naip_
         naip_years=_years(naip_years), max_gap_days=max_gap_days, min_valid=min_valid,
         metatile_levels=metatile_levels, heldout_fraction=heldout_fraction, split_levels=split_levels,
         signer=signer, scheduler=scheduler, workers=workers, progress=progress, echo=lambda m: click.echo(m, err=True),
+        timeout_s=timeout_s, allow_empty=allow_empty,
     )
     click.echo(str(result.release.path))

@@ -11,6 +11,7 @@ import logging
 import click
 
 from curate import __version__
+from curate.errors import UserError
 
 # name -> "module:attribute" of a click.Command; each module owns its own options and help.
 COMMANDS: dict[str, str] = {
@@ -36,6 +37,15 @@ class LazyGroup(click.Group):
             return None
         module_name, attribute = target.split(":")
         return getattr(importlib.import_module(module_name), attribute)
+
+    def invoke(self, ctx: click.Context):
+        # A subcommand's option errors (IntRange, Choice, a missing option) read like every other
+        # bad input: one `error:` line and exit 2, instead of click's usage block.
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            name = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            raise UserError(f"{e.format_message().rstrip('.')}; see `{name} --help`") from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -46,6 +46,8 @@ def check_geometry(geometry: BaseGeometry) -> BaseGeometry:
     """Return a valid polygonal geometry inside web-mercator's range, else raise UserError."""
     if geometry is None or geometry.is_empty:
         raise UserError("the region is empty; give a GeoJSON polygon or multipolygon")
+    if not math.isfinite(float(shapely.get_coordinates(geometry).sum())):  # NaN/Infinity parse as JSON numbers
+        raise UserError("the region has a coordinate that is NaN or infinite; give finite longitude/latitude")
     if not geometry.is_valid:
         # Self-intersections etc. are repaired rather than refused: the covered area is unambiguous.
         geometry = shapely.make_valid(geometry)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ import rasterio
 from affine import Affine
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
+
+from curate.errors import UserError
+from curate.search import TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +45,15 @@ GDAL_ENV: dict[str, object] = {
     "GDAL_HTTP_MAX_RETRY": "2",
     "GDAL_HTTP_RETRY_DELAY": "0.2",
     "GDAL_CACHEMAX": 256 * 2**20,  # bytes: rasterio passes an int to GDALSetCacheMax64
+    # A server that stalls fails the request instead of hanging the build (gdal_env adds the
+    # timeouts): under LOW_SPEED_LIMIT bytes/s for the timeout, or connecting for longer, or a
+    # whole request 10x longer (a window read may be large).
+    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
 }
 
 RETRIES = 6  # application-level attempts on top of GDAL's own
+TIMEOUT_RETRIES = 2  # of those, how many may be timeouts (each already waited GDAL_HTTP_MAX_RETRY + 1 times)
+AUTH_RETRIES = 1  # re-signs after a 403 before the read is refused for good
 BACKOFF_S = 0.25  # first delay; doubles, with jitter, capped at 8 s
 
 
@@ -51,14 +61,20 @@ class TransientError(RuntimeError):
     """A read that kept failing with a retryable error (HTTP 429/5xx, timeouts)."""
 
 
-def gdal_env() -> rasterio.Env:
-    """The rasterio environment every read runs in (call inside the worker)."""
-    return rasterio.Env(**GDAL_ENV)
+class AccessDenied(UserError):
+    """A read refused with HTTP 403 even with a freshly signed href: retrying cannot help."""
+
+
+def gdal_env(timeout_s: float = TIMEOUT_S) -> rasterio.Env:
+    """The rasterio environment every read runs in (call inside the worker); `timeout_s` bounds every wait."""
+    wait = max(1, math.ceil(timeout_s))  # curl takes whole seconds for the low-speed time
+    return rasterio.Env(**GDAL_ENV, GDAL_HTTP_CONNECTTIMEOUT=str(wait), GDAL_HTTP_LOW_SPEED_TIME=str(wait),
+                        GDAL_HTTP_TIMEOUT=str(10 * wait))
 
 
 # ---------------------------------------------------------------- lazy signing
 
-_signed: dict[str, tuple[str, float]] = {}
+_signed: dict[tuple[object, str], tuple[str, float]] = {}
 _lock = threading.Lock()
 
 
@@ -82,13 +98,14 @@ def _expiry(href: str) -> float:
 def signed_href(href: str, signer, force: bool = False) -> str:
     """The signed form of an unsigned `href`, reused while its token has > 60 s left; re-signed when `force`."""
     now = time.time()
+    key = (signer, href)  # one process may build with several signers (tests do)
     with _lock:
-        cached = _signed.get(href)
+        cached = _signed.get(key)
     if cached and not force and cached[1] - now > 60:
         return cached[0]
     fresh = signer(href)  # always from the unsigned href: a signed one would not be re-signed
     with _lock:
-        _signed[href] = (fresh, _expiry(fresh))
+        _signed[key] = (fresh, _expiry(fresh))
     return fresh
 
 
@@ -118,12 +135,53 @@ def clear_http_cache() -> None:
         pass
 
 
-def _classify(err: Exception) -> str:
-    msg = str(err)
-    if "403" in msg:
+def _error_text(err: BaseException) -> str:
+    """The messages of an error and of the GDAL errors rasterio chained to it, as one line."""
+    parts = []
+    while err is not None and len(parts) < 8:
+        parts.append(str(err))
+        err = err.__cause__ or err.__context__
+    return " | ".join(parts)
+
+
+def _probe_status(url: str, timeout_s: float) -> int | None:
+    """The HTTP status of a one-byte range request to `url`; None if it got no answer (tells an
+    expired signature, 403, from a busy server when GDAL's error does not say)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=0-0"}), timeout=timeout_s) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, ValueError):
+        return None
+
+
+# Whole numbers only: GDAL's messages carry offsets such as "row 4294967295".
+_HTTP_403 = re.compile(r"(?<!\d)403(?!\d)")
+_HTTP_RETRYABLE = re.compile(r"(?<!\d)(429|500|502|503|504)(?!\d)")
+
+
+def _classify(err: Exception, url: str, timeout_s: float) -> str:
+    """"auth" (403: re-sign), "timeout", "transient" (429/5xx, connection) or "fatal"."""
+    msg = _error_text(err)
+    lowered = msg.lower()
+    if _HTTP_403.search(msg):
         return "auth"
-    if any(code in msg for code in ("429", "500", "502", "503", "504")) or "timed out" in msg.lower() \
-            or "timeout" in msg.lower() or "connection" in msg.lower():
+    if "timed out" in lowered or "timeout" in lowered or "too slow" in lowered:
+        return "timeout"
+    if _HTTP_RETRYABLE.search(msg) or "connection" in lowered:
+        return "transient"
+    # GDAL names no HTTP status when a request fails in the middle of an open or a read ("Read
+    # failed", "not recognized as being in a supported file format"): ask the server.
+    status = _probe_status(url, timeout_s)
+    if status == 403:
+        return "auth"
+    if status is None:
+        return "timeout"
+    if status == 429 or status >= 500:
         return "transient"
     return "fatal"
 
@@ -177,16 +235,18 @@ def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> S
 
 
 def read_window(href: str, signer, bounds_3857, target_res_3857: float, indexes=None,
-                margin_px: int = 3) -> Source | None:
+                margin_px: int = 3, timeout_s: float = TIMEOUT_S) -> Source | None:
     """Read the part of the COG at `href` covering `bounds_3857` (plus a margin for the resampling kernel)
     at the overview level that fits `target_res_3857`; None if it does not overlap.
 
-    Retries HTTP 429/5xx with exponential backoff; on 403 (expired/invalid token) re-signs from the
-    unsigned href. Raises TransientError once retries are exhausted."""
+    Retries HTTP 429/5xx and timeouts with exponential backoff; on 403 (expired or invalid token, at
+    open or mid-read) re-signs from the unsigned href. Raises TransientError once retries are
+    exhausted, AccessDenied when a fresh signature is refused too."""
     delay = BACKOFF_S
     rng = random.Random(href)
     force = False
     last: Exception | None = None
+    counts = {"auth": 0, "timeout": 0, "transient": 0, "fatal": 0}
     for attempt in range(RETRIES + 1):
         url = signed_href(href, signer, force=force)
         force = False
@@ -196,15 +256,25 @@ def read_window(href: str, signer, bounds_3857, target_res_3857: float, indexes=
                 return _read(ds, bounds_3857, target_res_3857, idx, margin_px)
         except RasterioIOError as e:
             last = e
-            kind = _classify(e)
+            kind = _classify(e, url, timeout_s)
+            counts[kind] += 1
+            _forget(url)
             if kind == "fatal" and attempt > 0:
                 raise
             if kind == "auth":
+                if counts["auth"] > AUTH_RETRIES:
+                    raise AccessDenied(
+                        f"reading {href} was refused (HTTP 403) {counts['auth']} times, also with a fresh signature; "
+                        "check the token or subscription key (PC_SDK_SUBSCRIPTION_KEY) and --signer") from None
                 force = True  # expired or revoked token: sign again from the unsigned href
                 log.info("403 on %s: re-signing", href)
+            elif kind == "timeout" and counts["timeout"] > TIMEOUT_RETRIES:
+                break
             else:
-                _forget(url)
                 log.info("retryable read error on %s (%s); retry in %.2fs", href, str(e)[:80], delay)
             time.sleep(delay * (0.5 + rng.random()))
             delay = min(delay * 2, 8.0)
+    if counts["timeout"] > TIMEOUT_RETRIES:
+        raise TransientError(f"reading {href} timed out: the server sent no data for {timeout_s:g} s, "
+                             f"{counts['timeout']} times")
     raise TransientError(f"reading {href} failed after {RETRIES + 1} attempts: {last}")

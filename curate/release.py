@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,32 @@ REQUIRED_COLUMNS: dict[str, pa.DataType] = {
     "hash_naip": pa.string(),
     "hash_naip_hires": pa.list_(pa.string()),  # four hashes in HIRES_CHILDREN order
 }
+
+
+MAX_RELEASE_NAME = 100
+_RELEASE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def is_release_name(name: object) -> bool:
+    """Whether `name` is a release name: letters, digits, ``-_.``, no leading dot, at most 100 characters."""
+    return isinstance(name, str) and len(name) <= MAX_RELEASE_NAME and bool(_RELEASE_NAME.fullmatch(name))
+
+
+def check_release_name(name: str) -> str:
+    """Return `name` if `is_release_name`, else raise UserError: a release is one directory under
+    the data root, never a path, and its name travels in URLs and shard member names."""
+    from curate.errors import UserError
+
+    if not is_release_name(name):
+        shown = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:60]}... ({len(str(name))} characters)"
+        raise UserError(f"release name {shown} is not allowed; use 1-{MAX_RELEASE_NAME} letters, digits, "
+                        "'-', '_' or '.', not starting with '.'")
+    return name
+
+
+def resolves_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """True when `path`, with every symlink resolved, lies strictly below `root` (also resolved)."""
+    return os.path.realpath(path).startswith(os.path.realpath(root).rstrip(os.sep) + os.sep)
 
 
 def content_hash(data: bytes) -> str:

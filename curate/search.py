@@ -82,17 +82,53 @@ def resolve_signer(signer: str | Signer | None) -> Signer:
 
 # ---------------------------------------------------------------- search
 
-def open_catalog(url: str):
-    """Open a STAC API, turning any failure into one clear line."""
+TIMEOUT_S = 30.0  # default wait for any one network answer (catalog request, COG range read)
+SEARCH_RETRIES = 6  # retries of a catalog request answered 429/5xx (reads: curate.reader.RETRIES)
+TIMEOUT_RETRIES = 2  # retries of one that got no answer at all within the timeout
+BACKOFF_S = 0.25  # doubles per retry (the first is immediate), capped at BACKOFF_MAX_S
+BACKOFF_MAX_S = 8.0
+RETRY_AFTER_MAX_S = 60.0  # a server's Retry-After is honoured up to this
+
+
+def _retry():
+    """The urllib3 retry policy of catalog requests: 429/5xx and timeouts, with backoff and Retry-After."""
+    from urllib3.util.retry import Retry
+
+    class CappedRetry(Retry):
+        def get_retry_after(self, response):
+            after = super().get_retry_after(response)
+            return None if after is None else min(after, RETRY_AFTER_MAX_S)
+
+    return CappedRetry(total=None, connect=TIMEOUT_RETRIES, read=TIMEOUT_RETRIES, status=SEARCH_RETRIES, other=0,
+                       redirect=5, allowed_methods=None,  # searches are POSTs, and idempotent
+                       status_forcelist=(429, 500, 502, 503, 504), backoff_factor=BACKOFF_S,
+                       backoff_max=BACKOFF_MAX_S, respect_retry_after_header=True)
+
+
+def network_reason(err: Exception, timeout_s: float) -> str:
+    """What went wrong with a catalog request, in a few words (pystac_client flattens errors to text)."""
+    text = " ".join(str(err).split())
+    lowered = text.lower()
+    if "timed out" in lowered or "timeout" in lowered:
+        return f"no answer within {timeout_s:g} s, {TIMEOUT_RETRIES + 1} tries"
+    if "too many" in lowered and "error responses" in lowered:  # urllib3: retries of 429/5xx used up
+        codes = [c for c in ("429", "500", "502", "503", "504") if c in text]
+        return f"HTTP {'/'.join(codes) or 'error'} on all {SEARCH_RETRIES + 1} tries"
+    if "connection" in lowered or "resolve" in lowered:  # refused, reset, DNS
+        return "connection failed"
+    return text[:160] or err.__class__.__name__
+
+
+def open_catalog(url: str, timeout_s: float = TIMEOUT_S):
+    """Open a STAC API whose requests time out after `timeout_s` and are retried; any failure is one clear line."""
     import pystac_client
+    from pystac_client.stac_api_io import StacApiIO
 
     try:
-        return pystac_client.Client.open(url, timeout=30)
-    except Exception as e:  # connection refused, DNS, not a STAC API, ...
-        text = str(e)
-        reason = ("connection failed" if "Connection" in text or "connect" in text.lower()
-                  else (text.splitlines()[0][:120] if text else e.__class__.__name__))
-        raise UserError(f"cannot reach STAC catalog {url} ({reason}); check --catalog and the network") from None
+        return pystac_client.Client.open(url, stac_io=StacApiIO(max_retries=_retry()), timeout=timeout_s)
+    except Exception as e:  # connection refused, DNS, timeout, not a STAC API, ...
+        raise UserError(f"cannot reach STAC catalog {url} ({network_reason(e, timeout_s)}); check --catalog and "
+                        "the network") from None
 
 
 def _conforms(client, name: str) -> bool:
@@ -172,10 +208,10 @@ def keep_item(item: dict[str, Any], opts: SearchOptions) -> bool:
 
 
 def search_items(catalog: str, layer: str, bbox: tuple[float, float, float, float],
-                 opts: SearchOptions) -> list[dict[str, Any]]:
+                 opts: SearchOptions, timeout_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
     """All items of `layer` intersecting `bbox` (lon/lat) that pass `opts`, sorted by id (pure; a Dask task)."""
     sensor = SENSORS[layer]
-    client = open_catalog(catalog)
+    client = open_catalog(catalog, timeout_s)
     kwargs: dict[str, Any] = {"collections": [sensor.collection], "bbox": list(bbox), "limit": 250}
     if opts.datetime and layer != "naip":  # NAIP is chosen by --naip-years, the anchor of the match
         kwargs["datetime"] = opts.datetime
@@ -188,7 +224,8 @@ def search_items(catalog: str, layer: str, bbox: tuple[float, float, float, floa
     try:
         found = [_compact(it, sensor) for it in client.search(**kwargs).items_as_dicts()]
     except Exception as e:
-        raise UserError(f"STAC search of {sensor.collection} at {catalog} failed ({str(e)[:160]})") from None
+        raise UserError(f"STAC search of {sensor.collection} at {catalog} failed ({network_reason(e, timeout_s)}); "
+                        "check the catalog, or rerun later to resume") from None
     items = [it for it in found if keep_item(it, opts)]
     log.info("%s: %d items (%d before client-side filters)", sensor.collection, len(items), len(found))
     return sorted(items, key=lambda it: it["id"])

@@ -23,16 +23,27 @@ import click
 import numpy as np
 
 from curate.errors import UserError
-from curate.release import MANIFEST_NAME, STATS_NAME, Release, content_hash, write_bytes_atomic
+from curate.release import MANIFEST_NAME, STATS_NAME, Release, check_release_name, content_hash, write_bytes_atomic
 from model.triplet_decode import MODALITIES, decode_triplet
+
+
+def _reason(e: Exception) -> str:
+    """An exception as a short single-line reason."""
+    return f"{e.__class__.__name__}: {' '.join(str(e).split())[:100]}"
 
 
 def _sums(release: Release, tiles: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
     """Per modality: [pixel count, per-channel sum, per-channel sum of squares] over `tiles`."""
     acc: dict[str, np.ndarray] = {}
     for z, x, y in tiles:
-        members = {name: p.read_bytes() for name, p in release.triplet_paths(z, x, y).items()}
-        for m, t in decode_triplet(members).items():
+        paths = release.triplet_paths(z, x, y)
+        try:
+            members = {name: p.read_bytes() for name, p in paths.items()}
+            decoded = decode_triplet(members)
+        except Exception as e:  # missing, truncated or corrupt PNG: name the triplet, not the codec's frame
+            raise UserError(f"release {release.name!r}: triplet {z}/{x}/{y} cannot be read ({_reason(e)}); "
+                            "rebuild the release with `curate build`") from None
+        for m, t in decoded.items():
             a = t.numpy().reshape(t.shape[0], -1).astype(np.float64)
             row = np.concatenate([[a.shape[1]], a.sum(1), np.square(a).sum(1)])
             acc[m] = acc[m] + row if m in acc else row
@@ -43,8 +54,12 @@ def compute_stats(release: Release, split: str = "train", limit: int | None = No
     """Channel mean/std per modality over a split's triplets (all of them, or `limit` evenly spaced)."""
     if not release.is_finished:
         raise UserError(f"release {release.name!r} under {release.root} has no {MANIFEST_NAME}; build it first with `curate build`")
-    table = release.read_manifest()
-    rows = [r for r in table.select(["z", "x", "y", "split"]).to_pylist() if split == "all" or r["split"] == split]
+    try:
+        table = release.read_manifest().select(["z", "x", "y", "split"])
+    except Exception as e:  # pyarrow raises several types on a truncated or foreign file
+        raise UserError(f"the manifest of release {release.name!r} cannot be read ({_reason(e)}); "
+                        "rebuild the release with `curate build`") from None
+    rows = [r for r in table.to_pylist() if split == "all" or r["split"] == split]
     if not rows:
         raise UserError(f"release {release.name!r} has no {split!r} triplets; pick --split train, heldout or all")
     if limit is not None and limit < len(rows):
@@ -89,7 +104,7 @@ def write_stats(release: Release, stats: dict[str, object]) -> Path:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Decoding processes.")
 def stats(data: Path, release: str, split: str, limit: int | None, workers: int) -> None:
     """Per-channel mean/std of every modality of a release, written to <data>/<release>/stats.json."""
-    rel = Release(data, release)
+    rel = Release(data, check_release_name(release))
     if not rel.path.is_dir():
         raise UserError(f"no release {release!r} under {data}; check --data and --release")
     result = compute_stats(rel, split=split, limit=limit, workers=workers)

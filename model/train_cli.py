@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from curate.errors import UserError
+from curate.release import check_release_name
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 def train(url, release, config_name, device, steps, batch_size, run_dir, resume, compile_, lr, warmup_steps,
           weight_decay, grad_clip, num_workers, seed, stats_path, checkpoint_every, deterministic, eval_tiles) -> None:
     """Train on a served release; checkpoints and TensorBoard logs go to --out."""
+    check_release_name(release)  # it becomes part of every request path
     import torch
 
     from model.train import TrainConfig, Trainer, init_distributed, seed_everything

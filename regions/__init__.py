@@ -7,6 +7,7 @@ where the outlines come from and how the sub-regions and their train / held-out 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -64,24 +65,30 @@ def _geometry_of(obj: object, where: str) -> BaseGeometry:
         raise UserError(f"{where} is not valid GeoJSON (no 'type' member)")
     kind = obj["type"]
     try:
-        if kind == "FeatureCollection":
-            geoms = [shape(f["geometry"]) for f in obj.get("features") or [] if f.get("geometry")]
-            if not geoms:
-                raise UserError(f"{where} is a FeatureCollection with no geometries")
-            from shapely import union_all
-
-            geom = union_all(geoms)
-        elif kind == "Feature":
-            if not obj.get("geometry"):
-                raise UserError(f"{where} is a Feature with no geometry")
-            geom = shape(obj["geometry"])
-        else:
-            geom = shape(obj)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # shapely warns on NaN; check_geometry refuses it
+            geom = _shape_of(obj, kind, where)
     except UserError:
         raise
     except Exception as exc:  # shapely raises several types on malformed coordinates
         raise UserError(f"{where} is not valid GeoJSON ({kind}: {exc})".replace("\n", " ")) from None
     return check_geometry(geom)
+
+
+def _shape_of(obj: dict, kind: str, where: str) -> BaseGeometry:
+    """The shapely geometry of a GeoJSON geometry, Feature or FeatureCollection (unchecked)."""
+    if kind == "FeatureCollection":
+        geoms = [shape(f["geometry"]) for f in obj.get("features") or [] if f.get("geometry")]
+        if not geoms:
+            raise UserError(f"{where} is a FeatureCollection with no geometries")
+        from shapely import union_all
+
+        return union_all(geoms)
+    if kind == "Feature":
+        if not obj.get("geometry"):
+            raise UserError(f"{where} is a Feature with no geometry")
+        return shape(obj["geometry"])
+    return shape(obj)
 
 
 @lru_cache(maxsize=None)

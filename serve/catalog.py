@@ -30,6 +30,7 @@ from curate.release import (
     REQUIRED_COLUMNS,
     STATS_NAME,
     Release,
+    is_release_name,
     manifest_metadata,
     read_manifest,
 )
@@ -259,6 +260,10 @@ class Catalog:
                     continue
                 if not Release(Path(self.root), name).is_finished:
                     continue  # unfinished: no manifest yet; look again on a later scan
+                if not is_release_name(name):
+                    log.error("release %r not served: its name is not a release name (letters, digits, -_.)", name)
+                    self._bad.add(name)
+                    continue
                 try:
                     self._releases[name] = ReleaseIndex.load(name, Path(real))
                 except Exception as exc:  # a broken manifest must not take the server down

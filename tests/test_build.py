@@ -484,8 +484,9 @@ def test_429_503_and_expired_tokens_retry_resign_and_match(world, small, tmp_pat
         world.files.require_signature(False)
         world.files.clear_faults()
     assert calls and all(c >= 2 for c in calls.values())  # every href was re-signed after its 403
-    # The 6 injected errors and one 403 per href were answered, and retried.
-    assert world.files.stats()["requests"] >= ref_requests + 6 + len(calls)
+    # The 6 injected errors were answered, and retried. (The 403s are not added to the bound: the
+    # reads after a re-sign need not repeat every request the reference build made.)
+    assert world.files.stats()["requests"] >= ref_requests + 6
     assert _tree(Release(tmp_path, "small").path) == _tree(ref.path)
 
 

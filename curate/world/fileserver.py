@@ -1,7 +1,8 @@
 """A loopback HTTP file server for COGs: Range requests, traffic counters and fault injection.
 
 Honours single, multiple (multipart/byteranges) and suffix ranges, HEAD, 416; counts requests
-and body bytes; can fail the next N requests (429/503), delay responses, and require signed URLs
+and body bytes; can fail the next N requests (429/503/403, optionally after letting some through),
+stall them (no answer at all), delay responses, require signed URLs and revoke tokens in use
 (`?se=<unix expiry>&sig=<hmac>`, 403 when missing, forged or expired) like Azure SAS tokens.
 """
 
@@ -30,9 +31,20 @@ _CHUNK = 1 << 20
 
 @dataclass
 class _Fault:
-    status: int
+    status: int  # 0: stall (say nothing for stall_s, then hang up)
     remaining: int
     path_contains: str | None = None
+    after: int = 0  # matching requests to let through first
+    stall_s: float = 0.0
+
+
+@dataclass
+class _Revocation:
+    """Tokens seen on matching paths are refused once `after` signed requests have passed."""
+
+    path_contains: str | None
+    after: int
+    seen: set = field(default_factory=set)
 
 
 @dataclass
@@ -47,6 +59,7 @@ class ServerState:
     slow_seconds: float = 0.0
     slow_remaining: int = 0
     signed: bool = False
+    revocations: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def signature(self, path: str, expiry: int) -> str:
@@ -121,9 +134,14 @@ class FileServer:
         self._control("reset_stats")
 
     # -- faults -----------------------------------------------------------------------------
-    def inject(self, status: int = 503, count: int = 1, path_contains: str | None = None) -> None:
-        """Fail the next `count` requests (optionally only paths containing a string) with `status`."""
-        self._control("inject", status=int(status), count=int(count), path_contains=path_contains)
+    def inject(self, status: int = 503, count: int = 1, path_contains: str | None = None, after: int = 0) -> None:
+        """Fail the next `count` requests (optionally only paths containing a string) with `status`,
+        once `after` matching requests have passed (a fault in the middle of a read)."""
+        self._control("inject", status=int(status), count=int(count), path_contains=path_contains, after=int(after))
+
+    def stall(self, seconds: float = 60.0, count: int = 1, path_contains: str | None = None) -> None:
+        """Answer nothing to the next `count` matching requests for `seconds`, then hang up (a stalled server)."""
+        self._control("inject", status=0, count=int(count), path_contains=path_contains, stall_s=float(seconds))
 
     def slow(self, seconds: float = 0.2, count: int = 1) -> None:
         """Delay the next `count` responses by `seconds` each."""
@@ -133,8 +151,14 @@ class FileServer:
         """When on, requests without a valid, unexpired `se`/`sig` token get 403."""
         self._control("require_signature", on=bool(on))
 
+    def revoke_tokens(self, path_contains: str | None = None, after: int = 0) -> None:
+        """With signatures required: once `after` more signed requests to matching paths have
+        passed, refuse (403) every token they used, as when a key is rotated in the middle of a read.
+        A token signed afresh (another expiry) is accepted."""
+        self._control("revoke_tokens", path_contains=path_contains, after=int(after))
+
     def clear_faults(self) -> None:
-        """Drop pending faults and delays; stop requiring signatures."""
+        """Drop pending faults, delays and revocations; stop requiring signatures."""
         self._control("clear_faults")
 
     def sign_url(self, url: str, ttl_s: float = 3600.0) -> str:
@@ -164,13 +188,17 @@ def _control(st: ServerState, action: str, params: dict) -> dict:
         if action == "reset_stats":
             st.requests = st.bytes = 0
         elif action == "inject":
-            st.faults.append(_Fault(params["status"], params["count"], params.get("path_contains")))
+            st.faults.append(_Fault(params["status"], params["count"], params.get("path_contains"),
+                                    params.get("after", 0), params.get("stall_s", 0.0)))
         elif action == "slow":
             st.slow_seconds, st.slow_remaining = params["seconds"], params["count"]
         elif action == "require_signature":
             st.signed = params["on"]
+        elif action == "revoke_tokens":
+            st.revocations.append(_Revocation(params.get("path_contains"), params["after"]))
         elif action == "clear_faults":
             st.faults.clear()
+            st.revocations.clear()
             st.slow_remaining = 0
             st.signed = False
         elif action != "stats":
@@ -264,9 +292,11 @@ class _Handler(BaseHTTPRequestHandler):
             fault = None
             for f in st.faults:
                 if f.remaining > 0 and (f.path_contains is None or f.path_contains in parts.path):
-                    f.remaining -= 1
-                    fault = f.status
-                    break
+                    if f.after > 0:  # every pending fault counts the requests it lets through
+                        f.after -= 1
+                    elif fault is None:
+                        f.remaining -= 1
+                        fault = f
             st.faults = [f for f in st.faults if f.remaining > 0]
             delay = 0.0
             if st.slow_remaining > 0:
@@ -275,11 +305,16 @@ class _Handler(BaseHTTPRequestHandler):
             signed = st.signed
         if delay:
             time.sleep(delay)
-        if fault is not None:
-            msg = b"Rate limit is exceeded." if fault == 429 else b"Service Unavailable"
-            self._simple(fault, msg, {"Retry-After": "0"} if fault == 429 else None, head)
+        if fault is not None and fault.status == 0:
+            time.sleep(fault.stall_s)
+            self.close_connection = True
             return
-        if signed and not self._token_ok(parts):
+        if fault is not None:
+            msg = {429: b"Rate limit is exceeded.", 403: b"AuthenticationFailed: Signature not valid"}.get(
+                fault.status, b"Service Unavailable")
+            self._simple(fault.status, msg, {"Retry-After": "0"} if fault.status == 429 else None, head)
+            return
+        if signed and (not self._token_ok(parts) or self._revoked(parts)):
             self._simple(403, b"AuthenticationFailed: Signature not valid in the specified time frame", None, head)
             return
         rel = urllib.parse.unquote(parts.path).lstrip("/")
@@ -349,6 +384,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(buf)
                 left -= len(buf)
                 self._count(len(buf))
+
+    def _revoked(self, parts) -> bool:
+        sig = dict(urllib.parse.parse_qsl(parts.query)).get("sig", "")
+        with self.st.lock:
+            for r in self.st.revocations:
+                if r.path_contains is None or r.path_contains in parts.path:
+                    if r.after <= 0 and sig in r.seen:
+                        return True
+                    if r.after > 0:
+                        r.seen.add(sig)
+                        r.after -= 1
+        return False
 
     def _token_ok(self, parts) -> bool:
         q = dict(urllib.parse.parse_qsl(parts.query))
