@@ -166,6 +166,14 @@ def make(root: Path, n: int, tiles: int, loader_triplets: int) -> tuple[ScaleRel
 
 # ----------------------------------------------------------------------------------- measuring
 
+def peak_rss() -> int:
+    """This process's peak resident bytes (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # elsewhere (kilobytes on Linux and BSD)
+
+
 def tree_rss(pid: int) -> int:
     """Resident bytes of a process and its descendants."""
     procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
@@ -254,7 +262,7 @@ def conus_graph(region: str, zoom: int) -> dict:
     from regions import load_region
 
     t = time.perf_counter()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = peak_rss()
     params = BuildParams(release=f"{region}-z{zoom}", zoom=zoom, region=region)
     tiles = plan_tiles(params, geometry=load_region(region))
     planned = time.perf_counter() - t
@@ -262,7 +270,7 @@ def conus_graph(region: str, zoom: int) -> dict:
     blocks = search_blocks(metatiles)
     jobs = [MetatileJob("/out/" + params.release, zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
                         catalog="https://planetarycomputer.microsoft.com/api/stac/v1") for mt in metatiles]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     pickled = sum(len(pickle.dumps(j, protocol=5)) for j in jobs)
     return {"tiles": len(tiles), "metatiles": len(metatiles), "search_tasks": len(blocks) * len(LAYERS),
             "tasks": len(metatiles) + len(blocks) * len(LAYERS), "pickled": pickled, "peak_rss": peak,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from dask.utils import parse_bytes
 from shapely.geometry import box
 
 from curate.build import build_release
@@ -87,5 +88,5 @@ def test_a_worker_killed_mid_build_changes_no_byte_of_the_release(world, region_
     built = Release(out, BUILD["release"])
     assert pq.read_table(built.manifest_path).to_pylist() == pq.read_table(local.manifest_path).to_pylist()
     assert _tree(built.path) == _tree(local.path)  # every file's bytes; no staging, lock or partial file left
-    limit = 2 * 2**30
+    limit = parse_bytes(WORKER_MEMORY_LIMIT)
     assert peak_rss < 0.8 * limit, f"a worker peaked at {peak_rss / 2**20:.0f} MiB, near its {WORKER_MEMORY_LIMIT} limit"
