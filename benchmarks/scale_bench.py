@@ -42,10 +42,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from curate.release import HIRES_CHILDREN, REQUIRED_COLUMNS, TRIPLET_MEMBERS, Release, content_hash, shard_rows, write_manifest  # noqa: E402
 from loader_bench import synthetic_png  # noqa: E402
-from serve.process import ServerProcess  # noqa: E402
 from serve_bench import CLIENT_CORE, SERVER_CORE, wrk  # noqa: E402
+
+from curate.release import (  # noqa: E402
+    HIRES_CHILDREN,
+    REQUIRED_COLUMNS,
+    TRIPLET_MEMBERS,
+    Release,
+    content_hash,
+    shard_rows,
+    write_manifest,
+)
+from serve.process import ServerProcess  # noqa: E402
 
 ZOOM, X0, Y0 = 15, 6000, 12000  # a block of z15 tiles over the central US
 POOL = 16  # distinct real PNGs behind every file that exists
@@ -257,7 +266,13 @@ def measure(sizes: list[int], args, work: Path) -> list[dict]:
 
 def conus_graph(region: str, zoom: int) -> dict:
     """Plan `curate build --region R --zoom Z` into the tasks it submits, fetching nothing."""
-    from curate.build import BuildParams, MetatileJob, group_metatiles, plan_tiles, search_blocks
+    from curate.build import (
+        BuildParams,
+        MetatileJob,
+        group_metatiles,
+        plan_tiles,
+        search_blocks,
+    )
     from curate.release import LAYERS
     from regions import load_region
 
@@ -298,7 +313,6 @@ def row_bytes(rows: int = 64_000) -> float:
                 "naip_datetime": "2022-08-01T00:00:00+00:00", "naip_valid": 1.0, "naip_year": "2022"}
 
     blobs = [pickle.dumps([row(i) for i in range(k, k + 64)]) for k in range(0, rows, 64)]
-    del hexes
     tracemalloc.start()
     held = [r for blob in blobs for r in pickle.loads(blob)]
     size = tracemalloc.get_traced_memory()[0]
