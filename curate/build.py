@@ -277,6 +277,10 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
 
     release = Release(Path(job.release_dir).parent, Path(job.release_dir).name)
     staging = Path(job.release_dir) / ".build" / "staging" / _mt_name(job.metatile)
+    done = Path(job.release_dir) / ".build" / "done" / f"{_mt_name(job.metatile)}.json"
+    # A retry (Dask reruns a lost worker's task) replaces an earlier attempt's staging: drop that
+    # attempt's done record first, or a rerun would trust it over files this attempt removed.
+    done.unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     rows, files = [], []
     for t in have:
@@ -309,7 +313,6 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             files.append(str(rel))
         rows.append(row)
     record = {"metatile": list(job.metatile), "rows": rows, "files": files}
-    done = Path(job.release_dir) / ".build" / "done" / f"{_mt_name(job.metatile)}.json"
     write_bytes_atomic(done, json.dumps(record, sort_keys=True).encode())
     commit_staging(Path(job.release_dir), job.metatile, record)
     return record
