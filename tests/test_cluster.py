@@ -90,3 +90,51 @@ def test_a_worker_killed_mid_build_changes_no_byte_of_the_release(world, region_
     assert _tree(built.path) == _tree(local.path)  # every file's bytes; no staging, lock or partial file left
     limit = parse_bytes(WORKER_MEMORY_LIMIT)
     assert peak_rss < 0.8 * limit, f"a worker peaked at {peak_rss / 2**20:.0f} MiB, near its {WORKER_MEMORY_LIMIT} limit"
+
+
+class _Lost(Exception):
+    """A worker lost at a chosen point of a metatile task (raised where a SIGKILL would land)."""
+
+
+def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(world, region_and_local, tmp_path,
+                                                                           monkeypatch):
+    """Attempt 1 of a metatile writes its done record and dies half-way through its renames; Dask's
+    retry (attempt 2) dies too, before staging anything; the rerun must still give every file."""
+    import curate.build as build
+    import curate.encode as encode
+    from curate.search import SearchOptions, search_items
+
+    region, local = region_and_local
+    commit = build.commit_staging
+    lost: dict = {}
+
+    def commit_half_then_die(release_dir: Path, metatile, record: dict) -> None:
+        if lost:
+            return commit(release_dir, metatile, record)
+        lost.update(metatile=metatile, rows=record["rows"])
+        commit(release_dir, metatile, {**record, "files": record["files"][: len(record["files"]) // 2]})
+        raise _Lost("worker lost while renaming")
+
+    monkeypatch.setattr(build, "commit_staging", commit_half_then_die)
+    with pytest.raises(build.UserError, match="1 of"):
+        build_release(tmp_path, region=region, catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
+    monkeypatch.setattr(build, "commit_staging", commit)
+
+    # Attempt 2, on another worker: the same task, lost before it stages its first PNG.
+    def lost_before_encoding(*args, **kwargs):
+        raise _Lost("worker lost while encoding")
+
+    monkeypatch.setattr(encode, "encode_hwc", lost_before_encoding)
+    release_dir = tmp_path / BUILD["release"]
+    tiles = [(r["x"], r["y"], r["split"]) for r in lost["rows"]]
+    bbox = build.lonlat_bounds(BUILD["zoom"], tiles)
+    items = [search_items(world.stac_url, layer, bbox, SearchOptions()) for layer in ("s2", "s1", "naip")]
+    job = build.MetatileJob(str(release_dir), BUILD["zoom"], lost["metatile"], tiles, 0.99, 730.0, signer="none",
+                            catalog=world.stac_url)
+    with pytest.raises(_Lost):
+        build.cut_metatile(job, *items)
+    monkeypatch.undo()
+
+    build_release(tmp_path, region=region, catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
+    built = Release(tmp_path, BUILD["release"])
+    assert _tree(built.path) == _tree(local.path)
