@@ -150,10 +150,12 @@ class PlainFastAPI(_Subprocess):
              "--log-level", "warning"], env=env, cwd=ROOT, start_new_session=True)
 
 
-def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
-    """Requests/s, p50/p99 latency (ms) and non-2xx/3xx count from one wrk run on CLIENT_CORE."""
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
+    """Requests/s, p50/p99 latency (ms) and non-2xx/3xx count from one wrk run on CLIENT_CORE
+    (of `url`, or of the paths a Lua `script` picks on that host)."""
+    lua = ["-s", str(script)] if script else []
     out = subprocess.run(["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-                          "--latency", "--timeout", "5s", url], capture_output=True, text=True, check=True).stdout
+                          "--latency", "--timeout", "5s", *lua, url], capture_output=True, text=True, check=True).stdout
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)

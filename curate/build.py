@@ -114,6 +114,15 @@ def group_metatiles(tiles: dict[tuple[int, int], str], z: int, levels: int) -> d
     return dict(sorted(out.items(), key=lambda kv: (kv[0][2], kv[0][1])))
 
 
+def search_blocks(metatiles: Iterable[tuple[int, int, int]]) -> dict[mercantile.Tile, list]:
+    """Metatiles grouped by the SEARCH_ZOOM block whose STAC searches feed them (one task per block and layer)."""
+    blocks: dict[mercantile.Tile, list] = {}
+    for mt in metatiles:
+        tile = mercantile.Tile(mt[1], mt[2], mt[0])
+        blocks.setdefault(mercantile.parent(tile, zoom=SEARCH_ZOOM) if mt[0] > SEARCH_ZOOM else tile, []).append(mt)
+    return blocks
+
+
 def _mt_name(mt: tuple[int, int, int]) -> str:
     return f"{mt[0]}-{mt[1]}-{mt[2]}"
 
@@ -286,6 +295,10 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
     release = Release(Path(job.release_dir).parent, Path(job.release_dir).name)
     release_dir = Path(job.release_dir)
     staging = _confined(release_dir / ".build" / "staging" / _mt_name(job.metatile), release_dir.parent)
+    done = _confined(release_dir / ".build" / "done" / f"{_mt_name(job.metatile)}.json", release_dir.parent)
+    # A retry (Dask reruns a lost worker's task) replaces an earlier attempt's staging: drop that
+    # attempt's done record first, or a rerun would trust it over files this attempt removed.
+    done.unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     rows, files = [], []
     for t in have:
@@ -318,7 +331,6 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             files.append(str(rel))
         rows.append(row)
     record = {"metatile": list(job.metatile), "rows": rows, "files": files}
-    done = _confined(release_dir / ".build" / "done" / f"{_mt_name(job.metatile)}.json", release_dir.parent)
     write_bytes_atomic(done, json.dumps(record, sort_keys=True).encode())
     commit_staging(release_dir, job.metatile, record)
     return record
@@ -606,10 +618,7 @@ def build_release(
         if metatiles:
             from curate.search import SearchOptions
             opts = SearchOptions(datetime=datetime, max_cloud=max_cloud, naip_years=params.naip_years)
-            blocks: dict[tuple, list] = {}
-            for mt in metatiles:
-                blocks.setdefault(mercantile.parent(mercantile.Tile(mt[1], mt[2], mt[0]), zoom=min(SEARCH_ZOOM, mt[0]))
-                                  if mt[0] > SEARCH_ZOOM else mercantile.Tile(mt[1], mt[2], mt[0]), []).append(mt)
+            blocks = search_blocks(metatiles)
             # Nothing left to cut (a resumed build that had finished its metatiles): search here,
             # without starting a cluster.
             new_records, items_by_block = _run(rel, params, metatiles, todo, blocks, catalog, opts, signer,
