@@ -92,8 +92,11 @@ def test_a_worker_killed_mid_build_changes_no_byte_of_the_release(world, region_
     assert peak_rss < 0.8 * limit, f"a worker peaked at {peak_rss / 2**20:.0f} MiB, near its {WORKER_MEMORY_LIMIT} limit"
 
 
-class _Lost(Exception):
-    """A worker lost at a chosen point of a metatile task (raised where a SIGKILL would land)."""
+class _Lost(OSError):
+    """A worker lost at a chosen point of a metatile task (raised where a SIGKILL would land).
+
+    An OSError, one of the faults the build records and resumes from (on a cluster a dead worker
+    reaches the driver as KilledWorker, also one of them); a programming error would propagate."""
 
 
 def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(world, region_and_local, tmp_path,
