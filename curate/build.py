@@ -42,9 +42,11 @@ from curate.release import (
     REQUIRED_COLUMNS,
     Release,
     content_hash,
+    fsync_dir,
     manifest_metadata,
     read_manifest,
     write_bytes_atomic,
+    write_bytes_durable,
     write_manifest,
 )
 
@@ -136,6 +138,7 @@ class MetatileJob:
     signer: Any = None
     catalog: str = ""
     extra: dict = field(default_factory=dict)
+    commit: bool = True  # False: stage only (a repair checks the staged bytes before using them)
 
 
 def _tile_lonlat(z: int, x: int, y: int):
@@ -296,14 +299,31 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             rel = path.relative_to(release.path)
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)  # staging is private: the done record below is the commit point
+            write_bytes_durable(target, data)  # staging is private: the done record below is the commit point
             files.append(str(rel))
         rows.append(row)
+    _fsync_dirs((staging / f for f in files), staging.parent)
     record = {"metatile": list(job.metatile), "rows": rows, "files": files}
+    if not job.commit:
+        return record
     done = Path(job.release_dir) / ".build" / "done" / f"{_mt_name(job.metatile)}.json"
     write_bytes_atomic(done, json.dumps(record, sort_keys=True).encode())
     commit_staging(Path(job.release_dir), job.metatile, record)
     return record
+
+
+def _fsync_dirs(files: Iterable[Path], top: Path) -> None:
+    """fsync every directory from each file's parent up to `top` (new directories are entries too)."""
+    dirs: set[Path] = set()
+    for f in files:
+        d = Path(f).parent
+        while d not in dirs and d != top.parent:
+            dirs.add(d)
+            if d == top:
+                break
+            d = d.parent
+    for d in sorted(dirs, key=lambda p: -len(p.parts)):  # children first: a parent names synced entries
+        fsync_dir(d)
 
 
 def _describe(row: dict, layer: str, group, frac: float, tile_fp) -> None:
@@ -331,16 +351,73 @@ def commit_staging(release_dir: Path, metatile, record: dict) -> None:
     staging = release_dir / ".build" / "staging" / _mt_name(metatile)
     if not staging.exists():
         return
+    moved = []
     for rel in record["files"]:
         src = staging / rel
         if src.exists():
             dst = release_dir / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
+            moved.append(dst)
+    _fsync_dirs(moved, release_dir)  # the renames are durable before the manifest can name these files
     shutil.rmtree(staging, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------ the driver
+
+def search_blocks(metatiles: Iterable[tuple[int, int, int]]) -> dict:
+    """{search block: its metatiles}: one STAC search per layer covers each block (SEARCH_ZOOM)."""
+    blocks: dict = {}
+    for mt in metatiles:
+        tile = mercantile.Tile(mt[1], mt[2], mt[0])
+        blocks.setdefault(mercantile.parent(tile, zoom=SEARCH_ZOOM) if mt[0] > SEARCH_ZOOM else tile, []).append(mt)
+    return blocks
+
+
+def recut_files(rel: Release, params: BuildParams, metatiles: dict, damage: list, catalog: str, signer: Any,
+                progress: bool, echo: Callable[[str], None]) -> list[str]:
+    """Re-cut (stage only) the metatiles holding the damaged files `damage` (curate.verify.Damage) and
+    replace each such file by its re-cut bytes when they hash to the manifest's sha256; the caller holds
+    the release lock. Returns a line per file left damaged."""
+    from curate.search import SearchOptions
+
+    wanted: dict[tuple, list] = {}
+    for d in damage:
+        wanted.setdefault(metatile_key(*d.triplet, params.metatile_levels), []).append(d)
+    unplanned = [d for mt, ds in wanted.items() if mt not in metatiles for d in ds]
+    todo = [mt for mt in metatiles if mt in wanted]
+    # Whole blocks, as the build searched them: the same search bbox gives the same items.
+    blocks = {b: mts for b, mts in search_blocks(metatiles).items() if any(mt in wanted for mt in mts)}
+    opts = SearchOptions(datetime=params.datetime, max_cloud=params.max_cloud, naip_years=params.naip_years)
+    echo(f"release {params.release}: re-cutting {len(todo)} metatiles for {len(damage)} damaged files")
+    failures: list[str] = []
+    shutil.rmtree(rel.path / ".build", ignore_errors=True)
+    try:
+        _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, "synchronous", None, progress, echo,
+             failures, commit=False)
+        left = [f"{d.path}: its metatile is not in the plan the manifest records" for d in unplanned]
+        left += [f"{f}" for f in failures]
+        moved = []
+        for mt in todo:
+            staging = rel.path / ".build" / "staging" / _mt_name(mt)
+            for d in wanted[mt]:
+                src = staging / d.path
+                if not src.is_file():
+                    if not any(f.startswith(f"metatile {_mt_name(mt)}:") for f in failures):
+                        left.append(f"{d.path}: the re-cut no longer yields this triplet (the catalog changed?)")
+                    continue
+                if content_hash(src.read_bytes()) != d.digest:
+                    left.append(f"{d.path}: re-cut bytes differ from the manifest (the catalog's scenes changed?)")
+                    continue
+                dst = rel.path / d.path
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+                moved.append(dst)
+        _fsync_dirs(moved, rel.path)
+        return left
+    finally:
+        shutil.rmtree(rel.path / ".build", ignore_errors=True)
+
 
 @dataclass
 class BuildResult:
@@ -379,6 +456,20 @@ class _Lock:
                 self.path.unlink(missing_ok=True)
             finally:
                 os.close(self.fd)
+
+
+def _drop_damaged(rel: Release, records: dict, levels: int, echo: Callable[[str], None]) -> None:
+    """Re-hash the committed files of done metatiles; forget (and re-cut) those with a damaged file."""
+    from curate.verify import find_damage
+
+    damage = find_damage(rel, [row for r in records.values() for row in r["rows"]], deep=True)
+    bad = sorted({metatile_key(*d.triplet, levels) for d in damage})
+    if bad:
+        echo(f"release {rel.name}: {len(damage)} files of {len(bad)} done metatiles are missing or damaged "
+             f"(first: {damage[0].path}: {damage[0].problem}); cutting those metatiles again")
+    for mt in bad:
+        (rel.path / ".build" / "done" / f"{_mt_name(mt)}.json").unlink(missing_ok=True)
+        del records[mt]
 
 
 def _check_out(out: Path) -> None:
@@ -525,8 +616,27 @@ def build_release(
                                 "choose another --release or remove it")
             shutil.rmtree(rel.path / ".build", ignore_errors=True)
             _clean_tmp(rel.path, set())
-            n = read_manifest(rel.manifest_path).num_rows
-            echo(f"release {release} is already complete ({n} triplets): nothing to do")
+            table = read_manifest(rel.manifest_path)
+            n = table.num_rows
+            from curate.verify import find_damage
+
+            # Cheap: presence and the PNG end chunk (finds deleted and truncated files);
+            # `curate verify` re-hashes everything.
+            damage = find_damage(rel, table, deep=False, progress=progress)
+            if not damage:
+                echo(f"release {release} is already complete ({n} triplets): nothing to do")
+                return BuildResult(rel, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
+            echo(f"release {release} is complete but {len(damage)} files are missing or truncated "
+                 f"(first: {damage[0].path}); re-cutting them")
+            from curate.search import open_catalog
+
+            open_catalog(catalog)
+            metatiles = group_metatiles(plan_tiles(params, geometry=geometry, spec=spec), zoom, metatile_levels)
+            left = recut_files(rel, params, metatiles, damage, catalog, signer, progress, echo)
+            if left:
+                raise UserError(f"{len(left)} damaged files of release {release} could not be re-cut (first: "
+                                f"{left[0]}); see `curate verify --data {out} --release {release}`")
+            echo(f"release {release}: repaired {len(damage)} files; {n} triplets complete")
             return BuildResult(rel, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
 
         from curate.search import open_catalog
@@ -545,6 +655,7 @@ def build_release(
             if p.exists():
                 records[mt] = json.loads(p.read_bytes())
                 commit_staging(rel.path, mt, records[mt])  # finish moves a kill interrupted
+        _drop_damaged(rel, records, metatile_levels, echo)
         _clean_tmp(rel.path, {_mt_name(mt) for mt in records})
         todo = [mt for mt in metatiles if mt not in records]
         echo(f"release {release}: {len(tiles)} tiles at z{zoom} in {len(metatiles)} metatiles "
@@ -556,10 +667,7 @@ def build_release(
         if metatiles:
             from curate.search import SearchOptions
             opts = SearchOptions(datetime=datetime, max_cloud=max_cloud, naip_years=params.naip_years)
-            blocks: dict[tuple, list] = {}
-            for mt in metatiles:
-                blocks.setdefault(mercantile.parent(mercantile.Tile(mt[1], mt[2], mt[0]), zoom=min(SEARCH_ZOOM, mt[0]))
-                                  if mt[0] > SEARCH_ZOOM else mercantile.Tile(mt[1], mt[2], mt[0]), []).append(mt)
+            blocks = search_blocks(metatiles)
             # Nothing left to cut (a resumed build that had finished its metatiles): search here,
             # without starting a cluster.
             new_records, items_by_block = _run(rel, params, metatiles, todo, blocks, catalog, opts, signer,
@@ -599,14 +707,15 @@ def _search_block(catalog: str, layer: str, bbox, opts) -> list:
     return search_items(catalog, layer, bbox, opts)
 
 
-def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures):
-    """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler."""
+def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures,
+         commit: bool = True):
+    """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler (`commit`: see MetatileJob)."""
     from tqdm import tqdm
 
     block_of = {mt: b for b, mts in blocks.items() for mt in mts}
     block_bbox = {b: lonlat_bounds(params.zoom, [t[:2] for mt in mts for t in metatiles[mt]]) for b, mts in blocks.items()}
     jobs = {mt: MetatileJob(str(rel.path), params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
-                            signer=signer, catalog=catalog) for mt in todo}
+                            signer=signer, catalog=catalog, commit=commit) for mt in todo}
     records: dict = {}
     def new_bar():
         return tqdm(total=len(todo), unit="metatile", disable=not progress, file=sys.stderr, dynamic_ncols=True)

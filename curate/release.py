@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -50,17 +50,41 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either nothing or the whole file (temp + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory `path` (files created, renamed or removed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_durable(path: Path, data: bytes) -> None:
+    """Create `path` with `data` flushed to disk (fsync) and the umask's mode; not atomic by itself."""
+    # os.open applies the umask to 0o666, like open(); tempfile.mkstemp would force 0o600.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either nothing or the whole file, and so that
+    the new file survives a power loss once this returns (temp + fsync + rename + fsync of the directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        write_bytes_durable(tmp, data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 @dataclass(frozen=True)
@@ -95,6 +119,18 @@ class Release:
 
     def read_manifest(self) -> pa.Table:
         return read_manifest(self.manifest_path)
+
+
+HASH_COLUMNS: tuple[str, ...] = ("z", "x", "y", "hash_s1", "hash_s2", "hash_naip", "hash_naip_hires")
+
+
+def triplet_files(row: dict) -> list[tuple[str, str]]:
+    """(path relative to the release, sha256) of every file of a manifest row, in TRIPLET_MEMBERS order."""
+    z, x, y = int(row["z"]), int(row["x"]), int(row["y"])
+    out = [(f"{layer}/{z}/{x}/{y}.png", row[f"hash_{layer}"]) for layer in LAYERS]
+    for (dx, dy), digest in zip(HIRES_CHILDREN, row["hash_naip_hires"]):
+        out.append((f"naip/{z + 1}/{2 * x + dx}/{2 * y + dy}.png", digest))
+    return out
 
 
 def write_manifest(table: pa.Table, path: Path, metadata: dict[str, object]) -> None:
