@@ -29,6 +29,7 @@ from curate.release import (
     MANIFEST_NAME,
     REQUIRED_COLUMNS,
     STATS_NAME,
+    TRIPLET_MEMBERS,
     Release,
     manifest_metadata,
     read_manifest,
@@ -44,6 +45,12 @@ ATTRIBUTION = {
     "naip": "NAIP imagery: USDA Farm Production and Conservation Business Center, public domain",
 }
 _HIRES_INDEX = {offset: i for i, offset in enumerate(HIRES_CHILDREN)}
+MEMBERS = len(TRIPLET_MEMBERS)  # files per triplet (manifest row)
+
+
+def _fingerprint(st: os.stat_result) -> int:
+    """A non-zero int64 that changes when a file is rewritten, truncated or replaced."""
+    return (hash((st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)) & 0x7FFF_FFFF_FFFF_FFFF) or 1
 
 
 def pack_key(z: int, x: int, y: int) -> int:
@@ -83,6 +90,9 @@ class ReleaseIndex:
     etag_seed: str  # sha256 of the manifest bytes: identifies the release's content
     mtime: int  # the manifest's modification time: the mtime of members in served tars
     _coverage: dict | None = field(default=None, repr=False)
+    # Per file slot (manifest row * 7 + member, TRIPLET_MEMBERS order): a fingerprint of the file
+    # (size, mtime, inode) as it was when its sha256 last matched the manifest; 0: never checked.
+    _intact: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, name: str, path: Path) -> "ReleaseIndex":
@@ -156,20 +166,30 @@ class ReleaseIndex:
             return int(self.order[i])
         return None
 
-    def tile_hash(self, layer: str, z: int, x: int, y: int) -> str | None:
-        """The manifest's sha256 of tile (layer, z, x, y), or None when the manifest lacks it."""
+    def tile_ref(self, layer: str, z: int, x: int, y: int) -> tuple[str, int] | None:
+        """(the manifest's sha256, file slot) of tile (layer, z, x, y), or None when the manifest lacks it."""
         if layer not in LAYERS:
             return None
         row = self.row_of(z, x, y)
         if row is not None:
-            return self.table.column(f"hash_{layer}")[row].as_py()
+            return self.table.column(f"hash_{layer}")[row].as_py(), row * MEMBERS + LAYERS.index(layer)
         if layer == "naip" and z >= 1:
             # NAIP also exists one zoom deeper: the four children of each triplet.
             parent = self.row_of(z - 1, x >> 1, y >> 1)
             if parent is not None:
-                hashes = self.table.column("hash_naip_hires")[parent].as_py()
-                return hashes[_HIRES_INDEX[(x & 1, y & 1)]]
+                i = _HIRES_INDEX[(x & 1, y & 1)]
+                return self.table.column("hash_naip_hires")[parent][i].as_py(), parent * MEMBERS + len(LAYERS) + i
         return None
+
+    def is_intact(self, slot: int, st: os.stat_result) -> bool:
+        """Whether the file in `slot`, as `st` describes it now, already hashed to the manifest's sha256."""
+        return self._intact is not None and int(self._intact[slot]) == _fingerprint(st)
+
+    def mark_intact(self, slot: int, st: os.stat_result) -> None:
+        """Remember that the file in `slot`, as `st` describes it, hashed to the manifest's sha256."""
+        if self._intact is None:
+            self._intact = np.zeros(self.table.num_rows * MEMBERS, dtype=np.int64)
+        self._intact[slot] = _fingerprint(st)
 
     def tile_path(self, layer: str, z: int, x: int, y: int) -> str:
         """Where tile (layer, z, x, y) lives (built from integers only)."""
