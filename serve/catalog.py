@@ -1,8 +1,9 @@
 """The finished releases under a data directory, each indexed once per process from its manifest.
 
-Releases are immutable once their manifest exists, so an index is built once and never
-reloaded; a release that finishes after start-up is picked up on the next look-up of an
-unknown name (directory listings are rate limited). Every file path the server opens is built
+Releases are immutable once their manifest exists, so an index is built once and re-read only
+when the manifest file changes (mtime, size or inode: a repaired or rebuilt release); a release
+that finishes after start-up is picked up on a later look-up (directory scans are rate limited
+to one per RESCAN_SECONDS). Every file path the server opens is built
 here from a release directory found by listing and from integers found in a manifest: never
 from request text.
 """
@@ -247,6 +248,15 @@ class ReleaseIndex:
         }
 
 
+def _manifest_signature(release_dir: str) -> tuple[int, int, int] | None:
+    """(mtime_ns, size, inode) of a release's manifest, or None when it has none (unfinished)."""
+    try:
+        st = os.stat(os.path.join(release_dir, MANIFEST_NAME))
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 class Catalog:
     """The finished releases under one data directory, looked up by name."""
 
@@ -257,33 +267,57 @@ class Catalog:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"data directory {data_dir} does not exist")
         self._releases: dict[str, ReleaseIndex] = {}
-        self._bad: set[str] = set()
+        self._signatures: dict[str, tuple] = {}  # name -> manifest signature when last read (good or bad)
         self._lock = threading.Lock()
         self._scanned = 0.0
+        self.on_change: list = []  # callables(name) told when a served release is re-read or withdrawn
         self.rescan(force=True)
 
     def rescan(self, force: bool = False) -> None:
-        """Index releases that finished since the last scan (rate limited unless forced)."""
+        """Index releases that finished, and re-read manifests that changed (e.g. one that was corrupt
+        and got repaired), since the last scan; rate limited unless forced."""
         now = time.monotonic()
         if not force and now - self._scanned < self.RESCAN_SECONDS:
             return
         with self._lock:
             self._scanned = now
+            seen = set()
             for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
                 name = entry.name
-                if name in self._releases or name in self._bad or name.startswith("."):
+                if name.startswith("."):
                     continue
                 real = os.path.realpath(entry.path)
                 # A release directory (or a symlink to one) must resolve inside the data directory.
                 if not is_inside(real, self.root) or not os.path.isdir(real):
                     continue
-                if not Release(Path(self.root), name).is_finished:
+                signature = _manifest_signature(real)
+                if signature is None:
                     continue  # unfinished: no manifest yet; look again on a later scan
+                seen.add(name)
+                if self._signatures.get(name) == signature:
+                    continue  # unchanged since it was read (served, or refused as broken)
+                self._signatures[name] = signature
                 try:
-                    self._releases[name] = ReleaseIndex.load(name, Path(real))
+                    index = ReleaseIndex.load(name, Path(real))
                 except Exception as exc:  # a broken manifest must not take the server down
                     log.error("release %s not served: %s", name, exc)
-                    self._bad.add(name)
+                    self._withdraw(name)
+                    continue
+                replaced = name in self._releases
+                self._releases[name] = index
+                if replaced:
+                    self._notify(name)
+            for name in [n for n in self._signatures if n not in seen]:
+                del self._signatures[name]
+                self._withdraw(name)
+
+    def _withdraw(self, name: str) -> None:
+        if self._releases.pop(name, None) is not None:
+            self._notify(name)
+
+    def _notify(self, name: str) -> None:
+        for callback in self.on_change:
+            callback(name)
 
     def names(self) -> list[str]:
         """Names of the finished releases, sorted."""
@@ -291,10 +325,6 @@ class Catalog:
         return sorted(self._releases)
 
     def get(self, name: str) -> ReleaseIndex | None:
-        """A finished release by name, or None."""
-        found = self._releases.get(name)
-        if found is None:
-            self.rescan()
-            found = self._releases.get(name)
-        return found
-
+        """A finished release by name (as its manifest is now, within RESCAN_SECONDS), or None."""
+        self.rescan()
+        return self._releases.get(name)

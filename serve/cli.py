@@ -54,4 +54,5 @@ def _check_port(host: str, port: int) -> None:
             if e.errno == errno.EADDRINUSE:
                 raise UserError(f"port {port} on {host} is already in use (another server?); stop it or "
                                 "pass another --port") from None
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --host or --port") from None
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); "
+                            "pass another --host or --port") from None

@@ -220,5 +220,11 @@ class BlobCache:
                 _, evicted = self._items.popitem(last=False)
                 self.size -= len(evicted.body)
 
+    def drop_prefix(self, prefix: str) -> None:
+        """Forget every blob whose key starts with `prefix` (a release whose manifest changed)."""
+        with self._lock:
+            for key in [k for k in self._items if k.startswith(prefix)]:
+                self.size -= len(self._items.pop(key).body)
+
     def __len__(self) -> int:
         return len(self._items)

@@ -40,7 +40,8 @@ def pack_samples(
                 if opened is None:
                     raise MissingFile(f"{index.name}: {name} of row {row} is not readable")
                 fd, st = opened
-                plan.append((f"{prefix}{name}.png", fd, st.st_size, (digest, row * MEMBERS + i, st, f"{name} of {z}/{x}/{y}")))
+                check = (digest, row * MEMBERS + i, st, f"{name} of {z}/{x}/{y}")
+                plan.append((f"{prefix}{name}.png", fd, st.st_size, check))
             meta = row_json(metadata)
             plan.append((f"{prefix}{metadata_name}", meta, len(meta), None))
         total = sum(tarstream.BLOCK + tarstream.padded(size) for _, _, size, _ in plan)

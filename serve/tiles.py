@@ -50,7 +50,8 @@ class TileStore:
         self.cache.put(key, blob)
         return blob
 
-    def _read_intact(self, index: ReleaseIndex, ref: tuple[str, int], layer: str, z: int, x: int, y: int) -> bytes | None:
+    def _read_intact(self, index: ReleaseIndex, ref: tuple[str, int], layer: str, z: int, x: int,
+                     y: int) -> bytes | None:
         """The tile's bytes (None: missing or unsafe); DamagedFile when they differ from the manifest."""
         got = self.reader.read(index.tile_path(layer, z, x, y))
         if got is None:

@@ -8,7 +8,7 @@ from serve.catalog import ATTRIBUTION
 from serve.errors import ApiError
 from serve.integrity import DamagedFile
 from serve.responses import RawResponse, blob_response, json_response
-from serve.routers.common import check_layer, check_tile, release_or_404
+from serve.routers.common import JSON_METHODS, check_layer, check_tile, release_or_404
 from serve.tiles import TileStore
 
 _TILE_DOC = "A 256 px PNG tile, bytes exactly as built; ETag is the manifest's sha256 of them."
@@ -18,7 +18,8 @@ def tiles_router(store: TileStore) -> APIRouter:
     """Routes under /tiles (the fast path answers most tile requests before they get here)."""
     router = APIRouter(tags=["tiles"])
 
-    @router.get("/tiles/{release}/{layer}/tilejson.json", summary="TileJSON 3.0 of one layer")
+    @router.api_route("/tiles/{release}/{layer}/tilejson.json", methods=JSON_METHODS,
+                      summary="TileJSON 3.0 of one layer")
     async def tilejson(request: Request, release: str, layer: str) -> RawResponse:
         index = release_or_404(store.catalog, release)
         check_layer(layer)
