@@ -299,7 +299,7 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             rel = path.relative_to(release.path)
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_durable(target, data)  # staging is private: the done record below is the commit point
+            write_bytes_durable(target, data)  # private until the done record below commits it
             files.append(str(rel))
         rows.append(row)
     _fsync_dirs((staging / f for f in files), staging.parent)
@@ -396,7 +396,7 @@ def recut_files(rel: Release, params: BuildParams, metatiles: dict, damage: list
         _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, "synchronous", None, progress, echo,
              failures, commit=False)
         left = [f"{d.path}: its metatile is not in the plan the manifest records" for d in unplanned]
-        left += [f"{f}" for f in failures]
+        left += failures
         moved = []
         for mt in todo:
             staging = rel.path / ".build" / "staging" / _mt_name(mt)

@@ -10,6 +10,7 @@ Settings come from the environment so that every uvicorn worker process sees the
 
 from __future__ import annotations
 
+import json
 import os
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -81,14 +82,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._await_head()
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a malformed head; a head over the caps gets 431 and says which."""
+        """uvicorn's answer to a malformed head; a head over the caps gets a JSON 431 saying which."""
         self._stop_head_timer()
         if self._refusal is None:
             super().send_400_response(msg)
             return
-        body = self._refusal.encode()
+        body = json.dumps({"detail": self._refusal}).encode()
         self.transport.write(b"".join([
-            STATUS_LINE[431], b"content-type: text/plain; charset=utf-8\r\n",
+            STATUS_LINE[431], b"content-type: application/json\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n\r\n", body,
         ]))
         self.transport.close()
