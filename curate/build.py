@@ -42,11 +42,10 @@ from curate.release import (
     REQUIRED_COLUMNS,
     Release,
     content_hash,
-    fsync_dir,
+    fsync_paths,
     manifest_metadata,
     read_manifest,
     write_bytes_atomic,
-    write_bytes_durable,
     write_manifest,
 )
 
@@ -299,10 +298,11 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             rel = path.relative_to(release.path)
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_durable(target, data)  # private until the done record below commits it
+            target.write_bytes(data)  # private until the done record below commits it
             files.append(str(rel))
         rows.append(row)
-    _fsync_dirs((staging / f for f in files), staging.parent)
+    staged = [staging / f for f in files]
+    fsync_paths([*staged, *_dirs_up_to(staged, staging.parent)])  # durable before the record names them
     record = {"metatile": list(job.metatile), "rows": rows, "files": files}
     if not job.commit:
         return record
@@ -312,8 +312,8 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
     return record
 
 
-def _fsync_dirs(files: Iterable[Path], top: Path) -> None:
-    """fsync every directory from each file's parent up to `top` (new directories are entries too)."""
+def _dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
+    """Every directory from each file's parent up to `top`: new directories are entries to sync too."""
     dirs: set[Path] = set()
     for f in files:
         d = Path(f).parent
@@ -322,8 +322,7 @@ def _fsync_dirs(files: Iterable[Path], top: Path) -> None:
             if d == top:
                 break
             d = d.parent
-    for d in sorted(dirs, key=lambda p: -len(p.parts)):  # children first: a parent names synced entries
-        fsync_dir(d)
+    return sorted(dirs)
 
 
 def _describe(row: dict, layer: str, group, frac: float, tile_fp) -> None:
@@ -359,7 +358,7 @@ def commit_staging(release_dir: Path, metatile, record: dict) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
             moved.append(dst)
-    _fsync_dirs(moved, release_dir)  # the renames are durable before the manifest can name these files
+    fsync_paths(_dirs_up_to(moved, release_dir))  # the renames are durable before a manifest names the files
     shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -413,7 +412,7 @@ def recut_files(rel: Release, params: BuildParams, metatiles: dict, damage: list
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dst)
                 moved.append(dst)
-        _fsync_dirs(moved, rel.path)
+        fsync_paths(_dirs_up_to(moved, rel.path))
         return left
     finally:
         shutil.rmtree(rel.path / ".build", ignore_errors=True)
