@@ -101,3 +101,11 @@ def test_rerun_of_a_finished_release_recuts_a_deleted_or_truncated_file(built_re
     assert not any("nothing to do" in s for s in said), said
     assert any("repaired 1 files" in s for s in said), said
     assert _tree(rel.path) == _tree(original.path)
+
+
+def test_verify_of_an_unfinished_or_unknown_release_is_one_error_line_and_exit_2(tmp_path):
+    (tmp_path / "half").mkdir()  # a build that never wrote its manifest
+    for name in ("half", "nope"):
+        result = _verify(Release(tmp_path, name))
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1, result.output
