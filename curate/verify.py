@@ -21,7 +21,7 @@ import click
 import pyarrow as pa
 
 from curate.errors import UserError
-from curate.release import HASH_COLUMNS, Release, manifest_metadata, read_manifest, triplet_files
+from curate.release import HASH_COLUMNS, TRIPLET_MEMBERS, Release, manifest_metadata, read_manifest, triplet_files
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # every PNG ends with this empty IEND chunk
 _CHUNK = 1 << 20
@@ -155,7 +155,7 @@ def verify(data_dir: Path, release: str, do_repair: bool, catalog: str | None, s
         raise UserError(f"the manifest of {release} is unreadable ({str(e)[:120]}); it cannot be verified: "
                         "rebuild the release") from None
     damage = find_damage(rel, table, deep=True, progress=progress)
-    total = table.num_rows * 7
+    total = table.num_rows * len(TRIPLET_MEMBERS)
     for d in damage:
         click.echo(f"damaged: {d.path}: {d.problem}")
     if not damage:

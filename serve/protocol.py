@@ -4,7 +4,8 @@ on the head's size and header count.
 uvicorn closes a keep-alive connection only after a response; a client that connects and sends
 nothing, or half a request head, would hold its socket (and a file descriptor) forever. Here every
 connection must deliver a complete request head within `header timeout` seconds of connecting or
-of the previous response, or it is closed; a head over MAX_HEAD_BYTES or MAX_HEADERS gets a 431.
+of the previous response, or it is closed (a sweep every quarter timeout: within 1.25 timeouts);
+a head over MAX_HEAD_BYTES or MAX_HEADERS gets a 431.
 Settings come from the environment so that every uvicorn worker process sees the same ones.
 """
 
@@ -28,36 +29,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = float(os.environ.get(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT))
-        self._head_timer = None  # armed while the connection waits for a request head
+        self.waiting_since: float | None = None  # loop time it began waiting for a request head
         self._head_bytes = 0
         self._head_fields = 0
         self._refusal: str | None = None
 
     def _await_head(self) -> None:
-        self._stop_head_timer()
+        # One attribute per request rather than a timer per request (a call_later and a cancel on
+        # the tile fast path); one sweep per event loop closes the connections past the deadline.
+        self.waiting_since = self.loop.time()
         self._head_bytes = self._head_fields = 0
-        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
-
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
 
     def connection_made(self, transport) -> None:  # noqa: D102 - asyncio.Protocol
         super().connection_made(transport)
         self._await_head()
+        if not getattr(self.server_state, "head_sweep", False):
+            self.server_state.head_sweep = True  # type: ignore[attr-defined]
+            _sweep(self.loop, self.connections, self.header_timeout)
 
     def connection_lost(self, exc) -> None:  # noqa: D102 - asyncio.Protocol
-        self._stop_head_timer()
+        self.waiting_since = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:  # noqa: D102 - asyncio.Protocol
-        if self._head_timer is not None:
+        if self.waiting_since is not None:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refusal = f"request head over {MAX_HEAD_BYTES} bytes"
@@ -73,7 +68,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:  # noqa: D102 - httptools callback
-        self._stop_head_timer()
+        self.waiting_since = None
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:  # noqa: D102 - uvicorn callback
@@ -83,7 +78,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a malformed head; a head over the caps gets a JSON 431 saying which."""
-        self._stop_head_timer()
+        self.waiting_since = None
         if self._refusal is None:
             super().send_400_response(msg)
             return
@@ -93,3 +88,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n\r\n", body,
         ]))
         self.transport.close()
+
+
+def _sweep(loop, connections: set, timeout: float) -> None:
+    """Close every connection that has waited over `timeout` seconds for a request head; again
+    every quarter timeout, for as long as the event loop runs."""
+    now = loop.time()
+    for conn in list(connections):
+        since = getattr(conn, "waiting_since", None)
+        if since is not None and now - since > timeout and not conn.transport.is_closing():
+            conn.transport.close()
+    loop.call_later(timeout / 4, _sweep, loop, connections, timeout)
