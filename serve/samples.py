@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from curate.release import triplet_files
 from serve import tarstream
 from serve.catalog import MEMBERS, ReleaseIndex
 from serve.files import SafeReader
@@ -29,12 +30,12 @@ def pack_samples(
     end: bool = False,
 ) -> bytearray:
     """Tar bytes of triplets given as (manifest row, metadata with z/x/y, member prefix): PNGs, then metadata."""
-    # (member name, fd or bytes, size, (sha256, file slot, stat) of a file or None)
+    # (member name, fd or bytes, size, (sha256, file slot, stat, description) of a file or None)
     plan: list[tuple[str, int | bytes, int, tuple | None]] = []
     try:
         for row, metadata, prefix in samples:
             z, x, y = int(metadata["z"]), int(metadata["x"]), int(metadata["y"])
-            digests = [metadata["hash_s1"], metadata["hash_s2"], metadata["hash_naip"], *metadata["hash_naip_hires"]]
+            digests = [digest for _, digest in triplet_files(metadata)]
             for i, ((name, path), digest) in enumerate(zip(index.files_at(z, x, y), digests)):
                 opened = reader.open_fd(path)
                 if opened is None:
