@@ -12,16 +12,24 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import click
 import pyarrow as pa
 
 from curate.errors import UserError
-from curate.release import HASH_COLUMNS, TRIPLET_MEMBERS, Release, manifest_metadata, read_manifest, triplet_files
+from curate.release import (
+    HASH_COLUMNS,
+    TRIPLET_MEMBERS,
+    Release,
+    manifest_metadata,
+    read_manifest,
+    triplet_files,
+)
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # every PNG ends with this empty IEND chunk
 _CHUNK = 1 << 20
@@ -151,7 +159,7 @@ def verify(data_dir: Path, release: str, do_repair: bool, catalog: str | None, s
                         "build it with `curate build`")
     try:
         table = read_manifest(rel.manifest_path)
-    except Exception as e:
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise UserError(f"the manifest of {release} is unreadable ({str(e)[:120]}); it cannot be verified: "
                         "rebuild the release") from None
     damage = find_damage(rel, table, deep=True, progress=progress)

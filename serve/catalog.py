@@ -31,7 +31,6 @@ from curate.release import (
     REQUIRED_COLUMNS,
     STATS_NAME,
     TRIPLET_MEMBERS,
-    Release,
     manifest_metadata,
     read_manifest,
 )

@@ -16,7 +16,12 @@ import os
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from serve.runner import DEFAULT_HEADER_TIMEOUT, HEADER_TIMEOUT_ENV, MAX_HEAD_BYTES, MAX_HEADERS
+from serve.runner import (
+    DEFAULT_HEADER_TIMEOUT,
+    HEADER_TIMEOUT_ENV,
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+)
 
 
 class _TooManyHeaders(Exception):
@@ -40,18 +45,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.waiting_since = self.loop.time()
         self._head_bytes = self._head_fields = 0
 
-    def connection_made(self, transport) -> None:  # noqa: D102 - asyncio.Protocol
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._await_head()
         if not getattr(self.server_state, "head_sweep", False):
             self.server_state.head_sweep = True  # type: ignore[attr-defined]
             _sweep(self.loop, self.connections, self.header_timeout)
 
-    def connection_lost(self, exc) -> None:  # noqa: D102 - asyncio.Protocol
+    def connection_lost(self, exc) -> None:
         self.waiting_since = None
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102 - asyncio.Protocol
+    def data_received(self, data: bytes) -> None:
         if self.waiting_since is not None:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
@@ -60,18 +65,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
         super().data_received(data)
 
-    def on_header(self, name: bytes, value: bytes) -> None:  # noqa: D102 - httptools callback
+    def on_header(self, name: bytes, value: bytes) -> None:
         self._head_fields += 1
         if self._head_fields > MAX_HEADERS:
             self._refusal = f"more than {MAX_HEADERS} header fields"
             raise _TooManyHeaders
         super().on_header(name, value)
 
-    def on_headers_complete(self) -> None:  # noqa: D102 - httptools callback
+    def on_headers_complete(self) -> None:
         self.waiting_since = None
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:  # noqa: D102 - uvicorn callback
+    def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
             self._await_head()

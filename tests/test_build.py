@@ -595,11 +595,11 @@ def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path,
 
 
 def test_a_resume_recuts_done_metatiles_whose_committed_files_were_damaged(world, small, tmp_path, monkeypatch):
-    import curate.reader as reader
+    from curate import reader
     from curate.errors import UserError
     from curate.release import triplet_files
 
-    region, ref, ref_requests = small
+    region, ref, _ = small
     monkeypatch.setattr(reader, "BACKOFF_S", 0.01)
     victim = ref.read_manifest().to_pylist()[0]["naip_items"][0]
     world.files.inject(status=503, count=10_000, path_contains=victim)

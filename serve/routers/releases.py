@@ -12,7 +12,12 @@ from fastapi import APIRouter, Query, Request
 from serve.catalog import LAYERS, Catalog, ReleaseIndex, pack_key
 from serve.errors import ApiError
 from serve.responses import RawResponse, json_response
-from serve.routers.common import JSON_METHODS, check_tile, release_or_404, triplet_row_or_404
+from serve.routers.common import (
+    JSON_METHODS,
+    check_tile,
+    release_or_404,
+    triplet_row_or_404,
+)
 
 MAX_PAGE = 1000
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 
 from serve.catalog import Catalog
 from serve.errors import ApiError
-from serve.integrity import DamagedFile
 from serve.files import CACHE_IMMUTABLE, CORS, TAR, Blob, etag_matches
+from serve.integrity import DamagedFile
 from serve.responses import RawResponse, blob_response
 from serve.routers.common import triplet_row_or_404
 from serve.samples import MissingFile, triplet_tar
