@@ -43,6 +43,7 @@ from curate.release import (
     Release,
     check_release_name,
     content_hash,
+    fsync_paths,
     manifest_metadata,
     read_manifest,
     resolves_inside,
@@ -158,6 +159,7 @@ class MetatileJob:
     catalog: str = ""
     timeout_s: float = TIMEOUT_S  # per network wait
     extra: dict = field(default_factory=dict)
+    commit: bool = True  # False: stage only (a repair checks the staged bytes before using them)
 
 
 def _tile_lonlat(z: int, x: int, y: int):
@@ -327,13 +329,30 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             rel = path.relative_to(release.path)
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)  # staging is private: the done record below is the commit point
+            target.write_bytes(data)  # private until the done record below commits it
             files.append(str(rel))
         rows.append(row)
+    staged = [staging / f for f in files]
+    fsync_paths([*staged, *_dirs_up_to(staged, staging.parent)])  # durable before the record names them
     record = {"metatile": list(job.metatile), "rows": rows, "files": files}
+    if not job.commit:
+        return record
     write_bytes_atomic(done, json.dumps(record, sort_keys=True).encode())
     commit_staging(release_dir, job.metatile, record)
     return record
+
+
+def _dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
+    """Every directory from each file's parent up to `top`: new directories are entries to sync too."""
+    dirs: set[Path] = set()
+    for f in files:
+        d = Path(f).parent
+        while d not in dirs and d != top.parent:
+            dirs.add(d)
+            if d == top:
+                break
+            d = d.parent
+    return sorted(dirs)
 
 
 def _describe(row: dict, layer: str, group, frac: float, tile_fp) -> None:
@@ -361,16 +380,64 @@ def commit_staging(release_dir: Path, metatile, record: dict) -> None:
     staging = _confined(release_dir / ".build" / "staging" / _mt_name(metatile), release_dir.parent)
     if not staging.exists():
         return
+    moved = []
     for rel in record["files"]:
         src = staging / rel
         if src.exists():
             dst = _confined(release_dir / rel, release_dir.parent)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
+            moved.append(dst)
+    fsync_paths(_dirs_up_to(moved, release_dir))  # the renames are durable before a manifest names the files
     shutil.rmtree(staging, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------ the driver
+
+def recut_files(rel: Release, params: BuildParams, metatiles: dict, damage: list, catalog: str, signer: Any,
+                progress: bool, echo: Callable[[str], None]) -> list[str]:
+    """Re-cut (stage only) the metatiles holding the damaged files `damage` (curate.verify.Damage) and
+    replace each such file by its re-cut bytes when they hash to the manifest's sha256; the caller holds
+    the release lock. Returns a line per file left damaged."""
+    from curate.search import SearchOptions
+
+    wanted: dict[tuple, list] = {}
+    for d in damage:
+        wanted.setdefault(metatile_key(*d.triplet, params.metatile_levels), []).append(d)
+    unplanned = [d for mt, ds in wanted.items() if mt not in metatiles for d in ds]
+    todo = [mt for mt in metatiles if mt in wanted]
+    # Whole blocks, as the build searched them: the same search bbox gives the same items.
+    blocks = {b: mts for b, mts in search_blocks(metatiles).items() if any(mt in wanted for mt in mts)}
+    opts = SearchOptions(datetime=params.datetime, max_cloud=params.max_cloud, naip_years=params.naip_years)
+    echo(f"release {params.release}: re-cutting {len(todo)} metatiles for {len(damage)} damaged files")
+    failures: list[str] = []
+    shutil.rmtree(rel.path / ".build", ignore_errors=True)
+    try:
+        _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, "synchronous", None, progress, echo,
+             failures, commit=False)
+        left = [f"{d.path}: its metatile is not in the plan the manifest records" for d in unplanned]
+        left += failures
+        moved = []
+        for mt in todo:
+            staging = rel.path / ".build" / "staging" / _mt_name(mt)
+            for d in wanted[mt]:
+                src = staging / d.path
+                if not src.is_file():
+                    if not any(f.startswith(f"metatile {_mt_name(mt)}:") for f in failures):
+                        left.append(f"{d.path}: the re-cut no longer yields this triplet (the catalog changed?)")
+                    continue
+                if content_hash(src.read_bytes()) != d.digest:
+                    left.append(f"{d.path}: re-cut bytes differ from the manifest (the catalog's scenes changed?)")
+                    continue
+                dst = rel.path / d.path
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+                moved.append(dst)
+        fsync_paths(_dirs_up_to(moved, rel.path))
+        return left
+    finally:
+        shutil.rmtree(rel.path / ".build", ignore_errors=True)
+
 
 @dataclass
 class BuildResult:
@@ -409,6 +476,20 @@ class _Lock:
                 self.path.unlink(missing_ok=True)
             finally:
                 os.close(self.fd)
+
+
+def _drop_damaged(rel: Release, records: dict, levels: int, echo: Callable[[str], None]) -> None:
+    """Re-hash the committed files of done metatiles; forget (and re-cut) those with a damaged file."""
+    from curate.verify import find_damage
+
+    damage = find_damage(rel, [row for r in records.values() for row in r["rows"]], deep=True)
+    bad = sorted({metatile_key(*d.triplet, levels) for d in damage})
+    if bad:
+        echo(f"release {rel.name}: {len(damage)} files of {len(bad)} done metatiles are missing or damaged "
+             f"(first: {damage[0].path}: {damage[0].problem}); cutting those metatiles again")
+    for mt in bad:
+        (rel.path / ".build" / "done" / f"{_mt_name(mt)}.json").unlink(missing_ok=True)
+        del records[mt]
 
 
 def _check_out(out: Path) -> None:
@@ -587,8 +668,27 @@ def build_release(
                                 "choose another --release or remove it")
             shutil.rmtree(rel.path / ".build", ignore_errors=True)
             _clean_tmp(rel.path, set())
-            n = read_manifest(rel.manifest_path).num_rows
-            echo(f"release {release} is already complete ({n} triplets): nothing to do")
+            table = read_manifest(rel.manifest_path)
+            n = table.num_rows
+            from curate.verify import find_damage
+
+            # Cheap: presence and the PNG end chunk (finds deleted and truncated files);
+            # `curate verify` re-hashes everything.
+            damage = find_damage(rel, table, deep=False, progress=progress)
+            if not damage:
+                echo(f"release {release} is already complete ({n} triplets): nothing to do")
+                return BuildResult(rel, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
+            echo(f"release {release} is complete but {len(damage)} files are missing or truncated "
+                 f"(first: {damage[0].path}); re-cutting them")
+            from curate.search import open_catalog
+
+            open_catalog(catalog)
+            metatiles = group_metatiles(plan_tiles(params, geometry=geometry, spec=spec), zoom, metatile_levels)
+            left = recut_files(rel, params, metatiles, damage, catalog, signer, progress, echo)
+            if left:
+                raise UserError(f"{len(left)} damaged files of release {release} could not be re-cut (first: "
+                                f"{left[0]}); see `curate verify --data {out} --release {release}`")
+            echo(f"release {release}: repaired {len(damage)} files; {n} triplets complete")
             return BuildResult(rel, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
 
         from curate.search import open_catalog
@@ -607,6 +707,7 @@ def build_release(
             if p.exists():
                 records[mt] = json.loads(p.read_bytes())
                 commit_staging(rel.path, mt, records[mt])  # finish moves a kill interrupted
+        _drop_damaged(rel, records, metatile_levels, echo)
         _clean_tmp(rel.path, {_mt_name(mt) for mt in records})
         todo = [mt for mt in metatiles if mt not in records]
         echo(f"release {release}: {len(tiles)} tiles at z{zoom} in {len(metatiles)} metatiles "
@@ -699,14 +800,14 @@ def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float) -> lis
 
 
 def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures,
-         timeout_s):
-    """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler."""
+         timeout_s: float = TIMEOUT_S, commit: bool = True):
+    """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler (`commit`: see MetatileJob)."""
     from tqdm import tqdm
 
     block_of = {mt: b for b, mts in blocks.items() for mt in mts}
     block_bbox = {b: lonlat_bounds(params.zoom, [t[:2] for mt in mts for t in metatiles[mt]]) for b, mts in blocks.items()}
     jobs = {mt: MetatileJob(str(rel.path), params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
-                            signer=signer, catalog=catalog, timeout_s=timeout_s) for mt in todo}
+                            signer=signer, catalog=catalog, timeout_s=timeout_s, commit=commit) for mt in todo}
     records: dict = {}
     faults = _faults(on_dask=scheduler != "synchronous")
 

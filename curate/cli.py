@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "plan": "curate.plan:plan",
     "build": "curate.build_cli:build",
     "stats": "model.stats:stats",
+    "verify": "curate.verify:verify",
     "serve": "serve.cli:serve",
     "world": "curate.world.cli:world",
     "demo": "curate.demo:demo",

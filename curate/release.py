@@ -14,10 +14,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -77,17 +78,47 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either nothing or the whole file (temp + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+FSYNC_THREADS = 8  # fsyncs in flight at once: the disk and the journal commit them together
+
+
+def fsync_paths(paths: Iterable[Path]) -> None:
+    """Make each file's bytes, or each directory's entries, durable (fsync), several at a time
+    (one after another, each waits for its own disk flush: hundreds of them per metatile)."""
+    paths = list(paths)
+    if len(paths) <= 1:
+        for p in paths:
+            fsync_path(p)
+        return
+    with ThreadPoolExecutor(min(FSYNC_THREADS, len(paths))) as pool:
+        list(pool.map(fsync_path, paths))
+
+
+def fsync_path(path: Path) -> None:
+    """fsync the file or directory at `path` (a directory's: the entries created, renamed or removed in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "wb") as f:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either nothing or the whole file, and so that
+    the new file survives a power loss once this returns (temp + fsync + rename + fsync of the directory).
+    The file gets the umask's mode, like any file `open` creates (tempfile.mkstemp would force 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
 
 
 @dataclass(frozen=True)
@@ -122,6 +153,18 @@ class Release:
 
     def read_manifest(self) -> pa.Table:
         return read_manifest(self.manifest_path)
+
+
+HASH_COLUMNS: tuple[str, ...] = ("z", "x", "y", "hash_s1", "hash_s2", "hash_naip", "hash_naip_hires")
+
+
+def triplet_files(row: dict) -> list[tuple[str, str]]:
+    """(path relative to the release, sha256) of every file of a manifest row, in TRIPLET_MEMBERS order."""
+    z, x, y = int(row["z"]), int(row["x"]), int(row["y"])
+    out = [(f"{layer}/{z}/{x}/{y}.png", row[f"hash_{layer}"]) for layer in LAYERS]
+    for (dx, dy), digest in zip(HIRES_CHILDREN, row["hash_naip_hires"]):
+        out.append((f"naip/{z + 1}/{2 * x + dx}/{2 * y + dy}.png", digest))
+    return out
 
 
 def write_manifest(table: pa.Table, path: Path, metadata: dict[str, object]) -> None:

@@ -49,6 +49,7 @@ def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) ->
     reader = SafeReader(catalog.root)
     mb = cache_mb if cache_mb is not None else int(os.environ.get(CACHE_ENV, DEFAULT_CACHE_MB))
     store = TileStore(catalog, reader, BlobCache(mb * 2**20))
+    catalog.on_change.append(lambda name: store.cache.drop_prefix(f"/tiles/{name}/"))
 
     # Interactive docs pull their JS from a CDN; the schema itself is at /openapi.json.
     app = ServeApp(title="scale-alibi", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None)

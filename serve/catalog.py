@@ -1,8 +1,9 @@
 """The finished releases under a data directory, each indexed once per process from its manifest.
 
-Releases are immutable once their manifest exists, so an index is built once and never
-reloaded; a release that finishes after start-up is picked up on the next look-up of an
-unknown name (directory listings are rate limited). Every file path the server opens is built
+Releases are immutable once their manifest exists, so an index is built once and re-read only
+when the manifest file changes (mtime, size or inode: a repaired or rebuilt release); a release
+that finishes after start-up is picked up on a later look-up (directory scans are rate limited
+to one per RESCAN_SECONDS). Every file path the server opens is built
 here from a release directory found by listing and from integers found in a manifest: never
 from request text.
 """
@@ -29,7 +30,7 @@ from curate.release import (
     MANIFEST_NAME,
     REQUIRED_COLUMNS,
     STATS_NAME,
-    Release,
+    TRIPLET_MEMBERS,
     is_release_name,
     manifest_metadata,
     read_manifest,
@@ -45,6 +46,12 @@ ATTRIBUTION = {
     "naip": "NAIP imagery: USDA Farm Production and Conservation Business Center, public domain",
 }
 _HIRES_INDEX = {offset: i for i, offset in enumerate(HIRES_CHILDREN)}
+MEMBERS = len(TRIPLET_MEMBERS)  # files per triplet (manifest row)
+
+
+def _fingerprint(st: os.stat_result) -> int:
+    """A non-zero int64 that changes when a file is rewritten, truncated or replaced."""
+    return (hash((st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)) & 0x7FFF_FFFF_FFFF_FFFF) or 1
 
 
 def pack_key(z: int, x: int, y: int) -> int:
@@ -84,6 +91,9 @@ class ReleaseIndex:
     etag_seed: str  # sha256 of the manifest bytes: identifies the release's content
     mtime: int  # the manifest's modification time: the mtime of members in served tars
     _coverage: dict | None = field(default=None, repr=False)
+    # Per file slot (manifest row * 7 + member, TRIPLET_MEMBERS order): a fingerprint of the file
+    # (size, mtime, inode) as it was when its sha256 last matched the manifest; 0: never checked.
+    _intact: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, name: str, path: Path) -> "ReleaseIndex":
@@ -157,20 +167,30 @@ class ReleaseIndex:
             return int(self.order[i])
         return None
 
-    def tile_hash(self, layer: str, z: int, x: int, y: int) -> str | None:
-        """The manifest's sha256 of tile (layer, z, x, y), or None when the manifest lacks it."""
+    def tile_ref(self, layer: str, z: int, x: int, y: int) -> tuple[str, int] | None:
+        """(the manifest's sha256, file slot) of tile (layer, z, x, y), or None when the manifest lacks it."""
         if layer not in LAYERS:
             return None
         row = self.row_of(z, x, y)
         if row is not None:
-            return self.table.column(f"hash_{layer}")[row].as_py()
+            return self.table.column(f"hash_{layer}")[row].as_py(), row * MEMBERS + LAYERS.index(layer)
         if layer == "naip" and z >= 1:
             # NAIP also exists one zoom deeper: the four children of each triplet.
             parent = self.row_of(z - 1, x >> 1, y >> 1)
             if parent is not None:
-                hashes = self.table.column("hash_naip_hires")[parent].as_py()
-                return hashes[_HIRES_INDEX[(x & 1, y & 1)]]
+                i = _HIRES_INDEX[(x & 1, y & 1)]
+                return self.table.column("hash_naip_hires")[parent][i].as_py(), parent * MEMBERS + len(LAYERS) + i
         return None
+
+    def is_intact(self, slot: int, st: os.stat_result) -> bool:
+        """Whether the file in `slot`, as `st` describes it now, already hashed to the manifest's sha256."""
+        return self._intact is not None and int(self._intact[slot]) == _fingerprint(st)
+
+    def mark_intact(self, slot: int, st: os.stat_result) -> None:
+        """Remember that the file in `slot`, as `st` describes it, hashed to the manifest's sha256."""
+        if self._intact is None:
+            self._intact = np.zeros(self.table.num_rows * MEMBERS, dtype=np.int64)
+        self._intact[slot] = _fingerprint(st)
 
     def tile_path(self, layer: str, z: int, x: int, y: int) -> str:
         """Where tile (layer, z, x, y) lives (built from integers only)."""
@@ -228,6 +248,15 @@ class ReleaseIndex:
         }
 
 
+def _manifest_signature(release_dir: str) -> tuple[int, int, int] | None:
+    """(mtime_ns, size, inode) of a release's manifest, or None when it has none (unfinished)."""
+    try:
+        st = os.stat(os.path.join(release_dir, MANIFEST_NAME))
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 class Catalog:
     """The finished releases under one data directory, looked up by name."""
 
@@ -238,37 +267,63 @@ class Catalog:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"data directory {data_dir} does not exist")
         self._releases: dict[str, ReleaseIndex] = {}
-        self._bad: set[str] = set()
+        self._signatures: dict[str, tuple] = {}  # name -> manifest signature when last read (good or bad)
+        self._refused_names: set[str] = set()  # directories whose names are not release names
         self._lock = threading.Lock()
         self._scanned = 0.0
+        self.on_change: list = []  # callables(name) told when a served release is re-read or withdrawn
         self.rescan(force=True)
 
     def rescan(self, force: bool = False) -> None:
-        """Index releases that finished since the last scan (rate limited unless forced)."""
+        """Index releases that finished, and re-read manifests that changed (e.g. one that was corrupt
+        and got repaired), since the last scan; rate limited unless forced."""
         now = time.monotonic()
         if not force and now - self._scanned < self.RESCAN_SECONDS:
             return
         with self._lock:
             self._scanned = now
+            seen = set()
             for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
                 name = entry.name
-                if name in self._releases or name in self._bad or name.startswith("."):
+                if name.startswith("."):
                     continue
                 real = os.path.realpath(entry.path)
                 # A release directory (or a symlink to one) must resolve inside the data directory.
                 if not is_inside(real, self.root) or not os.path.isdir(real):
                     continue
-                if not Release(Path(self.root), name).is_finished:
+                signature = _manifest_signature(real)
+                if signature is None:
                     continue  # unfinished: no manifest yet; look again on a later scan
                 if not is_release_name(name):
-                    log.error("release %r not served: its name is not a release name (letters, digits, -_.)", name)
-                    self._bad.add(name)
+                    if name not in self._refused_names:  # said once, not on every scan
+                        log.error("release %r not served: its name is not a release name (letters, digits, -_.)", name)
+                        self._refused_names.add(name)
                     continue
+                seen.add(name)
+                if self._signatures.get(name) == signature:
+                    continue  # unchanged since it was read (served, or refused as broken)
+                self._signatures[name] = signature
                 try:
-                    self._releases[name] = ReleaseIndex.load(name, Path(real))
+                    index = ReleaseIndex.load(name, Path(real))
                 except Exception as exc:  # a broken manifest must not take the server down
                     log.error("release %s not served: %s", name, exc)
-                    self._bad.add(name)
+                    self._withdraw(name)
+                    continue
+                replaced = name in self._releases
+                self._releases[name] = index
+                if replaced:
+                    self._notify(name)
+            for name in [n for n in self._signatures if n not in seen]:
+                del self._signatures[name]
+                self._withdraw(name)
+
+    def _withdraw(self, name: str) -> None:
+        if self._releases.pop(name, None) is not None:
+            self._notify(name)
+
+    def _notify(self, name: str) -> None:
+        for callback in self.on_change:
+            callback(name)
 
     def names(self) -> list[str]:
         """Names of the finished releases, sorted."""
@@ -276,10 +331,6 @@ class Catalog:
         return sorted(self._releases)
 
     def get(self, name: str) -> ReleaseIndex | None:
-        """A finished release by name, or None."""
-        found = self._releases.get(name)
-        if found is None:
-            self.rescan()
-            found = self._releases.get(name)
-        return found
-
+        """A finished release by name (as its manifest is now, within RESCAN_SECONDS), or None."""
+        self.rescan()
+        return self._releases.get(name)

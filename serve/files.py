@@ -158,8 +158,8 @@ class SafeReader:
             self._dir_ok[directory] = ok
         return ok
 
-    def open_fd(self, path: str) -> tuple[int, int] | None:
-        """(fd, size) of regular file `path` opened for reading, or None when missing or outside the root."""
+    def open_fd(self, path: str) -> tuple[int, os.stat_result] | None:
+        """(fd, stat) of regular file `path` opened for reading, or None when missing or outside the root."""
         if not self._dir_inside(os.path.dirname(path)):
             return None
         try:
@@ -178,15 +178,15 @@ class SafeReader:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             return None
-        return fd, st.st_size
+        return fd, st
 
-    def read(self, path: str) -> bytes | None:
-        """The bytes of regular file `path`, or None when it is missing or resolves outside the root."""
+    def read(self, path: str) -> tuple[bytes, os.stat_result] | None:
+        """(bytes, stat) of regular file `path`, or None when it is missing or resolves outside the root."""
         opened = self.open_fd(path)
         if opened is None:
             return None
         with os.fdopen(opened[0], "rb") as f:
-            return f.read()
+            return f.read(), opened[1]
 
 
 class BlobCache:
@@ -219,6 +219,12 @@ class BlobCache:
             while self.size > self.max_bytes and self._items:
                 _, evicted = self._items.popitem(last=False)
                 self.size -= len(evicted.body)
+
+    def drop_prefix(self, prefix: str) -> None:
+        """Forget every blob whose key starts with `prefix` (a release whose manifest changed)."""
+        with self._lock:
+            for key in [k for k in self._items if k.startswith(prefix)]:
+                self.size -= len(self._items.pop(key).body)
 
     def __len__(self) -> int:
         return len(self._items)

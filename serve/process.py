@@ -31,7 +31,7 @@ class ServerProcess:
 
     def __init__(self, data_dir: str | os.PathLike[str], workers: int = 1, port: int | None = None,
                  cache_mb: int | None = None, startup_timeout: float = 30.0, env: dict[str, str] | None = None,
-                 command_prefix: list[str] | None = None):
+                 command_prefix: list[str] | None = None, args: list[str] | None = None):
         self.data_dir = Path(data_dir)
         self.workers = workers
         self.port = port or free_port()
@@ -39,6 +39,7 @@ class ServerProcess:
         self.startup_timeout = startup_timeout
         self.env = env
         self.command_prefix = list(command_prefix or [])  # e.g. ["taskset", "-c", "1"] for benchmarks
+        self.args = list(args or [])  # more `curate serve` options, e.g. ["--header-timeout", "1"]
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -55,6 +56,7 @@ class ServerProcess:
                "--port", str(self.port), "--workers", str(self.workers)]
         if self.cache_mb is not None:
             cmd += ["--cache-mb", str(self.cache_mb)]
+        cmd += self.args
         env = {**os.environ, **(self.env or {})}
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)

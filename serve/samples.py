@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 
+from curate.release import triplet_files
 from serve import tarstream
-from serve.catalog import ReleaseIndex
+from serve.catalog import MEMBERS, ReleaseIndex
 from serve.files import SafeReader
+from serve.integrity import ensure_intact
 
 
 class MissingFile(Exception):
@@ -28,21 +30,26 @@ def pack_samples(
     end: bool = False,
 ) -> bytearray:
     """Tar bytes of triplets given as (manifest row, metadata with z/x/y, member prefix): PNGs, then metadata."""
-    plan: list[tuple[str, int | bytes, int]] = []  # (member name, fd or bytes, size)
+    # (member name, fd or bytes, size, (sha256, file slot, stat, description) of a file or None)
+    plan: list[tuple[str, int | bytes, int, tuple | None]] = []
     try:
         for row, metadata, prefix in samples:
-            for name, path in index.files_at(int(metadata["z"]), int(metadata["x"]), int(metadata["y"])):
+            z, x, y = int(metadata["z"]), int(metadata["x"]), int(metadata["y"])
+            digests = [digest for _, digest in triplet_files(metadata)]
+            for i, ((name, path), digest) in enumerate(zip(index.files_at(z, x, y), digests)):
                 opened = reader.open_fd(path)
                 if opened is None:
                     raise MissingFile(f"{index.name}: {name} of row {row} is not readable")
-                plan.append((f"{prefix}{name}.png", *opened))
+                fd, st = opened
+                check = (digest, row * MEMBERS + i, st, f"{name} of {z}/{x}/{y}")
+                plan.append((f"{prefix}{name}.png", fd, st.st_size, check))
             meta = row_json(metadata)
-            plan.append((f"{prefix}{metadata_name}", meta, len(meta)))
-        total = sum(tarstream.BLOCK + tarstream.padded(size) for _, _, size in plan)
+            plan.append((f"{prefix}{metadata_name}", meta, len(meta), None))
+        total = sum(tarstream.BLOCK + tarstream.padded(size) for _, _, size, _ in plan)
         buf = bytearray(total + (len(tarstream.END) if end else 0))  # zeroed: padding and end blocks for free
         view = memoryview(buf)
         off = 0
-        for name, source, size in plan:
+        for name, source, size, check in plan:
             head = tarstream.header(name, size, index.mtime)
             view[off : off + len(head)] = head
             off += len(head)
@@ -55,10 +62,12 @@ def pack_samples(
                     if n <= 0:
                         raise MissingFile(f"{index.name}: {name} is shorter than it was")
                     got += n
+                digest, slot, st, what = check
+                ensure_intact(index, slot, digest, view[off : off + size], st, what)
             off += tarstream.padded(size)
         return buf
     finally:
-        for _, source, _ in plan:
+        for _, source, _, _ in plan:
             if not isinstance(source, bytes):
                 os.close(source)
 

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from serve import tarstream
 from serve.catalog import ReleaseIndex
 from serve.files import CACHE_IMMUTABLE, CORS, JSON, TAR, etag_matches
+from serve.integrity import DamagedFile
 from serve.samples import MissingFile, pack_samples
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,14 @@ class ShardStream(Response):
                 return
         loop = asyncio.get_running_loop()
         rows = self.rows.tolist()
-        # The first batch is read before the status line, so a broken shard still gets a JSON 404.
+        # The first batch is read before the status line, so a broken shard still gets a JSON 404 (500: damaged).
         try:
             metas, first = await loop.run_in_executor(None, first_batch, self.index, self.reader, self.rows, BATCH)
-        except MissingFile as exc:
-            body = json.dumps({"detail": f"shard has files missing on disk: {exc}"}).encode()
+        except (MissingFile, DamagedFile) as exc:
+            missing = isinstance(exc, MissingFile)
+            body = json.dumps({"detail": f"shard has files missing on disk: {exc}" if missing else str(exc)}).encode()
             headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), CORS]
-            await send({"type": "http.response.start", "status": 404, "headers": headers})
+            await send({"type": "http.response.start", "status": 404 if missing else 500, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
         batches = [(rows[i : i + BATCH], metas[i : i + BATCH]) for i in range(0, len(rows), BATCH)]

@@ -7,6 +7,7 @@ import re
 
 from serve.catalog import LAYERS, Catalog, ReleaseIndex
 from serve.files import Blob, BlobCache, SafeReader
+from serve.integrity import ensure_intact
 
 # The canonical tile URL (no leading zeros): the fast path serves exactly these and lets every
 # other spelling fall through to the validating FastAPI route.
@@ -29,24 +30,35 @@ class TileStore:
         self.cache = cache
 
     async def load(self, index: ReleaseIndex, layer: str, z: int, x: int, y: int) -> Blob | None:
-        """The tile's blob, or None when the manifest lacks it or its file is unreadable/unsafe."""
+        """The tile's blob, or None when the manifest lacks it or its file is unreadable/unsafe;
+        DamagedFile when its bytes differ from the manifest's sha256."""
         key = tile_key(index.name, layer, z, x, y)
         blob = self.cache.get(key)
         if blob is not None:
             return blob
         if layer not in LAYERS:
             return None
-        digest = index.tile_hash(layer, z, x, y)
-        if digest is None:
+        ref = index.tile_ref(layer, z, x, y)
+        if ref is None:
             return None
         body = await asyncio.get_running_loop().run_in_executor(
-            None, self.reader.read, index.tile_path(layer, z, x, y)
+            None, self._read_intact, index, ref, layer, z, x, y
         )
         if body is None:
             return None
-        blob = Blob.make(body, digest)
+        blob = Blob.make(body, ref[0])
         self.cache.put(key, blob)
         return blob
+
+    def _read_intact(self, index: ReleaseIndex, ref: tuple[str, int], layer: str, z: int, x: int,
+                     y: int) -> bytes | None:
+        """The tile's bytes (None: missing or unsafe); DamagedFile when they differ from the manifest."""
+        got = self.reader.read(index.tile_path(layer, z, x, y))
+        if got is None:
+            return None
+        body, st = got
+        ensure_intact(index, ref[1], ref[0], body, st, f"{layer} tile {z}/{x}/{y}")
+        return body
 
     async def by_path(self, path: str) -> Blob | None:
         """The blob for a canonical tile URL path, or None (the caller falls back to the full route)."""

@@ -593,3 +593,28 @@ def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path,
     build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
                   scheduler="synchronous", **QUIET)
     assert _tree(rel.path) == _tree(ref.path)
+
+
+def test_a_resume_recuts_done_metatiles_whose_committed_files_were_damaged(world, small, tmp_path, monkeypatch):
+    from curate import reader
+    from curate.errors import UserError
+    from curate.release import triplet_files
+
+    region, ref, _ = small
+    monkeypatch.setattr(reader, "BACKOFF_S", 0.01)
+    victim = ref.read_manifest().to_pylist()[0]["naip_items"][0]
+    world.files.inject(status=503, count=10_000, path_contains=victim)
+    try:
+        with pytest.raises(UserError, match="failed after retries"):
+            build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
+                          scheduler="synchronous", **QUIET)
+    finally:
+        world.files.clear_faults()
+    rel = Release(tmp_path, "small")
+    committed = [f for row in ref.read_manifest().to_pylist() for f, _ in triplet_files(row) if (rel.path / f).exists()]
+    assert len(committed) >= 2
+    (rel.path / committed[0]).write_bytes((rel.path / committed[0]).read_bytes()[:50])  # truncated
+    (rel.path / committed[-1]).unlink()  # lost (e.g. a rename that never reached the disk)
+    build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
+                  scheduler="synchronous", **QUIET)
+    assert _tree(rel.path) == _tree(ref.path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from serve.catalog import LAYERS, MAX_ZOOM, Catalog, ReleaseIndex
 from serve.errors import ApiError
 
+JSON_METHODS = ["GET", "HEAD"]  # every JSON document answers HEAD too (headers only)
+
 
 def release_or_404(catalog: Catalog, name: str) -> ReleaseIndex:
     """The finished release `name`, or a 404 saying which releases exist."""

@@ -6,13 +6,14 @@ from fastapi import APIRouter, Request
 
 from serve.catalog import Catalog
 from serve.responses import RawResponse, json_response
+from serve.routers.common import JSON_METHODS
 
 
 def health_router(catalog: Catalog) -> APIRouter:
     """Route /health: 200 with the number of finished releases this process serves."""
     router = APIRouter(tags=["health"])
 
-    @router.get("/health", summary="Liveness")
+    @router.api_route("/health", methods=JSON_METHODS, summary="Liveness")
     async def health(request: Request) -> RawResponse:
         return json_response(request, {"status": "ok", "releases": len(catalog.names())}, b"no-store")
 

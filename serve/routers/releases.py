@@ -12,7 +12,12 @@ from fastapi import APIRouter, Query, Request
 from serve.catalog import LAYERS, Catalog, ReleaseIndex, pack_key
 from serve.errors import ApiError
 from serve.responses import RawResponse, json_response
-from serve.routers.common import check_tile, release_or_404, triplet_row_or_404
+from serve.routers.common import (
+    JSON_METHODS,
+    check_tile,
+    release_or_404,
+    triplet_row_or_404,
+)
 
 MAX_PAGE = 1000
 
@@ -49,7 +54,7 @@ def releases_router(catalog: Catalog) -> APIRouter:
     """Routes under /releases (shards have their own router)."""
     router = APIRouter(tags=["releases"])
 
-    @router.get("/releases", summary="Finished releases with counts, zooms and bounds")
+    @router.api_route("/releases", methods=JSON_METHODS, summary="Finished releases with counts, zooms and bounds")
     async def releases(request: Request) -> RawResponse:
         docs = []
         for name in catalog.names():
@@ -58,12 +63,13 @@ def releases_router(catalog: Catalog) -> APIRouter:
                 docs.append({**index.summary(), "links": links(name)})
         return json_response(request, {"releases": docs})
 
-    @router.get("/releases/{release}", summary="One release")
+    @router.api_route("/releases/{release}", methods=JSON_METHODS, summary="One release")
     async def release(request: Request, release: str) -> RawResponse:
         index = release_or_404(catalog, release)
         return json_response(request, {**index.summary(), "links": links(release)})
 
-    @router.get("/releases/{release}/triplets", summary="Page through a release's triplets (manifest rows)")
+    @router.api_route("/releases/{release}/triplets", methods=JSON_METHODS,
+                      summary="Page through a release's triplets (manifest rows)")
     async def triplets(
         request: Request,
         release: str,
@@ -104,12 +110,14 @@ def releases_router(catalog: Catalog) -> APIRouter:
         }
         return json_response(request, doc)
 
-    @router.get("/releases/{release}/triplets/{z}/{x}/{y}", summary="One triplet's manifest row")
+    @router.api_route("/releases/{release}/triplets/{z}/{x}/{y}", methods=JSON_METHODS,
+                      summary="One triplet's manifest row")
     async def triplet_meta(request: Request, release: str, z: int, x: int, y: int) -> RawResponse:
         index, row = triplet_row_or_404(catalog, release, z, x, y)
         return json_response(request, item(index, index.rows([row])[0]))
 
-    @router.get("/releases/{release}/stats.json", summary="Per-channel normalisation stats (`curate stats`)")
+    @router.api_route("/releases/{release}/stats.json", methods=JSON_METHODS,
+                      summary="Per-channel normalisation stats (`curate stats`)")
     async def stats(request: Request, release: str) -> RawResponse:
         index = release_or_404(catalog, release)
         try:
@@ -122,7 +130,8 @@ def releases_router(catalog: Catalog) -> APIRouter:
                                 f"--release {release}` (served at once, no restart needed)")
         return json_response(request, doc)
 
-    @router.get("/releases/{release}/coverage.geojson", summary="Triplet footprints as GeoJSON")
+    @router.api_route("/releases/{release}/coverage.geojson", methods=JSON_METHODS,
+                      summary="Triplet footprints as GeoJSON")
     async def coverage(request: Request, release: str) -> RawResponse:
         index = release_or_404(catalog, release)
         # Large releases make a large document: build and serialise it off the event loop.

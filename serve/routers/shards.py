@@ -12,7 +12,7 @@ from serve.catalog import Catalog
 from serve.errors import ApiError
 from serve.files import SafeReader
 from serve.responses import RawResponse, json_response
-from serve.routers.common import release_or_404
+from serve.routers.common import JSON_METHODS, release_or_404
 from serve.shards import ShardStream, shard_etag
 
 MAX_SHARD_SIZE = 100_000
@@ -27,7 +27,7 @@ def shards_router(catalog: Catalog, reader: SafeReader) -> APIRouter:
     """Routes /releases/{release}/shards and /shards/{release}/{index}.tar."""
     router = APIRouter(tags=["shards"])
 
-    @router.get("/releases/{release}/shards", summary="How many shards cover a split")
+    @router.api_route("/releases/{release}/shards", methods=JSON_METHODS, summary="How many shards cover a split")
     async def shard_info(request: Request, release: str, shard_size: int = _SIZE, split: Split = _SPLIT) -> RawResponse:
         index = release_or_404(catalog, release)
         n = len(index.split_rows[split])

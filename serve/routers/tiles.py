@@ -6,8 +6,9 @@ from fastapi import APIRouter, Path, Request
 
 from serve.catalog import ATTRIBUTION
 from serve.errors import ApiError
+from serve.integrity import DamagedFile
 from serve.responses import RawResponse, blob_response, json_response
-from serve.routers.common import check_layer, check_tile, release_or_404
+from serve.routers.common import JSON_METHODS, check_layer, check_tile, release_or_404
 from serve.tiles import TileStore
 
 _TILE_DOC = "A 256 px PNG tile, bytes exactly as built; ETag is the manifest's sha256 of them."
@@ -17,7 +18,8 @@ def tiles_router(store: TileStore) -> APIRouter:
     """Routes under /tiles (the fast path answers most tile requests before they get here)."""
     router = APIRouter(tags=["tiles"])
 
-    @router.get("/tiles/{release}/{layer}/tilejson.json", summary="TileJSON 3.0 of one layer")
+    @router.api_route("/tiles/{release}/{layer}/tilejson.json", methods=JSON_METHODS,
+                      summary="TileJSON 3.0 of one layer")
     async def tilejson(request: Request, release: str, layer: str) -> RawResponse:
         index = release_or_404(store.catalog, release)
         check_layer(layer)
@@ -46,7 +48,7 @@ def tiles_router(store: TileStore) -> APIRouter:
         summary="One XYZ tile",
         description=_TILE_DOC,
         response_class=RawResponse,
-        responses={200: {"content": {"image/png": {}}}, 304: {}, 206: {}, 404: {}, 416: {}, 422: {}},
+        responses={200: {"content": {"image/png": {}}}, 304: {}, 206: {}, 404: {}, 416: {}, 422: {}, 500: {}},
     )
     async def tile(
         request: Request,
@@ -59,7 +61,10 @@ def tiles_router(store: TileStore) -> APIRouter:
         index = release_or_404(store.catalog, release)
         check_layer(layer)
         check_tile(z, x, y)
-        blob = await store.load(index, layer, z, x, y)
+        try:
+            blob = await store.load(index, layer, z, x, y)
+        except DamagedFile as exc:
+            raise ApiError(500, str(exc)) from None
         if blob is None:
             raise ApiError(404, f"no {layer} tile {z}/{x}/{y} in release {release!r}")
         return blob_response(request, blob)

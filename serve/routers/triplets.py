@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from serve.catalog import Catalog
 from serve.errors import ApiError
 from serve.files import CACHE_IMMUTABLE, CORS, TAR, Blob, etag_matches
+from serve.integrity import DamagedFile
 from serve.responses import RawResponse, blob_response
 from serve.routers.common import triplet_row_or_404
 from serve.samples import MissingFile, triplet_tar
@@ -45,6 +46,8 @@ def triplets_router(catalog: Catalog, reader) -> APIRouter:
             body = await asyncio.get_running_loop().run_in_executor(None, triplet_tar, index, reader, row)
         except MissingFile:
             raise ApiError(404, f"triplet {z}/{x}/{y} of {release!r} has files missing on disk") from None
+        except DamagedFile as exc:
+            raise ApiError(500, str(exc)) from None
         blob = Blob.make(body, digest, TAR)
         disposition = (b"content-disposition", f'attachment; filename="{release}_{z}_{x}_{y}.tar"'.encode())
         blob = Blob(blob.body, blob.etag, blob.content_type, blob.headers + [disposition])
