@@ -4,6 +4,8 @@ Layout (the paper's, standard XYZ so any web map can show a layer directly)::
 
     OUT/<release>/<layer>/<z>/<x>/<y>.png      layer in s1, s2, naip; naip also at z+1
     OUT/<release>/manifest.parquet             one row per complete triplet; written last
+    OUT/<release>/<layer>.pmtiles              optional: the layer as one PMTiles archive
+                                               (`curate pack`); serves a release without the tree
 
 A release without ``manifest.parquet`` is unfinished: it is never served or trained on.
 """
@@ -31,6 +33,9 @@ STATS_NAME = "stats.json"  # `curate stats`: per-channel mean/std beside the man
 HIRES_CHILDREN: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (0, 1), (1, 1))
 HIRES_NAMES: tuple[str, ...] = ("naip_hires_0", "naip_hires_1", "naip_hires_2", "naip_hires_3")
 TRIPLET_MEMBERS: tuple[str, ...] = ("s1", "s2", "naip", *HIRES_NAMES)
+
+# Version of the manifest contract (REQUIRED_COLUMNS and their meaning), recorded in PMTiles archives.
+MANIFEST_SCHEMA_VERSION = 1
 
 # Columns every manifest has; `curate build` may add more (documented in docs/manifest.md).
 REQUIRED_COLUMNS: dict[str, pa.DataType] = {

@@ -1,17 +1,17 @@
 """Triplets as tar members: the seven PNGs (bytes as stored) and the manifest row as JSON.
 
-Members are packed straight into one preallocated buffer: each file is read once, from the page
-cache into its place in the tar (no intermediate bytes objects, no join).
+Members are packed straight into one preallocated buffer: each tile is read once (from its file
+or its archive, see serve.tilesource), from the page cache into its place in the tar (no
+intermediate bytes objects, no join).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 from serve import tarstream
 from serve.catalog import ReleaseIndex
-from serve.files import SafeReader
+from serve.tilesource import TileSources, TileSpan, triplet_tiles
 
 
 class MissingFile(Exception):
@@ -24,18 +24,19 @@ def row_json(row: dict) -> bytes:
 
 
 def pack_samples(
-    index: ReleaseIndex, reader: SafeReader, samples: list[tuple[int, dict, str]], metadata_name: str,
+    index: ReleaseIndex, sources: TileSources, samples: list[tuple[int, dict, str]], metadata_name: str,
     end: bool = False,
 ) -> bytearray:
     """Tar bytes of triplets given as (manifest row, metadata with z/x/y, member prefix): PNGs, then metadata."""
-    plan: list[tuple[str, int | bytes, int]] = []  # (member name, fd or bytes, size)
+    source = sources.of(index)
+    plan: list[tuple[str, TileSpan | bytes, int]] = []  # (member name, tile span or bytes, size)
     try:
         for row, metadata, prefix in samples:
-            for name, path in index.files_at(int(metadata["z"]), int(metadata["x"]), int(metadata["y"])):
-                opened = reader.open_fd(path)
-                if opened is None:
+            for name, tile in triplet_tiles(int(metadata["z"]), int(metadata["x"]), int(metadata["y"])):
+                span = source.locate(*tile)
+                if span is None:
                     raise MissingFile(f"{index.name}: {name} of row {row} is not readable")
-                plan.append((f"{prefix}{name}.png", *opened))
+                plan.append((f"{prefix}{name}.png", span, span.size))
             meta = row_json(metadata)
             plan.append((f"{prefix}{metadata_name}", meta, len(meta)))
         total = sum(tarstream.BLOCK + tarstream.padded(size) for _, _, size in plan)
@@ -48,22 +49,17 @@ def pack_samples(
             off += len(head)
             if isinstance(source, bytes):
                 view[off : off + size] = source
-            else:
-                got = 0
-                while got < size:
-                    n = os.preadv(source, [view[off + got : off + size]], got)
-                    if n <= 0:
-                        raise MissingFile(f"{index.name}: {name} is shorter than it was")
-                    got += n
+            elif not source.read_into(view[off : off + size]):
+                raise MissingFile(f"{index.name}: {name} is shorter than it was")
             off += tarstream.padded(size)
         return buf
     finally:
         for _, source, _ in plan:
             if not isinstance(source, bytes):
-                os.close(source)
+                source.close()
 
 
-def triplet_tar(index: ReleaseIndex, reader: SafeReader, row: int) -> bytes:
+def triplet_tar(index: ReleaseIndex, sources: TileSources, row: int) -> bytes:
     """The tar of one triplet: s1.png, s2.png, naip.png, naip_hires_0..3.png and metadata.json."""
     meta = {"release": index.name, **index.rows([row])[0]}
-    return bytes(pack_samples(index, reader, [(row, meta, "")], "metadata.json", end=True))
+    return bytes(pack_samples(index, sources, [(row, meta, "")], "metadata.json", end=True))
