@@ -24,10 +24,12 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 from pmtiles.tile import Compression, TileType, deserialize_header, serialize_header, tileid_to_zxy, zxy_to_tileid
+
+from curate.release import LAYERS, Release
 
 HEADER_SIZE = 127
 ROOT_LIMIT = 16384  # the header and the root directory must lie in the first 16 KiB
@@ -38,6 +40,61 @@ _LEAF_CACHE = 64  # parsed leaf directories kept per open archive (each ~4096+ e
 def archive_name(layer: str) -> str:
     """The file name of a layer's archive beside the manifest: `OUT/<release>/<layer>.pmtiles`."""
     return f"{layer}.pmtiles"
+
+
+def has_tree(release_dir: str | os.PathLike[str]) -> bool:
+    """Whether a release directory holds any layer of the XYZ tile tree (which then takes precedence)."""
+    return any(os.path.isdir(os.path.join(release_dir, layer)) for layer in LAYERS)
+
+
+def release_archives(release_dir: str | os.PathLike[str],
+                     open_fd: Callable[[str], int | None] | None = None) -> dict[str, "Archive"] | None:
+    """The three layer archives of a release that has no tile tree, open; None when it has a tree or
+    lacks an archive. `open_fd(path)` opens a file for reading (None: missing or refused).
+    ArchiveError when a file is not a readable archive."""
+    if has_tree(release_dir):
+        return None
+    open_fd = open_fd or _open_existing
+    archives: dict[str, Archive] = {}
+    try:
+        for layer in LAYERS:
+            path = os.path.join(release_dir, archive_name(layer))
+            fd = open_fd(path)
+            if fd is None:
+                break
+            archives[layer] = Archive(fd, path)
+        else:
+            return archives
+    except BaseException:
+        for archive in archives.values():
+            archive.close()
+        raise
+    for archive in archives.values():
+        archive.close()
+    return None
+
+
+def tile_reader(release: Release) -> Callable[[str, int, int, int], bytes]:
+    """`read(layer, z, x, y)`: a tile's bytes from the release's tree or, without one, its archives
+    (for tools that read a release directly, e.g. `curate stats`). FileNotFoundError if missing."""
+    archives = release_archives(release.path)
+    if archives is None:
+        return lambda layer, z, x, y: release.tile_path(layer, z, x, y).read_bytes()
+
+    def read(layer: str, z: int, x: int, y: int) -> bytes:
+        data = archives[layer].read(z, x, y)
+        if data is None:
+            raise FileNotFoundError(f"{release.name}: no {layer} tile {z}/{x}/{y} in {archive_name(layer)}")
+        return data
+
+    return read
+
+
+def _open_existing(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
 
 
 class ArchiveError(ValueError):
@@ -363,6 +420,14 @@ class Archive:
         if not (0 <= z <= 31 and 0 <= x < 2**z and 0 <= y < 2**z):
             return None
         return self.locate_id(zxy_to_tileid(z, x, y))
+
+    def read(self, z: int, x: int, y: int) -> bytes | None:
+        """The bytes of tile (z, x, y), or None when the archive lacks it (or the file is cut short)."""
+        found = self.locate(z, x, y)
+        if found is None:
+            return None
+        data = self.pread(*found)
+        return data if len(data) == found[1] else None
 
     def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tile ids, absolute offsets, lengths) of every addressed tile, sorted by tile id (runs expanded)."""

@@ -24,6 +24,7 @@ import pyarrow as pa
 from curate.archive import archive_name, e7, tile_ids, write_archive
 from curate.errors import UserError
 from curate.release import (
+    ATTRIBUTION,
     HIRES_CHILDREN,
     LAYERS,
     MANIFEST_NAME,
@@ -33,8 +34,6 @@ from curate.release import (
     content_hash,
     write_bytes_atomic,
 )
-from serve.catalog import ATTRIBUTION
-
 
 
 def layer_tiles(layer: str, z: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

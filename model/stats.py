@@ -23,15 +23,17 @@ import click
 import numpy as np
 
 from curate.errors import UserError
-from curate.release import MANIFEST_NAME, STATS_NAME, Release, content_hash, write_bytes_atomic
+from curate.archive import tile_reader
+from curate.release import MANIFEST_NAME, STATS_NAME, Release, content_hash, triplet_tiles, write_bytes_atomic
 from model.triplet_decode import MODALITIES, decode_triplet
 
 
 def _sums(release: Release, tiles: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
     """Per modality: [pixel count, per-channel sum, per-channel sum of squares] over `tiles`."""
     acc: dict[str, np.ndarray] = {}
+    read = tile_reader(release)  # the tile tree, or the release's PMTiles archives when it has none
     for z, x, y in tiles:
-        members = {name: p.read_bytes() for name, p in release.triplet_paths(z, x, y).items()}
+        members = {name: read(*tile) for name, tile in triplet_tiles(z, x, y)}
         for m, t in decode_triplet(members).items():
             a = t.numpy().reshape(t.shape[0], -1).astype(np.float64)
             row = np.concatenate([[a.shape[1]], a.sum(1), np.square(a).sum(1)])

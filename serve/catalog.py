@@ -38,11 +38,6 @@ log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")
 MAX_ZOOM = 29  # (z, x, y) pack into one int64: 5 + 29 + 29 bits
-ATTRIBUTION = {
-    "s1": "Contains modified Copernicus Sentinel data (Sentinel-1)",
-    "s2": "Contains modified Copernicus Sentinel data (Sentinel-2)",
-    "naip": "NAIP imagery: USDA Farm Production and Conservation Business Center, public domain",
-}
 _HIRES_INDEX = {offset: i for i, offset in enumerate(HIRES_CHILDREN)}
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 
+from curate.release import triplet_tiles
 from serve import tarstream
 from serve.catalog import ReleaseIndex
-from serve.tilesource import TileSources, TileSpan, triplet_tiles
+from serve.tilesource import TileSources, TileSpan
 
 
 class MissingFile(Exception):

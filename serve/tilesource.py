@@ -15,8 +15,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from curate.archive import Archive, ArchiveError, archive_name
-from curate.release import HIRES_CHILDREN, HIRES_NAMES, LAYERS
+from curate.archive import Archive, ArchiveError, release_archives
 from serve.catalog import ReleaseIndex
 from serve.files import SafeReader
 
@@ -71,13 +70,6 @@ class TileSource(ABC):
         return data if len(data) == span.size else None
 
 
-def triplet_tiles(z: int, x: int, y: int) -> list[tuple[str, tuple[str, int, int, int]]]:
-    """(member name, tile address) of every tile of triplet (z, x, y), in TRIPLET_MEMBERS order."""
-    out = [(layer, (layer, z, x, y)) for layer in LAYERS]
-    out += [(name, ("naip", z + 1, 2 * x + dx, 2 * y + dy)) for name, (dx, dy) in zip(HIRES_NAMES, HIRES_CHILDREN)]
-    return out
-
-
 class DirectorySource(TileSource):
     """Tiles as files of the release's XYZ tree, opened through the data directory's SafeReader."""
 
@@ -108,30 +100,20 @@ class PMTilesSource(TileSource):
         return TileSpan(archive.fd, found[0], found[1], archive.stat, owned=False, keep=archive)
 
 
-def has_tree(path: str | os.PathLike[str]) -> bool:
-    """Whether a release directory holds any layer of the XYZ tile tree."""
-    return any(os.path.isdir(os.path.join(path, layer)) for layer in LAYERS)
-
-
 def open_source(index: ReleaseIndex, reader: SafeReader) -> TileSource:
-    """The tree when the release has one, else its archives when all three are there, else the (empty) tree."""
-    if has_tree(index.path):
-        return DirectorySource(index, reader)
-    archives: dict[str, Archive] = {}
+    """The release's archives when it has no tile tree and all three archives, else its tree."""
+
+    def open_fd(path: str) -> int | None:
+        # Through the SafeReader: an archive that links out of the data directory is not opened.
+        opened = reader.open_fd(path)
+        return None if opened is None else opened[0]
+
     try:
-        for layer in LAYERS:
-            # Opened through the SafeReader: an archive that links out of the data directory is not served.
-            opened = reader.open_fd(os.path.join(index.path, archive_name(layer)))
-            if opened is None:
-                break
-            archives[layer] = Archive(opened[0], f"{index.name}/{archive_name(layer)}")
-        else:
-            return PMTilesSource(archives)
+        archives = release_archives(index.path, open_fd)
     except ArchiveError as exc:
         log.error("release %s: %s; its tiles are not served", index.name, exc)
-    for archive in archives.values():
-        archive.close()
-    return DirectorySource(index, reader)
+        archives = None
+    return PMTilesSource(archives) if archives else DirectorySource(index, reader)
 
 
 class TileSources:

@@ -161,6 +161,15 @@ def test_packed_release_serves_identical_triplets_shards_and_documents(packed, s
         assert a.text.replace(str(servers[0].base_url), "URL") == b.text.replace(str(servers[1].base_url), "URL")
 
 
+def test_stats_of_a_packed_release_equal_those_of_its_tree(packed):
+    tree, pk = packed
+    for data in (tree, pk):
+        result = curate("stats", "--data", data, "--release", NAME, "--split", "all")
+        assert result.exit_code == 0, result.stderr
+    assert (pk / NAME / "stats.json").read_bytes() == (tree / NAME / "stats.json").read_bytes()
+    assert not any((pk / NAME / layer).exists() for layer in LAYERS)
+
+
 def test_pack_beside_the_manifest_keeps_the_tree_and_is_atomic(tmp_path):
     release = make_release(tmp_path, NAME, nx=2, ny=2)
     result = curate("pack", "--data", tmp_path, "--release", NAME)
