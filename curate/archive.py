@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import threading
+from array import array
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,14 +28,22 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
-from pmtiles.tile import Compression, TileType, deserialize_header, serialize_header, tileid_to_zxy, zxy_to_tileid
+from pmtiles.tile import (
+    Compression,
+    TileType,
+    deserialize_header,
+    serialize_header,
+    tileid_to_zxy,
+    zxy_to_tileid,
+)
 
 from curate.release import LAYERS, Release
 
 HEADER_SIZE = 127
 ROOT_LIMIT = 16384  # the header and the root directory must lie in the first 16 KiB
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_LEAF_CACHE = 64  # parsed leaf directories kept per open archive (each ~4096+ entries)
+_LEAF_CACHE = 256  # parsed leaf directories kept per open archive (4096+ entries, ~128 KiB each)
+_ROOT_TRY = 65536  # larger directories go straight to leaves
 
 
 def archive_name(layer: str) -> str:
@@ -146,11 +155,15 @@ def decode_varints(buf: bytes) -> np.ndarray:
     if len(ends) == 0 or ends[-1] != len(b) - 1:
         raise ArchiveError("a directory ends in the middle of a number")
     starts = np.concatenate([[0], ends[:-1] + 1])
-    group = np.repeat(np.arange(len(ends)), ends - starts + 1)
-    shift = (np.arange(len(b)) - starts[group]).astype(np.uint64) * np.uint64(7)
-    if len(shift) and int(shift.max()) > 63:
+    sizes = ends - starts + 1
+    if int(sizes.max()) > 10:
         raise ArchiveError("a directory holds a number longer than 64 bits")
-    return np.add.reduceat((b & 0x7F).astype(np.uint64) << shift, starts)
+    low = (b & 0x7F).astype(np.uint64)
+    out = low[starts]
+    for k in range(1, int(sizes.max())):  # most numbers are one or two bytes: few passes
+        more = np.flatnonzero(sizes > k)
+        out[more] |= low[starts[more] + k] << np.uint64(7 * k)
+    return out
 
 
 # ---------------------------------------------------------------------------------- directories
@@ -206,9 +219,12 @@ class Directory:
 
 def _split_directories(d: Directory) -> tuple[bytes, bytes]:
     """(root bytes, leaf bytes): everything in the root if it fits, else leaves of 4096 entries or more."""
-    root = d.serialize()
-    if HEADER_SIZE + len(root) <= ROOT_LIMIT:
-        return root, b""
+    # Encoding a whole large directory at once would hold ~200 bytes of temporaries per tile; a
+    # root of 16 KiB cannot be worth trying beyond _ROOT_TRY entries.
+    if len(d.tile_id) <= _ROOT_TRY:
+        root = d.serialize()
+        if HEADER_SIZE + len(root) <= ROOT_LIMIT:
+            return root, b""
     leaf_size = 4096
     while True:
         leaves, pointers = [], []
@@ -234,9 +250,8 @@ class ArchiveWriter:
     def __init__(self, f: BinaryIO):
         self.f = f
         self.f.seek(ROOT_LIMIT)  # tile data starts after the header and root directory's 16 KiB
-        self._ids: list[np.ndarray] = []  # flushed in chunks: 16 bytes per tile, not a Python int each
-        self._lengths: list[np.ndarray] = []
-        self._pending: list[tuple[int, int]] = []
+        self._ids = array("Q")  # 8 bytes per tile each, not a Python int per tile
+        self._lengths = array("Q")
         self._last_id = -1
 
     def add(self, tile_id: int, data: bytes) -> None:
@@ -244,24 +259,16 @@ class ArchiveWriter:
         if tile_id <= self._last_id:
             raise ValueError(f"tile ids must increase: {tile_id} after {self._last_id}")
         self._last_id = tile_id
-        self._pending.append((tile_id, len(data)))
+        self._ids.append(tile_id)
+        self._lengths.append(len(data))
         self.f.write(data)
-        if len(self._pending) >= 65536:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            chunk = np.array(self._pending, dtype=np.uint64).reshape(-1, 2)
-            self._ids.append(chunk[:, 0].copy())
-            self._lengths.append(chunk[:, 1].copy())
-            self._pending = []
 
     def finish(self, header: dict, metadata: dict) -> None:
         """Write metadata, directories and the header. `header`: zooms, bounds and center (e7 ints)."""
-        self._flush()
         if not self._ids:
             raise ValueError("an archive needs at least one tile")
-        ids, lengths = np.concatenate(self._ids), np.concatenate(self._lengths)
+        ids = np.frombuffer(self._ids, dtype=np.uint64)
+        lengths = np.frombuffer(self._lengths, dtype=np.uint64)
         offsets = np.cumsum(lengths, dtype=np.uint64) - lengths
         directory = Directory(ids, offsets, lengths, np.ones(len(ids), dtype=np.uint64))
         root, leaves = _split_directories(directory)

@@ -28,7 +28,7 @@ import pyarrow as pa
 from pmtiles.tile import Compression, TileType, tileid_to_zxy
 
 from curate import __version__
-from curate.archive import PNG_SIGNATURE, Archive, ArchiveError, archive_name
+from curate.archive import PNG_SIGNATURE, Archive, ArchiveError, archive_name, has_tree
 from curate.build import split_of
 from curate.errors import UserError
 from curate.pack import layer_tiles, tile_id_order, write_layer
@@ -125,6 +125,9 @@ def import_release(out: Path, name: str, paths: dict[str, Path | None], zoom: in
     release = Release(Path(out), name)
     if release.is_finished:
         raise UserError(f"release {name!r} already exists in {out}; choose another --release or remove it")
+    if not unpack and has_tree(release.path):
+        # A tree takes precedence over archives when serving: a leftover one would hide them.
+        raise UserError(f"{release.path} holds a tile tree from an earlier run; remove it, or pass --unpack")
     archives: dict[str, Archive] = {}
     try:
         for layer in LAYERS:

@@ -21,7 +21,7 @@ import mercantile
 import numpy as np
 import pyarrow as pa
 
-from curate.archive import archive_name, e7, tile_ids, write_archive
+from curate.archive import archive_name, e7, has_tree, tile_ids, write_archive
 from curate.errors import UserError
 from curate.release import (
     ATTRIBUTION,
@@ -140,8 +140,8 @@ def pack_release(root: Path, name: str, out: Path | None = None,
     target = Path(out) / name if out is not None else release.path
     if out is not None and target.resolve() == release.path.resolve():
         target = release.path
-    if target != release.path and (target / MANIFEST_NAME).exists():
-        raise UserError(f"{target} already holds a release; choose another --out or remove it")
+    if target != release.path and ((target / MANIFEST_NAME).exists() or has_tree(target)):
+        raise UserError(f"{target} already holds a release or tiles; choose another --out or remove it")
     written = []
     for layer in LAYERS:
         lz, lx, ly = layer_tiles(layer, z, x, y)

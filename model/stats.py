@@ -22,9 +22,16 @@ from pathlib import Path
 import click
 import numpy as np
 
-from curate.errors import UserError
 from curate.archive import tile_reader
-from curate.release import MANIFEST_NAME, STATS_NAME, Release, content_hash, triplet_tiles, write_bytes_atomic
+from curate.errors import UserError
+from curate.release import (
+    MANIFEST_NAME,
+    STATS_NAME,
+    Release,
+    content_hash,
+    triplet_tiles,
+    write_bytes_atomic,
+)
 from model.triplet_decode import MODALITIES, decode_triplet
 
 

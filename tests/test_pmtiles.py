@@ -288,6 +288,9 @@ def test_bad_archives_and_missing_layers_exit_2_with_one_line_and_write_nothing(
         assert expect in _error_line(result)
         assert not Release(out, "r").is_finished
     assert not (out / "r").exists() or not any(p.suffix == ".pmtiles" for p in (out / "r").iterdir())
+    (out / "leftover" / "s1").mkdir(parents=True)  # a tree an earlier --unpack left: it would hide the archives
+    args = [f"--{k}={v}" for k, v in good.items()]
+    assert "holds a tile tree" in _error_line(curate("import-pmtiles", *args, "--out", out, "--release", "leftover"))
     assert "no finished release" in _error_line(curate("pack", "--data", tmp_path, "--release", "nope"))
 
 
