@@ -33,7 +33,6 @@ from pmtiles.tile import (
     TileType,
     deserialize_header,
     serialize_header,
-    tileid_to_zxy,
     zxy_to_tileid,
 )
 
@@ -467,11 +466,6 @@ class Archive:
                 i = int(leaves[k])
                 leaf = self._directory(self.header["leaf_directory_offset"] + int(d.offset[i]), int(d.length[i]))
                 yield from self._walk(leaf, depth + 1)
-
-
-def tile_zxy(tile_id: int) -> tuple[int, int, int]:
-    """(z, x, y) of a PMTiles tile id."""
-    return tileid_to_zxy(tile_id)
 
 
 def e7(degrees: float) -> int:
