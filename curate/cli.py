@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "serve": "serve.cli:serve",
     "world": "curate.world.cli:world",
     "demo": "curate.demo:demo",
+    "pack": "curate.pack:pack",
+    "import-pmtiles": "curate.import_pmtiles:import_pmtiles",
 }
 
 

@@ -4,6 +4,8 @@ Layout (the paper's, standard XYZ so any web map can show a layer directly)::
 
     OUT/<release>/<layer>/<z>/<x>/<y>.png      layer in s1, s2, naip; naip also at z+1
     OUT/<release>/manifest.parquet             one row per complete triplet; written last
+    OUT/<release>/<layer>.pmtiles              optional: the layer as one PMTiles archive
+                                               (`curate pack`); serves a release without the tree
 
 A release without ``manifest.parquet`` is unfinished: it is never served or trained on.
 """
@@ -25,6 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 LAYERS: tuple[str, ...] = ("s1", "s2", "naip")
+# Credit each layer's data requires; served in TileJSON and written into PMTiles archives.
+ATTRIBUTION: dict[str, str] = {
+    "s1": "Contains modified Copernicus Sentinel data (Sentinel-1)",
+    "s2": "Contains modified Copernicus Sentinel data (Sentinel-2)",
+    "naip": "NAIP imagery: USDA Farm Production and Conservation Business Center, public domain",
+}
 MANIFEST_NAME = "manifest.parquet"
 STATS_NAME = "stats.json"  # `curate stats`: per-channel mean/std beside the manifest
 
@@ -33,6 +41,17 @@ STATS_NAME = "stats.json"  # `curate stats`: per-channel mean/std beside the man
 HIRES_CHILDREN: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (0, 1), (1, 1))
 HIRES_NAMES: tuple[str, ...] = ("naip_hires_0", "naip_hires_1", "naip_hires_2", "naip_hires_3")
 TRIPLET_MEMBERS: tuple[str, ...] = ("s1", "s2", "naip", *HIRES_NAMES)
+
+
+def triplet_tiles(z: int, x: int, y: int) -> list[tuple[str, tuple[str, int, int, int]]]:
+    """(member name, tile address (layer, z, x, y)) of every tile of triplet (z, x, y), in TRIPLET_MEMBERS order."""
+    out = [(layer, (layer, z, x, y)) for layer in LAYERS]
+    out += [(name, ("naip", z + 1, 2 * x + dx, 2 * y + dy)) for name, (dx, dy) in zip(HIRES_NAMES, HIRES_CHILDREN)]
+    return out
+
+
+# Version of the manifest contract (REQUIRED_COLUMNS and their meaning), recorded in PMTiles archives.
+MANIFEST_SCHEMA_VERSION = 1
 
 # Columns every manifest has; `curate build` may add more (documented in docs/manifest.md).
 REQUIRED_COLUMNS: dict[str, pa.DataType] = {
@@ -146,10 +165,7 @@ class Release:
 
     def triplet_paths(self, z: int, x: int, y: int) -> dict[str, Path]:
         """Every file of the triplet at (z, x, y), keyed by its member name (TRIPLET_MEMBERS)."""
-        paths = {layer: self.tile_path(layer, z, x, y) for layer in LAYERS}
-        for name, (dx, dy) in zip(HIRES_NAMES, HIRES_CHILDREN):
-            paths[name] = self.tile_path("naip", z + 1, 2 * x + dx, 2 * y + dy)
-        return paths
+        return {name: self.tile_path(*tile) for name, tile in triplet_tiles(z, x, y)}
 
     def read_manifest(self) -> pa.Table:
         return read_manifest(self.manifest_path)

@@ -22,8 +22,17 @@ from pathlib import Path
 import click
 import numpy as np
 
+from curate.archive import tile_reader
 from curate.errors import UserError
-from curate.release import MANIFEST_NAME, STATS_NAME, Release, check_release_name, content_hash, write_bytes_atomic
+from curate.release import (
+    MANIFEST_NAME,
+    STATS_NAME,
+    Release,
+    check_release_name,
+    content_hash,
+    triplet_tiles,
+    write_bytes_atomic,
+)
 from model.triplet_decode import MODALITIES, decode_triplet
 
 
@@ -35,10 +44,10 @@ def _reason(e: Exception) -> str:
 def _sums(release: Release, tiles: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
     """Per modality: [pixel count, per-channel sum, per-channel sum of squares] over `tiles`."""
     acc: dict[str, np.ndarray] = {}
+    read = tile_reader(release)  # the tile tree, or the release's PMTiles archives when it has none
     for z, x, y in tiles:
-        paths = release.triplet_paths(z, x, y)
         try:
-            members = {name: p.read_bytes() for name, p in paths.items()}
+            members = {name: read(*tile) for name, tile in triplet_tiles(z, x, y)}
             decoded = decode_triplet(members)
         except Exception as e:  # missing, truncated or corrupt PNG: name the triplet, not the codec's frame
             raise UserError(f"release {release.name!r}: triplet {z}/{x}/{y} cannot be read ({_reason(e)}); "

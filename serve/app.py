@@ -20,6 +20,7 @@ from serve.routers.tiles import tiles_router
 from serve.routers.triplets import triplets_router
 from serve.routers.viewer import static_files, viewer_router
 from serve.tiles import TileStore
+from serve.tilesource import TileSources
 
 DATA_ENV = "SCALE_ALIBI_DATA"
 CACHE_ENV = "SCALE_ALIBI_TILE_CACHE_MB"
@@ -46,9 +47,9 @@ class ServeApp(FastAPI):
 def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) -> FastAPI:
     """The service for the releases under `data_dir` (indexed once, here, per process)."""
     catalog = Catalog(data_dir)
-    reader = SafeReader(catalog.root)
+    sources = TileSources(SafeReader(catalog.root))  # each release's tree or PMTiles archives
     mb = cache_mb if cache_mb is not None else int(os.environ.get(CACHE_ENV, DEFAULT_CACHE_MB))
-    store = TileStore(catalog, reader, BlobCache(mb * 2**20))
+    store = TileStore(catalog, sources, BlobCache(mb * 2**20))
     catalog.on_change.append(lambda name: store.cache.drop_prefix(f"/tiles/{name}/"))
 
     # Interactive docs pull their JS from a CDN; the schema itself is at /openapi.json.
@@ -56,9 +57,9 @@ def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) ->
     errors.install(app)
     app.include_router(health_router(catalog))
     app.include_router(releases_router(catalog))
-    app.include_router(shards_router(catalog, reader))
+    app.include_router(shards_router(catalog, sources))
     app.include_router(tiles_router(store))
-    app.include_router(triplets_router(catalog, reader))
+    app.include_router(triplets_router(catalog, sources))
     app.include_router(viewer_router())
     app.mount("/static", static_files(), name="static")
     app.add_middleware(

@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 
 from curate.release import (
     HIRES_CHILDREN,
-    HIRES_NAMES,
     LAYERS,
     MANIFEST_NAME,
     REQUIRED_COLUMNS,
@@ -40,11 +39,6 @@ log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")
 MAX_ZOOM = 29  # (z, x, y) pack into one int64: 5 + 29 + 29 bits
-ATTRIBUTION = {
-    "s1": "Contains modified Copernicus Sentinel data (Sentinel-1)",
-    "s2": "Contains modified Copernicus Sentinel data (Sentinel-2)",
-    "naip": "NAIP imagery: USDA Farm Production and Conservation Business Center, public domain",
-}
 _HIRES_INDEX = {offset: i for i, offset in enumerate(HIRES_CHILDREN)}
 MEMBERS = len(TRIPLET_MEMBERS)  # files per triplet (manifest row)
 
@@ -195,13 +189,6 @@ class ReleaseIndex:
     def tile_path(self, layer: str, z: int, x: int, y: int) -> str:
         """Where tile (layer, z, x, y) lives (built from integers only)."""
         return os.path.join(self.path, layer, str(z), str(x), f"{y}.png")
-
-    def files_at(self, z: int, x: int, y: int) -> list[tuple[str, str]]:
-        """(member name, path) of every PNG of triplet (z, x, y), in TRIPLET_MEMBERS order."""
-        out = [(layer, self.tile_path(layer, z, x, y)) for layer in LAYERS]
-        for name, (dx, dy) in zip(HIRES_NAMES, HIRES_CHILDREN):
-            out.append((name, self.tile_path("naip", z + 1, 2 * x + dx, 2 * y + dy)))
-        return out
 
     def rows(self, rows: np.ndarray | list[int]) -> list[dict]:
         """Manifest rows as JSON-ready dicts."""

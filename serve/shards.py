@@ -1,4 +1,4 @@
-"""Training shards: WebDataset tars streamed (chunked) from the files on disk, in epoch order.
+"""Training shards: WebDataset tars streamed (chunked) from the release's tiles, in epoch order.
 
 The rows of shard `index` are `curate.release.shard_rows` over the manifest rows of one split
 (manifest order, i.e. sorted by z, x, y), so any client that knows (n, seed, epoch, shard_size)
@@ -38,24 +38,24 @@ def shard_etag(index: ReleaseIndex, *params: object) -> bytes:
     return b'"' + hashlib.sha256(text.encode()).hexdigest()[:40].encode() + b'"'
 
 
-def build_batch(index: ReleaseIndex, reader, rows: list[int], metas: list[dict]) -> bytearray:
+def build_batch(index: ReleaseIndex, sources, rows: list[int], metas: list[dict]) -> bytearray:
     """Tar bytes of the triplets at manifest rows `rows` with their manifest rows `metas` (in a worker thread)."""
-    return pack_samples(index, reader, [(r, m, sample_key(m) + ".") for r, m in zip(rows, metas)], "json")
+    return pack_samples(index, sources, [(r, m, sample_key(m) + ".") for r, m in zip(rows, metas)], "json")
 
 
-def first_batch(index: ReleaseIndex, reader, rows: np.ndarray, size: int) -> tuple[list[dict], bytearray]:
+def first_batch(index: ReleaseIndex, sources, rows: np.ndarray, size: int) -> tuple[list[dict], bytearray]:
     """All manifest rows of the shard (one Arrow take) and the tar bytes of its first `size` triplets."""
     metas = index.rows(rows)
     head = rows[:size].tolist()
-    return metas, build_batch(index, reader, head, metas[:size]) if head else bytearray()
+    return metas, build_batch(index, sources, head, metas[:size]) if head else bytearray()
 
 
 class ShardStream(Response):
     """An ASGI response streaming the tar of `rows` (manifest rows, in order) as chunked body."""
 
-    def __init__(self, index: ReleaseIndex, reader, rows: np.ndarray, etag: bytes, filename: str):
+    def __init__(self, index: ReleaseIndex, sources, rows: np.ndarray, etag: bytes, filename: str):
         self.index = index
-        self.reader = reader
+        self.sources = sources
         self.rows = rows
         self.etag = etag
         self.status_code = 200
@@ -79,7 +79,7 @@ class ShardStream(Response):
         rows = self.rows.tolist()
         # The first batch is read before the status line, so a broken shard still gets a JSON 404 (500: damaged).
         try:
-            metas, first = await loop.run_in_executor(None, first_batch, self.index, self.reader, self.rows, BATCH)
+            metas, first = await loop.run_in_executor(None, first_batch, self.index, self.sources, self.rows, BATCH)
         except (MissingFile, DamagedFile) as exc:
             missing = isinstance(exc, MissingFile)
             body = json.dumps({"detail": f"shard has files missing on disk: {exc}" if missing else str(exc)}).encode()
@@ -104,7 +104,7 @@ class ShardStream(Response):
         try:
             for i in range(len(batches)):
                 if i + 1 < len(batches):
-                    pending = loop.run_in_executor(None, build_batch, self.index, self.reader, *batches[i + 1])
+                    pending = loop.run_in_executor(None, build_batch, self.index, self.sources, *batches[i + 1])
                 if disconnected.is_set():
                     return
                 await send({"type": "http.response.body", "body": first, "more_body": True})

@@ -1,4 +1,4 @@
-"""Tile bytes by address: manifest look-up, safe read in a thread, in-memory LRU."""
+"""Tile bytes by address: manifest look-up, a read from the release's tile source in a thread, in-memory LRU."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import asyncio
 import re
 
 from serve.catalog import LAYERS, Catalog, ReleaseIndex
-from serve.files import Blob, BlobCache, SafeReader
+from serve.files import Blob, BlobCache
 from serve.integrity import ensure_intact
+from serve.tilesource import TileSources
 
 # The canonical tile URL (no leading zeros): the fast path serves exactly these and lets every
 # other spelling fall through to the validating FastAPI route.
@@ -24,9 +25,9 @@ def tile_key(release: str, layer: str, z: int, x: int, y: int) -> str:
 class TileStore:
     """Serves tile blobs of finished releases; shared by the fast path and the tile route."""
 
-    def __init__(self, catalog: Catalog, reader: SafeReader, cache: BlobCache):
+    def __init__(self, catalog: Catalog, sources: TileSources, cache: BlobCache):
         self.catalog = catalog
-        self.reader = reader
+        self.sources = sources
         self.cache = cache
 
     async def load(self, index: ReleaseIndex, layer: str, z: int, x: int, y: int) -> Blob | None:
@@ -53,7 +54,7 @@ class TileStore:
     def _read_intact(self, index: ReleaseIndex, ref: tuple[str, int], layer: str, z: int, x: int,
                      y: int) -> bytes | None:
         """The tile's bytes (None: missing or unsafe); DamagedFile when they differ from the manifest."""
-        got = self.reader.read(index.tile_path(layer, z, x, y))
+        got = self.sources.of(index).read(layer, z, x, y)
         if got is None:
             return None
         body, st = got

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Request
 from curate.release import shard_count, shard_rows
 from serve.catalog import Catalog
 from serve.errors import ApiError
-from serve.files import SafeReader
+from serve.tilesource import TileSources
 from serve.responses import RawResponse, json_response
 from serve.routers.common import JSON_METHODS, release_or_404
 from serve.shards import ShardStream, shard_etag
@@ -23,7 +23,7 @@ _SIZE = Query(1000, ge=1, le=MAX_SHARD_SIZE, description="triplets per shard (th
 _SPLIT = Query("train", description="manifest split: train, heldout or all")
 
 
-def shards_router(catalog: Catalog, reader: SafeReader) -> APIRouter:
+def shards_router(catalog: Catalog, sources: TileSources) -> APIRouter:
     """Routes /releases/{release}/shards and /shards/{release}/{index}.tar."""
     router = APIRouter(tags=["shards"])
 
@@ -76,6 +76,6 @@ def shards_router(catalog: Catalog, reader: SafeReader) -> APIRouter:
             raise ApiError(422, f"start={start} beyond the {len(positions)} triplets of shard {shard}")
         rows = split_rows[positions[start:]]
         etag = shard_etag(index, split, shard_size, seed, epoch, shard, start)
-        return ShardStream(index, reader, rows, etag, f"{release}-{split}-{shard:06d}.tar")
+        return ShardStream(index, sources, rows, etag, f"{release}-{split}-{shard:06d}.tar")
 
     return router

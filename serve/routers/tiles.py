@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Request
 
-from serve.catalog import ATTRIBUTION
+from curate.release import ATTRIBUTION
 from serve.errors import ApiError
 from serve.integrity import DamagedFile
 from serve.responses import RawResponse, blob_response, json_response

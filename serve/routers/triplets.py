@@ -23,7 +23,7 @@ _DOC = (
 )
 
 
-def triplets_router(catalog: Catalog, reader) -> APIRouter:
+def triplets_router(catalog: Catalog, sources) -> APIRouter:
     """Route /triplets/{release}/{z}/{x}/{y}."""
     router = APIRouter(tags=["triplets"])
 
@@ -43,7 +43,7 @@ def triplets_router(catalog: Catalog, reader) -> APIRouter:
             if name == b"if-none-match" and etag_matches(value, etag):
                 return RawResponse(304, [(b"etag", etag), (b"cache-control", CACHE_IMMUTABLE), CORS], b"")
         try:
-            body = await asyncio.get_running_loop().run_in_executor(None, triplet_tar, index, reader, row)
+            body = await asyncio.get_running_loop().run_in_executor(None, triplet_tar, index, sources, row)
         except MissingFile:
             raise ApiError(404, f"triplet {z}/{x}/{y} of {release!r} has files missing on disk") from None
         except DamagedFile as exc:
