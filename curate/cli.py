@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve.cli:serve",
     "world": "curate.world.cli:world",
     "demo": "curate.demo:demo",
+    "eval": "model.eval.cli:eval_command",
 }
 
 
