@@ -67,7 +67,7 @@ def built_release(built_release_info):
 # in 200 small steps rather than 100 large ones, since a model trained from scratch is short of updates.
 STEPS = 200
 BATCH = 16
-LR = 2e-3
+LR = 3e-3
 WARMUP = 10
 MIN_HELDOUT = 64
 BUDGET_S = 180.0  # the "at most 3 minutes on 2 cores" for the training itself

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.attention import scale_alibi_bias
-from model.config import config_from_dict, get_config
+from model.config import get_config
 from model.geometry import ground_size_at_lat_m
 from model.scale_alibi import ScaleAlibiModel, coords, group_hires, random_mask, split_ids_from_mask
 from model.vit import patchify
@@ -46,9 +46,8 @@ def test_reconstruction_is_the_sum_over_modalities_of_each_masked_mse():
     model = _model("tiny")
     batch = _batch(3)
     mask = random_mask(3, (PX // 16) ** 2, 0.75, "cpu")
-    predictions = []  # the decoder's own pixel predictions for the masked patches
-    predict = model.decoder.predict
-    model.decoder.predict = lambda hidden, ids: predictions.append(predict(hidden, ids)) or predictions[-1]
+    predictions = []  # the decoder's own pixel predictions for the masked patches (its last layer)
+    model.decoder.head.register_forward_hook(lambda module, args, out: predictions.append(out))
     with torch.no_grad():
         out = model({**batch, "mask": mask})
     _, masked = split_ids_from_mask(mask)
@@ -136,6 +135,8 @@ def test_croma_bias_counts_patches_of_its_own_grid_whatever_the_ground_size():
 
 
 def test_reference_length_follows_the_training_zoom_and_old_checkpoints_keep_theirs():
+    from model.config import config_from_dict
+
     z17 = get_config("tiny", ref_zoom=17).resolved()
     assert z17.l_ref_m == pytest.approx(ground_size_at_lat_m(17, 38.0) * 16 / 256)
     # a sidecar written before these fields existed (null l_ref_m, zoom 15, no mask/bias fields)

@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from curate.cli import main as cli
+from model.geometry import ground_size_at_lat_m
 from model.retrieval import top1_from_embeddings
 from model.train import TrainConfig, Trainer, lr_at
 from model.train_data import PrepareBatch, StreamSource
@@ -121,3 +122,7 @@ def test_cli_trains_and_resumes(served, tmp_path):
     resumed = CliRunner().invoke(cli, [*args, "--steps", "3", "--resume", "--eval-tiles", "0"])
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "run" / "checkpoints" / "step-000000003").is_dir()
+    # L_ref follows the served release's zoom (17): one 16 px patch of a 256 px z17 tile at 38 N
+    stored = json.loads((tmp_path / "run" / "checkpoints" / "step-000000003" / "state.json").read_text())["model_config"]
+    assert stored["ref_zoom"] == 17
+    assert stored["l_ref_m"] == pytest.approx(ground_size_at_lat_m(17, 38.0) * 16 / 256)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 from tqdm import tqdm
 
+from curate.errors import UserError
 from model.eval import clustering, probes, report
-from model.eval.embeddings import COLUMNS, Column, frozen_features
+from model.eval.embeddings import COLUMNS, Column, columns_of, frozen_features
 from model.eval.task import SPLITS, TaskData
 from model.scale_alibi import ScaleAlibiModel
 
@@ -72,14 +72,10 @@ def evaluate(tasks: list[TaskData], models: list[ScaleAlibiModel], out_dir: Path
              settings: EvalSettings = EvalSettings()) -> list[report.Result]:
     """Evaluate every model's columns on every task; write table.md, results.csv, confusion/
     and umap/ under out_dir; return the table's cells."""
-    from model.eval.embeddings import columns_of
-
     encoders: dict[Column, ScaleAlibiModel] = {}
     for model in models:
         for column in columns_of(model):
             if column in encoders:
-                from curate.errors import UserError
-
                 raise UserError(f"two checkpoints fill the {column.name} column; pass one "
                                 "Scale-ALiBi and/or one croma checkpoint")
             encoders[column] = model

@@ -29,8 +29,8 @@ LABEL_GRID = 32  # ground points per tile side for the dominant class
 VALID_EVERY = 5
 
 
-def tile_label(truth: Truth, z: int, x: int, y: int) -> tuple[int, float]:
-    """(dominant class, fraction of the tile it covers) of XYZ tile (z, x, y)."""
+def class_fractions(truth: Truth, z: int, x: int, y: int) -> np.ndarray:
+    """Fraction of XYZ tile (z, x, y) each land-cover class covers, (len(CLASSES),)."""
     b = mercantile.bounds(x, y, z)
     t = (np.arange(LABEL_GRID) + 0.5) / LABEL_GRID
     lon = b.west + t * (b.east - b.west)
@@ -39,8 +39,12 @@ def tile_label(truth: Truth, z: int, x: int, y: int) -> tuple[int, float]:
     lat = np.array([mercantile.lnglat(0.0, top + v * (bottom - top)).lat for v in t])
     lon_g, lat_g = np.meshgrid(lon, lat)
     counts = np.bincount(truth.classes(*truth.to_local(lon_g, lat_g)).ravel(), minlength=len(CLASSES))
-    best = int(counts.argmax())
-    return best, float(counts[best] / counts.sum())
+    return counts / counts.sum()
+
+
+def tile_label(truth: Truth, z: int, x: int, y: int) -> int:
+    """The class covering most of XYZ tile (z, x, y)."""
+    return int(class_fractions(truth, z, x, y).argmax())
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -73,7 +77,7 @@ def load_world_task(release: Release, world: WorldConfig, progress: bool = True)
         for z, x, y, _ in tqdm(tiles, desc=f"{NAME} {split}", disable=not progress, leave=False):
             s2.append(_rgb(release.tile_path("s2", z, x, y)))
             hires.append(_hires(release, z, x, y))
-            labels.append(tile_label(truth, z, x, y)[0])
+            labels.append(tile_label(truth, z, x, y))
             ground.append(tile_ground_size_m(z, y))
         splits[split] = Split({"s2": np.stack(s2), "naip_hires": np.stack(hires)},
                               np.asarray(ground, np.float32), np.asarray(labels, np.int64))
