@@ -67,12 +67,16 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
                           world_size=info.world_size)
     prepare = PrepareBatch(stats)
 
-    from model.config import get_config
+    from model.config import get_config, stored_config
     from model.scale_alibi import ScaleAlibiModel
 
-    # L_ref = one low-res patch at the release's zoom, so the bias counts the data's own patches
-    zoom = fetch_release_zoom(url, release)
-    model_cfg = get_config(config_name, **({"ref_zoom": zoom} if zoom is not None else {})).resolved()
+    # resuming: the run's own config, so a run started before L_ref followed the zoom keeps its L_ref
+    model_cfg = stored_config(run_dir) if resume else None
+    if model_cfg is not None:
+        model_cfg = model_cfg.resolved()
+    else:  # L_ref = one low-res patch at the release's zoom, so the bias counts the data's own patches
+        zoom = fetch_release_zoom(url, release)
+        model_cfg = get_config(config_name, **({"ref_zoom": zoom} if zoom is not None else {})).resolved()
     log.info("L_ref %.2f m (zoom %s)", model_cfg.reference_length_m, model_cfg.ref_zoom)
     seed_everything(seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = ScaleAlibiModel(model_cfg)

@@ -146,3 +146,22 @@ def test_reference_length_follows_the_training_zoom_and_old_checkpoints_keep_the
     restored = config_from_dict({**old, "some_future_field": 1})
     assert restored.reference_length_m == pytest.approx(ground_size_at_lat_m(15, 38.0) * 16 / 256)
     assert not restored.independent_masks and restored.bias_units == "ground"
+
+
+def test_a_checkpoint_from_before_the_new_fields_loads_with_its_old_reference_length(tmp_path):
+    from model.checkpoint import save_checkpoint
+    from model.config import stored_config
+    from model.eval.embeddings import load_model
+
+    torch.manual_seed(0)
+    old_cfg = get_config("tiny")  # l_ref_m null, zoom 15: what `curate train` stored before
+    model = ScaleAlibiModel(old_cfg)
+    sidecar = old_cfg.to_dict()
+    for field in ("independent_masks", "bias_units"):
+        sidecar.pop(field)
+    save_checkpoint(tmp_path, 5, model, None, {"model_config": sidecar})
+    assert stored_config(tmp_path).reference_length_m == pytest.approx(old_cfg.reference_length_m)
+    loaded = load_model(tmp_path)
+    assert loaded.l_ref_m == pytest.approx(ground_size_at_lat_m(15, 38.0) * 16 / 256)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
