@@ -206,7 +206,7 @@ class ScaleAlibiModel(nn.Module):
             patches["naip_hires"] = group_hires(patches["naip_hires"], g)  # (B, N, 4, 3*p*p)
             ids["naip_hires"] = ids["s2"]  # the same ground is masked
         recon = {}
-        for masked, group in _group_by_mask({m: ids[m][1] for m in self.pixel_dims}).items():
+        for group in _group_by_mask({m: ids[m][1] for m in self.pixel_dims}).values():
             # one pass of the wide pixel head per distinct mask (one in all but `croma`)
             pred = self.decoder.predict(hidden, ids[group[0]][1])
             preds = dict(zip(self.pixel_dims, pred.split(list(self.pixel_dims.values()), dim=-1)))
