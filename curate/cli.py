@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "demo": "curate.demo:demo",
     "pack": "curate.pack:pack",
     "import-pmtiles": "curate.import_pmtiles:import_pmtiles",
+    "eval": "model.eval.cli:eval_command",
 }
 
 

@@ -8,7 +8,6 @@ Multi-GPU DDP:   torchrun --nproc-per-node 8 "$(command -v curate)" train ... --
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -49,7 +48,7 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
 
     from model.train import TrainConfig, Trainer, init_distributed, seed_everything
     from model.loader import load_stats
-    from model.train_data import PrepareBatch, StreamSource, collect_split, fetch_stats
+    from model.train_data import PrepareBatch, StreamSource, collect_split, fetch_release_zoom, fetch_stats
 
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but torch sees no CUDA device; use --device cpu")
@@ -70,10 +69,17 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
                           world_size=info.world_size)
     prepare = PrepareBatch(stats)
 
-    from model.config import get_config
+    from model.config import get_config, stored_config
     from model.scale_alibi import ScaleAlibiModel
 
-    model_cfg = get_config(config_name)
+    # resuming: the run's own config, so a run started before L_ref followed the zoom keeps its L_ref
+    model_cfg = stored_config(run_dir) if resume else None
+    if model_cfg is not None:
+        model_cfg = model_cfg.resolved()
+    else:  # L_ref = one low-res patch at the release's zoom, so the bias counts the data's own patches
+        zoom = fetch_release_zoom(url, release)
+        model_cfg = get_config(config_name, **({"ref_zoom": zoom} if zoom is not None else {})).resolved()
+    log.info("L_ref %.2f m (zoom %s)", model_cfg.reference_length_m, model_cfg.ref_zoom)
     seed_everything(seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = ScaleAlibiModel(model_cfg)
     seed_everything(seed + 1000 * info.rank)  # ...but different MAE masks per rank
@@ -83,7 +89,7 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
         weight_decay=weight_decay, grad_clip=grad_clip, device=dev, compile=compile_,
         deterministic=deterministic, seed=seed, checkpoint_every=checkpoint_every,
     )
-    trainer = Trainer(model, cfg, run_dir, model_config=asdict(model_cfg), prepare=prepare)
+    trainer = Trainer(model, cfg, run_dir, model_config=model_cfg.to_dict(), prepare=prepare)
     try:
         losses = trainer.fit(source, resume=resume)
     finally:

@@ -67,6 +67,16 @@ def fetch_stats(url: str, release: str, timeout_s: float = 10.0) -> dict[str, An
     return data.get("modalities", data)
 
 
+def fetch_release_zoom(url: str, release: str, timeout_s: float = 10.0) -> int | None:
+    """The zoom of a served release's triplets (GET /releases/{release}), or None if unknown."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/releases/{release}", timeout=timeout_s) as r:
+            zooms = json.loads(r.read()).get("zooms") or []
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return int(zooms[-1]) if zooms else None
+
+
 class StreamSource:
     """A `model.train.BatchSource` over `model.loader.TripletStream`: epochs forever, resumable mid-epoch."""
 

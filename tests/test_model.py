@@ -69,7 +69,7 @@ def test_model_flex_backend_equals_reference_forward():
 
 def test_presets():
     base, croma, tiny = get_config("base"), get_config("croma"), get_config("tiny")
-    assert (base.dim, base.lores_depth, base.heads, base.patch_size) == (768, 12, 12, 8)
+    assert (base.dim, base.lores_depth, base.heads, base.patch_size) == (768, 12, 16, 8)
     assert base.use_hires and not croma.use_hires and croma.dim == base.dim
     assert (tiny.patch_size, tiny.mask_ratio) == (16, 0.75)
     assert (2 * base.lores_px // base.patch_size) ** 2 == 4096  # NAIP tokens (paper: "4092")
