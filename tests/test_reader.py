@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rasterio
+import rasterio.shutil
 from rasterio.crs import CRS
+from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 from rasterio.warp import transform as warp_transform
 
@@ -19,14 +22,29 @@ CRS_UTM = CRS.from_epsg(26914)
 ORIGIN = Affine(RES, 0.0, 226000.2, 0.0, -RES, 3901400.4)
 
 
-@pytest.fixture(scope="module")
-def odd_cog(tmp_path_factory):
+def _cog_driver_overviews(path, data: np.ndarray) -> None:
+    """The COG driver's own overviews, which round W/f, H/f down (2449 -> 1224 at f=2)."""
+    profile = dict(driver="GTiff", count=len(data), height=HEIGHT, width=WIDTH, dtype="float32", crs=CRS_UTM, transform=ORIGIN)
+    with MemoryFile() as mem:
+        with mem.open(**profile) as ds:
+            ds.write(data)
+        with mem.open() as src:
+            rasterio.shutil.copy(src, str(path), driver="COG", BLOCKSIZE=512, OVERVIEW_RESAMPLING="AVERAGE")
+
+
+@pytest.fixture(scope="module", params=["rounded-up", "cog-driver"])
+def odd_cog(request, tmp_path_factory):
     """A float32 COG whose two bands are its own source-pixel coordinates (column, row of each pixel
-    centre), served over HTTP to signed URLs only; yields (url, signer, full-resolution array)."""
+    centre), served over HTTP to signed URLs only; yields (url, signer, full-resolution array).
+    Overviews sized like gdaladdo's and Planetary Computer's (rounded up, the world's writer) or by
+    the COG driver (rounded down)."""
     root = tmp_path_factory.mktemp("odd-cog")
     rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64) + 0.5
     data = np.stack([cols, rows]).astype(np.float32)
-    write_cog(root / "odd.tif", data, CRS_UTM, ORIGIN, nodata=None)
+    if request.param == "rounded-up":
+        write_cog(root / "odd.tif", data, CRS_UTM, ORIGIN, nodata=None)
+    else:
+        _cog_driver_overviews(root / "odd.tif", data)
     server = FileServer(root)
     server.require_signature(True)  # the overview is opened again from the same signed URL
     try:
@@ -73,14 +91,13 @@ def test_every_overview_level_is_georeferenced_by_its_own_size(odd_cog):
     """At the far (south-east) corner, where rounding the overview size up moves an overview pixel
     furthest from f source pixels per pixel, each level read agrees with the full-resolution area
     average of the ground it claims to within 0.05 source pixels."""
-    import rasterio
-
     url, signer, full = odd_cog
     with rasterio.open(signer(url)) as ds:
         assert ds.overviews(1) == [2, 4, 8]
-    for f in (1, 2, 4, 8):
-        worst, px, corner = _far_corner_error(url, signer, full, f)
+    results = {f: _far_corner_error(url, signer, full, f) for f in (1, 2, 4, 8)}
+    for f, (worst, px, _) in results.items():
         print(f"\ndecimation {f}: pixel {px:.5f} source px, worst error at the far corner {worst:.4f} source px")
+    for f, (worst, px, corner) in results.items():
         assert worst < 0.05, f"decimation {f}: {worst:.3f} source px off at the far corner"
         assert px == pytest.approx(f, rel=0.01)
         assert corner == pytest.approx((WIDTH, HEIGHT), abs=1e-6)  # the read reached the far corner
