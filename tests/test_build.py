@@ -64,11 +64,17 @@ def _shifts(rel: Release, layer: str, z: int, tiles, cfg=None, gradient: bool = 
     return np.array(rows)
 
 
+def _report(v: np.ndarray, what: str) -> None:
+    """Print the figures of a set of (dx, dy, corr) shifts (shown with pytest -s)."""
+    mag = np.hypot(v[:, 0], v[:, 1])
+    print(f"\n{what}: {len(v)} tiles, mean {mag.mean():.3f} px, worst {mag.max():.3f} px, "
+          f"mean vector ({v[:, 0].mean():.3f}, {v[:, 1].mean():.3f}) px, min corr {v[:, 2].min():.3f}")
+
+
 def _assert_aligned(v: np.ndarray, what: str, mean_max: float = 0.1, tile_max: float = 0.5) -> None:
     mag = np.hypot(v[:, 0], v[:, 1])
     if len(v):
-        print(f"\n{what}: {len(v)} tiles, mean {mag.mean():.3f} px, worst {mag.max():.3f} px, "
-              f"mean vector ({v[:, 0].mean():.3f}, {v[:, 1].mean():.3f}) px, min corr {v[:, 2].min():.3f}")
+        _report(v, what)
     assert len(v) > 0, what
     assert mag.mean() <= mean_max, f"{what}: mean shift {mag.mean():.3f} px"
     assert mag.max() <= tile_max, f"{what}: worst tile shift {mag.max():.3f} px"
@@ -330,8 +336,11 @@ def test_naip_at_y_and_y_plus_1_of_a_z15_build_matches_the_truth(z15_offset):
     tiles = [(r["x"], r["y"]) for r in rel.read_manifest().to_pylist()]
     children = [(2 * x + dx, 2 * y + dy) for x, y in tiles for dx, dy in HIRES_CHILDREN]
     assert len(tiles) >= 6
-    for z, ts in ((15, tiles), (16, children)):
-        _assert_aligned(_shifts(rel, "naip", z, ts), f"naip z{z} of a z15 build")
+    shifts = {z: _shifts(rel, "naip", z, ts) for z, ts in ((15, tiles), (16, children))}
+    for z, v in shifts.items():
+        _report(v, f"naip z{z} of a z15 build")
+    for (z, ts), v in zip(((15, tiles), (16, children)), shifts.values()):
+        _assert_aligned(v, f"naip z{z} of a z15 build")
         with pytest.raises(AssertionError):
             _assert_aligned(_shifts(rel, "naip", z, ts, roll=1), f"naip z{z} rolled by 1 px")
 
