@@ -161,8 +161,8 @@ def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> S
     f = _level(ds, target_res_3857 * scale)
     if f == 1:
         return _read_level(ds, ds, bounds, indexes, margin_px)
-    # An overview is ceil(W/f) x ceil(H/f) pixels (GDAL rounds up), so its pixel is W/ovr_w by
-    # H/ovr_h source pixels, not f: the overview opened as a dataset carries that true transform.
+    # An overview is W/f x H/f rounded (gdaladdo rounds up, the COG driver down), so its pixel is
+    # W/ovr_w by H/ovr_h source pixels, not f: the overview opened as a dataset has that transform.
     with rasterio.open(ds.name, overview_level=ds.overviews(1).index(f)) as level:
         return _read_level(ds, level, bounds, indexes, margin_px)
 
