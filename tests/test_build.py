@@ -355,7 +355,10 @@ def z12(world, tmp_path_factory):
     return Release(root, "w12")
 
 
-def _valid_squares(img: np.ndarray, size: int = 64, margin: int = 4) -> list[tuple[int, int]]:
+SQUARE = 64  # px: the side of the squares a partial tile is compared on
+
+
+def _valid_squares(img: np.ndarray, size: int = SQUARE, margin: int = 4) -> list[tuple[int, int]]:
     """(row, col) of `size`-px squares tiling the valid (non-zero) part of a partial tile."""
     valid = img.any(-1)
     rows, cols = np.where(valid)
@@ -370,7 +373,8 @@ def _valid_squares(img: np.ndarray, size: int = 64, margin: int = 4) -> list[tup
 def _square_shifts(img: np.ndarray, truth: np.ndarray, squares, layer: str, source_px: float, roll: int = 0):
     """(dx, dy, corr) of each square of `img` (moved right by `roll` px) against the same square of the truth."""
     img = np.roll(img, roll, axis=1)
-    return np.array([measure(img[r:r + 64, c:c + 64], truth[r:r + 64, c:c + 64], layer, source_px) for r, c in squares])
+    n = SQUARE
+    return np.array([measure(img[r:r + n, c:c + n], truth[r:r + n, c:c + n], layer, source_px) for r, c in squares])
 
 
 def test_s2_of_a_z12_build_matches_the_truth(z12):
@@ -466,9 +470,9 @@ def test_saturated_s1_is_255(built_release, world):
 
 
 def test_s1_bytes_are_the_documented_db_mapping():
-    """The S1 PNG bytes for mid-range and extreme linear powers equal values computed here from the
-    mapping docs/curation.md documents (VV -25..3 dB, VH -30..-2 dB, linearly to 0..255, rounded,
-    clipped; nodata and power <= 0 give 0), independently of the product's encoder."""
+    """The S1 PNG bytes the product encodes for mid-range and extreme linear powers equal values
+    computed here, by hand, from the mapping docs/curation.md documents (VV -25..3 dB, VH -30..-2 dB,
+    linearly to 0..255, rounded, clipped; nodata and power <= 0 give 0)."""
     vv_db, vh_db = (-25.0, 3.0), (-30.0, -2.0)
     powers = [0.004, 0.013, 0.031, 0.072, 0.15, 0.42, 0.9, 1.7, 1e3, 1e-9, 0.0, -32768.0]
 
