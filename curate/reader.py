@@ -6,7 +6,9 @@ client never reaches worker processes. The process-wide vsicurl block cache is s
 never fetches a byte range twice while it cuts neighbouring metatiles, and a signed href is
 reused for as long as its token is valid (a fresh token would be a new URL, a cache miss).
 
-The file's own georeferencing (its transform and CRS) is used, never the item's ``proj:*``.
+The file's own georeferencing (its transform and CRS) is used, never the item's ``proj:*``; an
+overview is read as its own dataset, with its own transform (GDAL sizes overviews by rounding
+W/f, H/f, so an overview pixel is not exactly f source pixels).
 """
 
 from __future__ import annotations
@@ -211,27 +213,36 @@ def _level(ds, target_res: float) -> int:
 def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> Source | None:
     from curate.warp import _transformer  # cached per CRS: rasterio's transform_bounds builds one per call
 
-    left, bottom, right, top = _transformer(ds.crs.to_wkt()).transform_bounds(*bounds_3857, densify_pts=21)
+    bounds = _transformer(ds.crs.to_wkt()).transform_bounds(*bounds_3857, densify_pts=21)
     # Mercator metres are 1/cos(lat) ground metres: compare resolutions in the file's units.
-    scale = (right - left) / (bounds_3857[2] - bounds_3857[0])
+    scale = (bounds[2] - bounds[0]) / (bounds_3857[2] - bounds_3857[0])
     f = _level(ds, target_res_3857 * scale)
-    inv = ~ds.transform
+    if f == 1:
+        return _read_level(ds, ds, bounds, indexes, margin_px)
+    # An overview is W/f x H/f rounded (gdaladdo rounds up, the COG driver down), so its pixel is
+    # W/ovr_w by H/ovr_h source pixels, not f: the overview opened as a dataset has that transform.
+    with rasterio.open(ds.name, overview_level=ds.overviews(1).index(f)) as level:
+        return _read_level(ds, level, bounds, indexes, margin_px)
+
+
+def _read_level(ds, level, bounds, indexes, margin_px: int) -> Source | None:
+    """The whole pixels of `level` (the file or one of its overviews) covering `bounds` (in the file's
+    CRS) plus `margin_px`, georeferenced by the level's own transform."""
+    left, bottom, right, top = bounds
+    inv = ~level.transform
     c0, r0 = inv @ (left, top)
     c1, r1 = inv @ (right, bottom)
     c0, c1 = sorted((c0, c1))
     r0, r1 = sorted((r0, r1))
-    m = margin_px * f
-    c0 = max(0, int(math.floor((c0 - m) / f)) * f)
-    r0 = max(0, int(math.floor((r0 - m) / f)) * f)
-    c1 = min(ds.width // f * f, int(math.ceil((c1 + m) / f)) * f)
-    r1 = min(ds.height // f * f, int(math.ceil((r1 + m) / f)) * f)
+    c0 = max(0, int(math.floor(c0 - margin_px)))
+    r0 = max(0, int(math.floor(r0 - margin_px)))
+    c1 = min(level.width, int(math.ceil(c1 + margin_px)))
+    r1 = min(level.height, int(math.ceil(r1 + margin_px)))
     if c1 <= c0 or r1 <= r0:
         return None
     window = Window(c0, r0, c1 - c0, r1 - r0)
-    shape = (len(indexes), (r1 - r0) // f, (c1 - c0) // f)
-    data = ds.read(indexes, window=window, out_shape=shape)
-    transform = ds.window_transform(window) @ Affine.scale(f)
-    return Source(data, transform, ds.crs, ds.nodata, abs(ds.res[0]) * f)
+    data = level.read(indexes, window=window)
+    return Source(data, level.window_transform(window), ds.crs, ds.nodata, abs(level.res[0]))
 
 
 def read_window(href: str, signer, bounds_3857, target_res_3857: float, indexes=None,

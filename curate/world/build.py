@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 MARKER = "world.json"  # written last: its presence (with the config's key) means the world is complete
 COLLECTIONS = ("sentinel-2-l2a", "sentinel-1-rtc", "naip")
 SCL_OF_CLASS = np.array([6, 4, 4, 5, 5, 4], np.uint8)  # water, vegetation, not-vegetated
+# S1/S2 scenes here are a few hundred pixels (one COG block), real ones ~10980 px with four
+# overview levels (Planetary Computer's S2 visual: 5490, 2745, 1373, 687): keep three, scaled down.
+SMALL_SCENE_OVERVIEWS = 3
 
 
 def is_world(path: Path, cfg: WorldConfig | None = None) -> bool:
@@ -142,7 +145,7 @@ def _pixel_lonlat_local(scene: Scene, truth, cols: np.ndarray, rows: np.ndarray)
 
 def _s2(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
     vis = render_sensor(truth, "s2", scene.crs, scene.transform, scene.height, scene.width)
-    h2, w2 = scene.height // 2, scene.width // 2
+    h2, w2 = scene.half_res_shape
     # SCL at 20 m: land cover at 20 m pixel centres (pixel units of the 10 m grid).
     c20, r20 = np.meshgrid(np.arange(w2) * 2 + 1.0, np.arange(h2) * 2 + 1.0)
     x20, y20 = _pixel_lonlat_local(scene, truth, c20, r20)
@@ -173,10 +176,10 @@ def _s2(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
         bad20 = (np.arange(w2) * 2 + 1.0)[None, :] > edge(np.arange(h2) * 2 + 1.0)[:, None]
         scl[bad20] = 0
         valid_px = Polygon([(0, 0), (edge(0), 0), (edge(scene.height), scene.height), (0, scene.height)]).intersection(box(0, 0, scene.width, scene.height))
-    write_cog(folder / "visual.tif", out, scene.crs, scene.transform, nodata=0)
+    write_cog(folder / "visual.tif", out, scene.crs, scene.transform, nodata=0, min_overviews=SMALL_SCENE_OVERVIEWS)
     tr = scene.transform
     t20 = Affine(tr.a * 2, tr.b, tr.c, tr.d, tr.e * 2, tr.f)
-    write_cog(folder / "SCL.tif", scl[None], scene.crs, t20, nodata=0, resampling="nearest")
+    write_cog(folder / "SCL.tif", scl[None], scene.crs, t20, nodata=0, resampling="nearest", min_overviews=SMALL_SCENE_OVERVIEWS)
     extra = {
         "eo:cloud_cover": stac.cloud_cover(scl),
         "s2:nodata_pixel_percentage": round(100.0 * float((out[0] == 0).mean()), 6),
@@ -217,7 +220,8 @@ def _s1(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
         if 0 <= r < scene.height and 0 <= c < scene.width:
             g[0, r, c], g[1, r, c] = vv, vh
     for i, pol in enumerate(("vv", "vh")):
-        write_cog(folder / f"{pol}.tif", g[i : i + 1].astype(np.float32), scene.crs, scene.transform, nodata=-32768.0)
+        write_cog(folder / f"{pol}.tif", g[i : i + 1].astype(np.float32), scene.crs, scene.transform, nodata=-32768.0,
+                  min_overviews=SMALL_SCENE_OVERVIEWS)
     return stac.item(scene, None, stac.s1_assets(scene), {})
 
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 # Bump when rendering changes, so cached worlds from older code are not reused.
-RENDER_VERSION = 3
+RENDER_VERSION = 4
 
 # Local metric frame: x, y in metres on a sphere of mean Earth radius around the world's centre.
 EARTH_RADIUS_M = 6371008.8

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 from rasterio.warp import transform as warp_transform
@@ -116,22 +118,37 @@ def _render(truth: Truth, sensor: str, crs: CRS, transform: Affine, height: int,
     return out
 
 
-def write_cog(path: Path, data: np.ndarray, crs: CRS, transform: Affine, nodata, resampling: str = "average") -> None:
-    """Write (bands, H, W) as a real COG: 512 px tiles, internal overviews, DEFLATE."""
+COG_BLOCK = 512
+
+
+def overview_factors(width: int, height: int, minimum: int = 0) -> list[int]:
+    """Decimations 2, 4, 8, ... until a level fits in one block (GDAL's COG rule), at least `minimum` of them."""
+    out: list[int] = []
+    while len(out) < minimum or math.ceil(max(width, height) / (out[-1] if out else 1)) > COG_BLOCK:
+        out.append(2 * (out[-1] if out else 1))
+    return out
+
+
+def write_cog(path: Path, data: np.ndarray, crs: CRS, transform: Affine, nodata, resampling: str = "average",
+              min_overviews: int = 0) -> None:
+    """Write (bands, H, W) as a real COG: 512 px tiles, DEFLATE, internal overviews sized like
+    gdaladdo's and Planetary Computer's (ceil(W/f) x ceil(H/f), so an overview pixel of an image
+    whose size is not a multiple of f is not f source pixels), at least `min_overviews` of them."""
     count, height, width = data.shape
     profile = dict(driver="GTiff", count=count, height=height, width=width, dtype=data.dtype.name, crs=crs, transform=transform, nodata=nodata)
     path.parent.mkdir(parents=True, exist_ok=True)
     with MemoryFile() as mem:
         with mem.open(**profile) as ds:
             ds.write(data)
+            ds.build_overviews(overview_factors(width, height, min_overviews), Resampling[resampling])
         with mem.open() as src:
             rasterio.shutil.copy(
                 src,
                 str(path),
                 driver="COG",
                 COMPRESS="DEFLATE",
-                BLOCKSIZE=512,
-                OVERVIEW_RESAMPLING=resampling.upper(),
+                BLOCKSIZE=COG_BLOCK,
+                OVERVIEWS="FORCE_USE_EXISTING",
                 LEVEL=1,  # fast; the predictor does most of the size work
                 PREDICTOR="YES",
                 NUM_THREADS="ALL_CPUS",

@@ -35,6 +35,11 @@ class Scene:
     def crs(self) -> CRS:
         return CRS.from_epsg(self.epsg)
 
+    @property
+    def half_res_shape(self) -> tuple[int, int]:
+        """(height, width) of a grid at twice the pixel size covering every pixel (S2's 20 m SCL)."""
+        return -(-self.height // 2), -(-self.width // 2)
+
 
 def pixel_to_xy(tr: Affine, cols, rows) -> tuple[np.ndarray, np.ndarray]:
     """Map coordinates of (fractional) pixel coordinates under an affine transform (vectorised)."""
@@ -61,7 +66,8 @@ def utm_epsg(zone: int, lat: float, nad83: bool = False) -> int:
 
 
 def grid_over(lonlat_box, epsg: int, res: float, snap: float, offset: float = 0.0) -> tuple[Affine, int, int]:
-    """Pixel grid (north-up, in epsg) covering a lon/lat box, corners snapped outward to `snap`."""
+    """Pixel grid (north-up, in epsg) covering a lon/lat box: north-west corner snapped outward to
+    `snap`, an odd number of pixels on each side (reaching past the south-east corner)."""
     w, s, e, n = lonlat_box
     t = np.linspace(0, 1, 21)
     lons = np.r_[w + (e - w) * t, np.full(21, e), e - (e - w) * t, np.full(21, w)]
@@ -71,8 +77,14 @@ def grid_over(lonlat_box, epsg: int, res: float, snap: float, offset: float = 0.
     x1 = math.ceil((max(xs) - offset) / snap) * snap + offset
     y0 = math.floor((min(ys) - offset) / snap) * snap + offset
     y1 = math.ceil((max(ys) - offset) / snap) * snap + offset
-    width, height = int(round((x1 - x0) / res)), int(round((y1 - y0) / res))
+    width, height = _odd(int(round((x1 - x0) / res))), _odd(int(round((y1 - y0) / res)))
     return Affine(res, 0.0, x0, 0.0, -res, y1), width, height
+
+
+def _odd(n: int) -> int:
+    """n, or n + 1 when even: real scenes have arbitrary sizes, and an odd one is a multiple of no
+    overview decimation, so every overview level of its COG has pixels of not exactly f source pixels."""
+    return n if n % 2 else n + 1
 
 
 def _pad(cfg_box, metres: float):

@@ -118,7 +118,7 @@ def s2_assets(scene: Scene) -> dict:
             "roles": ["data"],
             "title": "Scene classfication map (SCL)",
             "gsd": 20.0,
-            "proj:shape": [scene.height // 2, scene.width // 2],
+            "proj:shape": list(scene.half_res_shape),
             "proj:transform": [20.0, 0.0, tr.c, 0.0, -20.0, tr.f],
         },
     }
