@@ -9,9 +9,6 @@ WORKDIR /app
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url ${TORCH_INDEX} "torch>=2.5"
 COPY pyproject.toml README.md ./
-COPY curate curate
-COPY serve serve
-COPY model model
-COPY regions regions
+COPY scale_alibi scale_alibi
 RUN pip install .
 EXPOSE 8000 8786 8787

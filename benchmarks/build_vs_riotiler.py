@@ -38,7 +38,7 @@ def _pin(cores: set[int]) -> None:
 
 def project(world, out: Path, zoom: int, region, scheduler: str, workers: int | None = None) -> dict:
     """One build; returns tiles (PNG files), seconds, requests, bytes."""
-    from curate.build import build_release
+    from scale_alibi.curate.build import build_release
 
     shutil.rmtree(out, ignore_errors=True)
     world.files.reset_stats()
@@ -57,9 +57,9 @@ def baseline(world, release, zoom: int) -> dict:
     from rio_tiler.io import Reader
     from rio_tiler.mosaic import mosaic_reader
 
-    from curate.encode import encode_png, rgb8
-    from curate.reader import GDAL_ENV
-    from curate.release import HIRES_CHILDREN
+    from scale_alibi.curate.encode import encode_png, rgb8
+    from scale_alibi.curate.reader import GDAL_ENV
+    from scale_alibi.contract.release import HIRES_CHILDREN
 
     rows = release.read_manifest().to_pylist()
     client = pystac_client.Client.open(world.stac_url)
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--skip-scale", action="store_true")
     args = ap.parse_args()
 
-    from curate.world import DEFAULT_WORLD, build_world, default_world_dir, start_world
+    from scale_alibi.devworld import DEFAULT_WORLD, build_world, default_world_dir, start_world
 
     all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     world = start_world(build_world(default_world_dir(DEFAULT_WORLD), DEFAULT_WORLD))

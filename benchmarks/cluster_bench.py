@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 from dask.utils import parse_bytes  # noqa: E402
 from shapely.geometry import box  # noqa: E402
 
-from curate.build import build_release  # noqa: E402
-from curate.reader import GDAL_ENV  # noqa: E402
-from curate.world import DEFAULT_WORLD, build_world, default_world_dir, start_world  # noqa: E402
+from scale_alibi.curate.build import build_release  # noqa: E402
+from scale_alibi.curate.reader import GDAL_ENV  # noqa: E402
+from scale_alibi.devworld import DEFAULT_WORLD, build_world, default_world_dir, start_world  # noqa: E402
 from tests.dask_cluster import dask_cluster, process_tree  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def main() -> None:
           f"{args.workers} x `dask worker --nthreads 1 --memory-limit {args.memory_limit}`, {seconds:.1f}s")
     print(f"  peak worker RSS {peak / 2**20:,.0f} MiB vs anchor idle worker {idle / 2**20:,.0f} MiB: "
           f"ratio {peak / idle:.2f}x; {(peak - idle) / 2**20:,.0f} MiB for one metatile task")
-    print(f"  GDAL's cache ceilings (block cache + vsicurl cache, curate/reader.py): {caches / 2**20:,.0f} MiB; "
+    print(f"  GDAL's cache ceilings (block cache + vsicurl cache, scale_alibi/curate/reader.py): {caches / 2**20:,.0f} MiB; "
           f"peak + ceilings = {(peak + caches) / 2**20:,.0f} MiB")
     print(f"  --memory-limit {args.memory_limit} = {limit / 2**20:,.0f} MiB: peak is {peak / limit:.0%} of it, "
           f"peak + ceilings {(peak + caches) / limit:.0%} (the nanny restarts a worker at 95%)")

@@ -1,6 +1,6 @@
 """GPU benchmark of Scale-ALiBi attention and the `base` model (issue 7); `--dry-run` on CPU.
 
-Run from the source tree (imports only `model/`, needs only torch):
+Run from the source tree (imports only `scale_alibi/model/`, needs only torch):
 
     PYTHONPATH=. python benchmarks/gpu_model.py            # CUDA, <= ~6 min
     PYTHONPATH=. python benchmarks/gpu_model.py --dry-run  # tiny sizes on CPU, seconds
@@ -30,11 +30,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from model.attention import alibi_slopes, flex_attention_scale_alibi, reference_attention
-from model.config import get_config
-from model.geometry import tile_ground_size_m
-from model.scale_alibi import ScaleAlibiModel, coords, expand_to_hires, random_mask
-from model.vit import gather_tokens
+from scale_alibi.model.nn.attention import alibi_slopes, flex_attention_scale_alibi, reference_attention
+from scale_alibi.model.nn.config import get_config
+from scale_alibi.model.nn.geometry import tile_ground_size_m
+from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel, coords, expand_to_hires, random_mask
+from scale_alibi.model.nn.vit import gather_tokens
 
 FAILED: list[str] = []
 DEADLINE = [float("inf")]  # perf_counter() time by which the script should be done

@@ -1,4 +1,4 @@
-"""CPU training step time with freed memory kept in the heap (`model.host_memory`) vs glibc's default.
+"""CPU training step time with freed memory kept in the heap (`scale_alibi.model.train.host_memory`) vs glibc's default.
 
     python benchmarks/host_memory_bench.py [--config tiny] [--batch 32] [--steps 8] [--repeats 2]
 
@@ -27,9 +27,9 @@ def measure(config: str, batch: int, steps: int, retain: bool) -> dict[str, floa
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from model.config import get_config
-    from model.host_memory import retain_freed_memory
-    from model.scale_alibi import ScaleAlibiModel
+    from scale_alibi.model.nn.config import get_config
+    from scale_alibi.model.train.host_memory import retain_freed_memory
+    from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel
 
     if retain:
         retain_freed_memory()

@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curate.release import HIRES_NAMES, Release, content_hash, write_manifest  # noqa: E402
-from model.geometry import tile_ground_size_m  # noqa: E402
-from model.loader import TripletStream, collate_triplets, make_loader  # noqa: E402
-from model.triplet_decode import decode_triplet  # noqa: E402
+from scale_alibi.contract.release import HIRES_NAMES, Release, content_hash, write_manifest  # noqa: E402
+from scale_alibi.model.nn.geometry import tile_ground_size_m  # noqa: E402
+from scale_alibi.model.data.loader import TripletStream, collate_triplets, make_loader  # noqa: E402
+from scale_alibi.model.data.decode import decode_triplet  # noqa: E402
 
 
 def synthetic_png(rng: np.random.Generator, size: int = 256) -> bytes:
@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from serve.process import ServerProcess
+    from scale_alibi.serve.process import ServerProcess
 
     tmp = tempfile.TemporaryDirectory(prefix="loader-bench-")
     if args.data is None:

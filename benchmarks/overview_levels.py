@@ -2,7 +2,7 @@
 
 For a build at zoom Y, S1 and S2 are read at the pixel size of zoom Y and NAIP at that of Y+1 (its
 Y tile is the 2x2 average of the Y+1 image). Each read goes through the real reader
-(`curate.reader.read_window`) over HTTP, for one tile at the centre of the world; the level is
+(`scale_alibi.curate.reader.read_window`) over HTTP, for one tile at the centre of the world; the level is
 reported as its pixel size in source pixels and its size in pixels.
 
     python benchmarks/overview_levels.py [--zooms 12-18]
@@ -24,9 +24,9 @@ def main() -> None:
     import pystac_client
     import rasterio
 
-    from curate.reader import read_window
-    from curate.warp import block_grid
-    from curate.world import DEFAULT_WORLD, build_world, default_world_dir, serve_world
+    from scale_alibi.curate.reader import read_window
+    from scale_alibi.curate.warp import block_grid
+    from scale_alibi.devworld import DEFAULT_WORLD, build_world, default_world_dir, serve_world
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--zooms", default="12-18", help="first-last build zoom")

@@ -1,4 +1,4 @@
-"""PMTiles archives at scale: `curate.archive` (this project's writer and reader) vs the `pmtiles`
+"""PMTiles archives at scale: `scale_alibi.contract.archive` (this project's writer and reader) vs the `pmtiles`
 package's reference Writer and Reader, on the same tiles.
 
     python benchmarks/pmtiles_bench.py [--tiles 1000000] [--lookups 20000] [--no-reference]
@@ -25,7 +25,7 @@ from pmtiles.writer import Writer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curate.archive import Archive, ArchiveWriter, tile_ids  # noqa: E402
+from scale_alibi.contract.archive import Archive, ArchiveWriter, tile_ids  # noqa: E402
 
 ZOOM = 17
 HEADER = {"min_zoom": ZOOM, "max_zoom": ZOOM, "min_lon_e7": 0, "min_lat_e7": 0, "max_lon_e7": 1, "max_lat_e7": 1,
@@ -83,19 +83,19 @@ def main() -> None:
     zxy = [tileid_to_zxy(int(t)) for t in probe.tolist()]
     print(f"{len(ids):,} tiles at zoom {ZOOM}, 64-byte payloads")
     with tempfile.TemporaryDirectory() as tmp:
-        writers = [("curate.archive", write_ours)] + ([] if args.no_reference else [("pmtiles reference", write_reference)])
+        writers = [("scale_alibi.contract.archive", write_ours)] + ([] if args.no_reference else [("pmtiles reference", write_reference)])
         for name, write in writers:
             path = Path(tmp) / f"{name.split()[0]}.pmtiles"
             _, s, peak = measure(lambda: write(path, ids))
             print(f"write  {name:18s} {s:8.1f} s  peak heap {peak / 2**20:8.1f} MiB  ({peak / len(ids):6.1f} B/tile)  "
                   f"file {path.stat().st_size / 2**20:.1f} MiB")
-        ours = Path(tmp) / "curate.archive.pmtiles"
+        ours = Path(tmp) / "scale_alibi.contract.archive.pmtiles"
         archive, s, peak = measure(lambda: Archive.open(ours))
         t0 = time.perf_counter()
         for z, x, y in zxy:
             assert archive.read(z, x, y) is not None
         rate = len(zxy) / (time.perf_counter() - t0)
-        print(f"read   {'curate.archive':18s} open {s * 1e3:6.1f} ms  peak heap {peak / 2**20:6.1f} MiB  {rate:9,.0f} look-ups/s")
+        print(f"read   {'scale_alibi.contract.archive':18s} open {s * 1e3:6.1f} ms  peak heap {peak / 2**20:6.1f} MiB  {rate:9,.0f} look-ups/s")
         archive.close()
         if not args.no_reference:
             with open(ours, "rb") as f:

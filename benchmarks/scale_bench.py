@@ -2,7 +2,7 @@
 
     python benchmarks/scale_bench.py [--triplets 1000000] [--anchor 1000] [--seconds 10] [--skip-graph]
 
-Releases: a real manifest (curate.release.write_manifest) of N triplets at z15, its columns
+Releases: a real manifest (scale_alibi.contract.release.write_manifest) of N triplets at z15, its columns
 generated vectorised with distinct sha256-shaped hashes; only the files the benchmark reads exist,
 as hard links to a pool of real synthetic PNGs (the loader benchmark's), and their rows carry
 those PNGs' true sha256. Both sizes serve the same number of distinct random tiles, so the
@@ -10,7 +10,7 @@ server's tile cache behaves alike and what differs is the release's size.
 
 Server (one worker on core 1, wrk on core 0 as in serve_bench.py): start-up until /health
 answers, RSS of its process tree once warm, req/s and p99 for random tiles across the whole
-release (wrk with a Lua script). Loader: model.loader over the server, triplets/s after the
+release (wrk with a Lua script). Loader: scale_alibi.model.data.loader over the server, triplets/s after the
 first batch, and the time to that first batch. Goal: 10^6 within 1.2x of 10^3 in p99, req/s and
 loader triplets/s; memory stated per million triplets.
 
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from loader_bench import synthetic_png  # noqa: E402
 from serve_bench import CLIENT_CORE, SERVER_CORE, wrk  # noqa: E402
 
-from curate.release import (  # noqa: E402
+from scale_alibi.contract.release import (  # noqa: E402
     HIRES_CHILDREN,
     REQUIRED_COLUMNS,
     TRIPLET_MEMBERS,
@@ -54,7 +54,7 @@ from curate.release import (  # noqa: E402
     shard_rows,
     write_manifest,
 )
-from serve.process import ServerProcess  # noqa: E402
+from scale_alibi.serve.process import ServerProcess  # noqa: E402
 
 ZOOM, X0, Y0 = 15, 6000, 12000  # a block of z15 tiles over the central US
 POOL = 16  # distinct real PNGs behind every file that exists
@@ -143,7 +143,7 @@ class ScaleRelease:
 
 def loader_rows(rel: ScaleRelease, triplets: int) -> np.ndarray:
     """Manifest rows of every shard the loader can open while yielding its first `triplets` (prefetch included)."""
-    from model.loader import ShardPlan, TripletStream
+    from scale_alibi.model.data.loader import ShardPlan, TripletStream
 
     shuffle, prefetch = (TripletStream.__init__.__kwdefaults__[k] for k in ("shuffle_buffer", "prefetch"))
     plan = ShardPlan(len(rel.train_rows), SHARD_SIZE, SEED, 0, 1, LOADER_WORKERS, shuffle)
@@ -203,10 +203,10 @@ def wrk_random(base: str, urls: list[str], work: Path, seconds: int, connections
 
 
 def loader_rate(url: str, name: str, triplets: int) -> tuple[float, float]:
-    """(triplets/s after the first batch, seconds to the first batch) of model.loader over the server."""
+    """(triplets/s after the first batch, seconds to the first batch) of scale_alibi.model.data.loader over the server."""
     import torch
 
-    from model.loader import TripletStream, make_loader
+    from scale_alibi.model.data.loader import TripletStream, make_loader
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -266,15 +266,15 @@ def measure(sizes: list[int], args, work: Path) -> list[dict]:
 
 def conus_graph(region: str, zoom: int) -> dict:
     """Plan `curate build --region R --zoom Z` into the tasks it submits, fetching nothing."""
-    from curate.build import (
+    from scale_alibi.curate.build import (
         BuildParams,
         MetatileJob,
         group_metatiles,
         plan_tiles,
         search_blocks,
     )
-    from curate.release import LAYERS
-    from regions import load_region
+    from scale_alibi.contract.release import LAYERS
+    from scale_alibi.regions import load_region
 
     t = time.perf_counter()
     base = peak_rss()
@@ -295,7 +295,7 @@ def conus_graph(region: str, zoom: int) -> dict:
 
 def row_bytes(rows: int = 64_000) -> float:
     """Python bytes per manifest row as the driver holds them: rows shaped as cut_metatile returns
-    them (curate/build.py `_describe`), unpickled one 64-row metatile at a time as results arrive."""
+    them (scale_alibi/curate/build.py `_describe`), unpickled one 64-row metatile at a time as results arrive."""
     import tracemalloc
 
     rng = np.random.default_rng(3)

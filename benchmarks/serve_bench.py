@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from curate.release import HIRES_NAMES, Release  # noqa: E402
-from serve.process import ServerProcess, free_port  # noqa: E402
+from scale_alibi.contract.release import HIRES_NAMES, Release  # noqa: E402
+from scale_alibi.serve.process import ServerProcess, free_port  # noqa: E402
 
 SERVER_CORE, CLIENT_CORE = "1", "0"
 
@@ -60,7 +60,7 @@ def make_tiny_release(root: Path, name: str = "tiny") -> str:
     import pyarrow as pa
     from PIL import Image
 
-    from curate.release import content_hash, write_manifest
+    from scale_alibi.contract.release import content_hash, write_manifest
 
     rel = Release(root, name)
     z, x, y = 14, 100, 100

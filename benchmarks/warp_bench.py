@@ -1,4 +1,4 @@
-"""Metatile reprojection: `curate.warp.warp` (PROJ on nodes + OpenCV remap) vs GDAL's warper.
+"""Metatile reprojection: `scale_alibi.curate.warp.warp` (PROJ on nodes + OpenCV remap) vs GDAL's warper.
 
     python benchmarks/warp_bench.py [--metatile 3] [--repeats 3]
 
@@ -8,7 +8,7 @@ build does after its COG read, for two cases: S2 (10 m, bilinear upsampling at z
 thread, its default approximate transformer) onto the same grid with the same resampling, in the
 same run. Prints ms per metatile for both, the ratio, and the mean absolute difference of the two
 outputs (the two agree up to interpolation details; the build's alignment is tested against an
-analytic truth in tests/test_build.py, not against GDAL).
+analytic truth in tests/curate/test_build.py, not against GDAL).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from rasterio.enums import Resampling
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from curate.reader import Source  # noqa: E402
-from curate.warp import Grid, warp  # noqa: E402
+from scale_alibi.curate.reader import Source  # noqa: E402
+from scale_alibi.curate.warp import Grid, warp  # noqa: E402
 from timing import median_ms  # noqa: E402
 
 LON, LAT = -102.0, 35.2  # the synthetic world's centre (UTM 13N / 14N edge region)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 
-# -- synthetic world (curate/world) ----------------------------------------------------------
+# -- synthetic world (scale_alibi/devworld) ----------------------------------------------------------
 @pytest.fixture(scope="session")
 def world_dir():
     """The default synthetic world, rendered once and cached between runs ($SCALE_ALIBI_CACHE)."""
-    from curate.world import DEFAULT_WORLD, build_world, default_world_dir
+    from scale_alibi.devworld import DEFAULT_WORLD, build_world, default_world_dir
 
     return build_world(default_world_dir(DEFAULT_WORLD), DEFAULT_WORLD)
 
@@ -17,7 +17,7 @@ def world_dir():
 @pytest.fixture(scope="session")
 def world(world_dir):
     """The default world served: STAC API (rustac) + Range file server on free loopback ports."""
-    from curate.world import start_world
+    from scale_alibi.devworld import start_world
 
     w = start_world(world_dir)
     try:
@@ -34,19 +34,19 @@ def _world_faults_cleared(request):
     parametrized = callspec is not None and "world" in callspec.params  # a parameter, not the fixture
     if "world" in request.fixturenames and not parametrized:
         request.getfixturevalue("world").files.clear_faults()
-        from curate.reader import clear_http_cache
+        from scale_alibi.curate.reader import clear_http_cache
 
         clear_http_cache()  # GDAL remembers a 403 per URL in-process: don't let it outlive the test
 
 
-# -- curate build (curate/build.py) ----------------------------------------------------------
+# -- curate build (scale_alibi/curate/build.py) ----------------------------------------------------------
 @pytest.fixture(scope="session")
 def built_release_info(world, tmp_path_factory):
     """A z17 build of the whole default world (local Dask cluster, 2 workers), with the bytes and
     requests it fetched: {"root", "name", "result", "requests", "bytes"}."""
     from shapely.geometry import box
 
-    from curate.build import build_release
+    from scale_alibi.curate.build import build_release
 
     root = tmp_path_factory.mktemp("built-release")
     world.files.reset_stats()
@@ -62,7 +62,7 @@ def built_release(built_release_info):
     return built_release_info["root"], built_release_info["name"]
 
 
-# -- training (model/train.py): one tiny run shared by tests/test_train.py and tests/test_eval.py
+# -- training (scale_alibi/model/train/trainer.py): one tiny run shared by tests/model/test_train.py and tests/model/test_eval.py
 # Trainer-side hyper-parameters for the CPU acceptance run (tiny config unchanged): 3,200 samples
 # in 200 small steps rather than 100 large ones, since a model trained from scratch is short of updates.
 STEPS = 200
@@ -77,8 +77,8 @@ def tiny_model(ref_zoom: int = 17):
     """The tiny model, seeded, with L_ref at the release's zoom (as `curate train` sets it)."""
     import torch
 
-    from model.config import get_config
-    from model.scale_alibi import ScaleAlibiModel
+    from scale_alibi.model.nn.config import get_config
+    from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel
 
     torch.manual_seed(0)
     return ScaleAlibiModel(get_config("tiny", ref_zoom=ref_zoom))
@@ -90,9 +90,9 @@ def served(built_release):
     import json
     from pathlib import Path
 
-    from curate.release import Release
-    from model.stats import compute_stats
-    from serve.process import ServerProcess
+    from scale_alibi.contract.release import Release
+    from scale_alibi.model.data.stats import compute_stats
+    from scale_alibi.serve.process import ServerProcess
 
     data_root, name = built_release
     stats_file = Path(data_root) / name / "stats.json"
@@ -103,7 +103,7 @@ def served(built_release):
 
 @pytest.fixture(scope="session")
 def heldout(served):
-    from model.train_data import collect_split
+    from scale_alibi.model.train.data import collect_split
 
     url, name, stats = served
     data = collect_split(url, name, "heldout")
@@ -117,9 +117,9 @@ def trained(served, heldout, tmp_path_factory):
     import json
     import time
 
-    from model.retrieval import retrieval_top1
-    from model.train import TrainConfig, Trainer
-    from model.train_data import PrepareBatch, StreamSource
+    from scale_alibi.model.eval.retrieval import retrieval_top1
+    from scale_alibi.model.train.trainer import TrainConfig, Trainer
+    from scale_alibi.model.train.data import PrepareBatch, StreamSource
 
     url, name, stats = served
     prepare = PrepareBatch(stats)

@@ -1,6 +1,6 @@
 """Small releases on disk for server tests: real PNG tiles, a manifest, and hostile extras.
 
-`make_release` writes a finished release in the `curate.release` layout (varied PNG content, a
+`make_release` writes a finished release in the `scale_alibi.contract.release` layout (varied PNG content, a
 manifest via `write_manifest`). `make_data_dir` lays out a data directory with everything the
 path-safety tests need: a clean release, an unfinished one, a tile on disk but not in the
 manifest, symlinks pointing outside, and a canary file outside the data directory.
@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curate.release import HIRES_CHILDREN, LAYERS, Release, content_hash, write_manifest
+from scale_alibi.contract.release import HIRES_CHILDREN, LAYERS, Release, content_hash, write_manifest
 
 Z = 15
 X0, Y0 = 5240, 12660  # the issue's example tile 15/5241/12661 lies inside the default grid

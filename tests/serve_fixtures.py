@@ -8,7 +8,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from serve.process import ServerProcess
+from scale_alibi.serve.process import ServerProcess
 from tests.release_factory import DataDir, make_data_dir
 
 _state: dict[str, object] = {}

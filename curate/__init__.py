@@ -1,3 +1,0 @@
-"""scale-alibi curation: STAC scenes to aligned web-mercator S1 / S2 / NAIP tile triplets."""
-
-__version__ = "0.1.0"

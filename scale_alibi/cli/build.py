@@ -1,0 +1,92 @@
+"""`curate build`: the command line of scale_alibi.curate.build.build_release."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from scale_alibi.contract.errors import UserError
+from scale_alibi.curate.search import TIMEOUT_S
+
+
+def _years(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    try:
+        parts = [int(v) for v in value.split("-", 1)] if "-" in value else [int(value)] * 2
+    except ValueError:
+        raise UserError(f"--naip-years {value!r} must be YEAR or FIRST-LAST, e.g. 2020-2022") from None
+    return parts[0], parts[1]
+
+
+def _bbox(value: str | None):
+    if not value:
+        return None
+    from shapely.geometry import box
+
+    try:
+        w, s, e, n = (float(v) for v in value.split(","))
+    except ValueError:
+        raise UserError(f"--bbox {value!r} must be W,S,E,N in degrees") from None
+    if not all(math.isfinite(v) for v in (w, s, e, n)):
+        raise UserError(f"--bbox {value!r} has a coordinate that is not a finite number; give W,S,E,N in degrees")
+    if not (w < e and s < n):
+        raise UserError(f"--bbox {value!r} must have W < E and S < N")
+    return box(w, s, e, n)
+
+
+@click.command("build")
+@click.option("--region", help="Region: a name (conus, puerto-rico) or a GeoJSON file. Omit to build a named --release.")
+@click.option("--bbox", help="Region as W,S,E,N degrees (instead of --region).")
+@click.option("--zoom", type=int, help="Tile zoom Y (NAIP is also cut at Y+1). Default: the named release's zoom.")
+@click.option("--release", help="Release name: a release of paper Table 1 when no region is given (e.g. small), "
+              "else the output subfolder.  [default: <region>-z<zoom>]")
+@click.option("--out", default="data", show_default=True, type=click.Path(file_okay=False), help="Data root.")
+@click.option("--catalog", default="https://planetarycomputer.microsoft.com/api/stac/v1", show_default=True,
+              help="STAC API URL.")
+@click.option("--datetime", "datetime_", help="STAC interval of S1/S2 scene dates, e.g. 2022-01-01/2022-12-31 (NAIP: --naip-years).  [default: any]")
+@click.option("--max-cloud", default=20.0, show_default=True, help="S2 eo:cloud_cover upper limit (percent).")
+@click.option("--naip-years", help="NAIP years, YEAR or FIRST-LAST (newest preferred).  [default: any]")
+@click.option("--max-gap-days", default=730.0, show_default=True,
+              help="Largest S1/S2 time gap to the tile's NAIP capture (closest is taken first).")
+@click.option("--min-valid", default=0.99, show_default=True,
+              help="Fraction of a tile's pixels that must be valid (data, not cloud) in each layer.")
+@click.option("--metatile", "metatile_levels", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Metatile = ancestor this many levels up (3 -> 8x8 tiles warped at once).")
+@click.option("--heldout-fraction", default=0.25, show_default=True,
+              help="Region builds: fraction of spatial blocks held out.")
+@click.option("--split-levels", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Region builds: split blocks are ancestors this many levels up (2 -> 4x4 tiles).")
+@click.option("--signer", default="planetary-computer", show_default=True,
+              help="Href signer: planetary-computer, none, or module:function.")
+@click.option("--scheduler", default=None,
+              help="Dask: tcp://HOST:PORT of a running scheduler, or local, threads, synchronous.  [default: local "
+              "cluster, one single-threaded worker process per core]")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster workers.  [default: number of cores]")
+@click.option("--timeout", "timeout_s", default=TIMEOUT_S, show_default=True,
+              help="Seconds any one network call (catalog request, COG read) may wait for data before it is retried.")
+@click.option("--allow-empty", is_flag=True, help="Seal a release even when no tile has a complete triplet.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def build(region, bbox, zoom, release, out, catalog, datetime_, max_cloud, naip_years, max_gap_days, min_valid,
+          metatile_levels, heldout_fraction, split_levels, signer, scheduler, workers, timeout_s, allow_empty,
+          progress) -> None:
+    """Build aligned s1/s2/naip XYZ triplets of a region (or a named release) from a STAC catalog.
+
+    Writes OUT/RELEASE/<layer>/<z>/<x>/<y>.png and OUT/RELEASE/manifest.parquet (last). Rerunning
+    resumes where an interrupted build stopped."""
+    from scale_alibi.curate.build import build_release
+
+    if region and bbox:
+        raise UserError("give either --region or --bbox, not both")
+    geometry = _bbox(bbox) if bbox else region
+    if bbox and not release:
+        release = f"bbox-z{zoom}"
+    result = build_release(
+        out, zoom=zoom, region=geometry, release=release, catalog=catalog, datetime=datetime_, max_cloud=max_cloud,
+        naip_years=_years(naip_years), max_gap_days=max_gap_days, min_valid=min_valid,
+        metatile_levels=metatile_levels, heldout_fraction=heldout_fraction, split_levels=split_levels,
+        signer=signer, scheduler=scheduler, workers=workers, progress=progress, echo=lambda m: click.echo(m, err=True),
+        timeout_s=timeout_s, allow_empty=allow_empty,
+    )
+    click.echo(str(result.release.path))

@@ -1,0 +1,1 @@
+"""The contract every stage shares: the release layout on disk, tile maths, shared names, errors."""

@@ -1,0 +1,236 @@
+"""The on-disk release: a public contract shared by `curate build` (writer), `serve` and the loader.
+
+Layout (the paper's, standard XYZ so any web map can show a layer directly)::
+
+    OUT/<release>/<layer>/<z>/<x>/<y>.png      layer in s1, s2, naip; naip also at z+1
+    OUT/<release>/manifest.parquet             one row per complete triplet; written last
+    OUT/<release>/<layer>.pmtiles              optional: the layer as one PMTiles archive
+                                               (`curate pack`); serves a release without the tree
+
+A release without ``manifest.parquet`` is unfinished: it is never served or trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+LAYERS: tuple[str, ...] = ("s1", "s2", "naip")
+# Credit each layer's data requires; served in TileJSON and written into PMTiles archives.
+ATTRIBUTION: dict[str, str] = {
+    "s1": "Contains modified Copernicus Sentinel data (Sentinel-1)",
+    "s2": "Contains modified Copernicus Sentinel data (Sentinel-2)",
+    "naip": "NAIP imagery: USDA Farm Production and Conservation Business Center, public domain",
+}
+MANIFEST_NAME = "manifest.parquet"
+STATS_NAME = "stats.json"  # `curate stats`: per-channel mean/std beside the manifest
+
+# The four NAIP tiles at zoom z+1 that make the 512 px image of tile (z, x, y), in row-major
+# order: (dx, dy) offsets of the child (2x+dx, 2y+dy). Names are the triplet/shard member names.
+HIRES_CHILDREN: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (0, 1), (1, 1))
+HIRES_NAMES: tuple[str, ...] = ("naip_hires_0", "naip_hires_1", "naip_hires_2", "naip_hires_3")
+TRIPLET_MEMBERS: tuple[str, ...] = ("s1", "s2", "naip", *HIRES_NAMES)
+
+
+def triplet_tiles(z: int, x: int, y: int) -> list[tuple[str, tuple[str, int, int, int]]]:
+    """(member name, tile address (layer, z, x, y)) of every tile of triplet (z, x, y), in TRIPLET_MEMBERS order."""
+    out = [(layer, (layer, z, x, y)) for layer in LAYERS]
+    out += [(name, ("naip", z + 1, 2 * x + dx, 2 * y + dy)) for name, (dx, dy) in zip(HIRES_NAMES, HIRES_CHILDREN)]
+    return out
+
+
+# Version of the manifest contract (REQUIRED_COLUMNS and their meaning), recorded in PMTiles archives.
+MANIFEST_SCHEMA_VERSION = 1
+
+# Columns every manifest has; `curate build` may add more (documented in docs/manifest.md).
+REQUIRED_COLUMNS: dict[str, pa.DataType] = {
+    "z": pa.int32(),
+    "x": pa.int64(),
+    "y": pa.int64(),
+    "split": pa.string(),  # "train" or "heldout"
+    "hash_s1": pa.string(),  # sha256 hex of the PNG bytes
+    "hash_s2": pa.string(),
+    "hash_naip": pa.string(),
+    "hash_naip_hires": pa.list_(pa.string()),  # four hashes in HIRES_CHILDREN order
+}
+
+
+MAX_RELEASE_NAME = 100
+_RELEASE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def is_release_name(name: object) -> bool:
+    """Whether `name` is a release name: letters, digits, ``-_.``, no leading dot, at most 100 characters."""
+    return isinstance(name, str) and len(name) <= MAX_RELEASE_NAME and bool(_RELEASE_NAME.fullmatch(name))
+
+
+def check_release_name(name: str) -> str:
+    """Return `name` if `is_release_name`, else raise UserError: a release is one directory under
+    the data root, never a path, and its name travels in URLs and shard member names."""
+    from scale_alibi.contract.errors import UserError
+
+    if not is_release_name(name):
+        shown = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:60]}... ({len(str(name))} characters)"
+        raise UserError(f"release name {shown} is not allowed; use 1-{MAX_RELEASE_NAME} letters, digits, "
+                        "'-', '_' or '.', not starting with '.'")
+    return name
+
+
+def resolves_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """True when `path`, with every symlink resolved, lies strictly below `root` (also resolved)."""
+    return os.path.realpath(path).startswith(os.path.realpath(root).rstrip(os.sep) + os.sep)
+
+
+def content_hash(data: bytes) -> str:
+    """The content hash recorded in the manifest and used as the HTTP ETag."""
+    return hashlib.sha256(data).hexdigest()
+
+
+FSYNC_THREADS = 8  # fsyncs in flight at once: the disk and the journal commit them together
+
+
+def fsync_paths(paths: Iterable[Path]) -> None:
+    """Make each file's bytes, or each directory's entries, durable (fsync), several at a time
+    (one after another, each waits for its own disk flush: hundreds of them per metatile)."""
+    paths = list(paths)
+    if len(paths) <= 1:
+        for p in paths:
+            fsync_path(p)
+        return
+    with ThreadPoolExecutor(min(FSYNC_THREADS, len(paths))) as pool:
+        list(pool.map(fsync_path, paths))
+
+
+def fsync_path(path: Path) -> None:
+    """fsync the file or directory at `path` (a directory's: the entries created, renamed or removed in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either nothing or the whole file, and so that
+    the new file survives a power loss once this returns (temp + fsync + rename + fsync of the directory).
+    The file gets the umask's mode, like any file `open` creates (tempfile.mkstemp would force 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+@dataclass(frozen=True)
+class Release:
+    """A named release under a data root: paths to its tiles and its manifest."""
+
+    root: Path
+    name: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root) / self.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+    @property
+    def is_finished(self) -> bool:
+        """A release is finished (servable) once its manifest exists."""
+        return self.manifest_path.is_file()
+
+    def tile_path(self, layer: str, z: int, x: int, y: int) -> Path:
+        return self.path / layer / str(z) / str(x) / f"{y}.png"
+
+    def triplet_paths(self, z: int, x: int, y: int) -> dict[str, Path]:
+        """Every file of the triplet at (z, x, y), keyed by its member name (TRIPLET_MEMBERS)."""
+        return {name: self.tile_path(*tile) for name, tile in triplet_tiles(z, x, y)}
+
+    def read_manifest(self) -> pa.Table:
+        return read_manifest(self.manifest_path)
+
+
+HASH_COLUMNS: tuple[str, ...] = ("z", "x", "y", "hash_s1", "hash_s2", "hash_naip", "hash_naip_hires")
+
+
+def triplet_files(row: dict) -> list[tuple[str, str]]:
+    """(path relative to the release, sha256) of every file of a manifest row, in TRIPLET_MEMBERS order."""
+    z, x, y = int(row["z"]), int(row["x"]), int(row["y"])
+    out = [(f"{layer}/{z}/{x}/{y}.png", row[f"hash_{layer}"]) for layer in LAYERS]
+    for (dx, dy), digest in zip(HIRES_CHILDREN, row["hash_naip_hires"]):
+        out.append((f"naip/{z + 1}/{2 * x + dx}/{2 * y + dy}.png", digest))
+    return out
+
+
+def write_manifest(table: pa.Table, path: Path, metadata: dict[str, object]) -> None:
+    """Validate and atomically write a manifest; `metadata` is stored as JSON in the file's key-value metadata."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"manifest lacks required columns {missing}")
+    table = table.sort_by([("z", "ascending"), ("x", "ascending"), ("y", "ascending")])
+    kv = dict(table.schema.metadata or {})
+    kv[b"scale_alibi"] = json.dumps(metadata, sort_keys=True, default=str).encode()
+    table = table.replace_schema_metadata(kv)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes_atomic(Path(path), sink.getvalue().to_pybytes())
+
+
+def read_manifest(path: Path) -> pa.Table:
+    """Read a manifest written by `write_manifest`."""
+    return pq.read_table(path)
+
+
+def manifest_metadata(table: pa.Table) -> dict[str, object]:
+    """The JSON metadata stored with a manifest (release, zoom, versions, item `updated` times, ...)."""
+    raw = (table.schema.metadata or {}).get(b"scale_alibi")
+    return json.loads(raw) if raw else {}
+
+
+def list_releases(root: Path) -> Iterator[Release]:
+    """Finished releases under a data root, by name."""
+    root = Path(root)
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        release = Release(root, child.name)
+        if release.is_finished:
+            yield release
+
+
+# ---- training-shard order: shared by the server (which cuts shards) and the loader (which asks) ----
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The deterministic order of a release's n manifest rows in one (seed, epoch)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def shard_count(n: int, shard_size: int) -> int:
+    """How many shards of `shard_size` triplets cover n rows (the last may be short)."""
+    return -(-n // shard_size)
+
+
+def shard_rows(n: int, seed: int, epoch: int, shard_size: int, index: int) -> np.ndarray:
+    """Manifest row indices of shard `index` in epoch order: the slice [index*size, (index+1)*size)."""
+    if not 0 <= index < shard_count(n, shard_size):
+        raise IndexError(f"shard {index} out of range for {n} rows in shards of {shard_size}")
+    return epoch_permutation(n, seed, epoch)[index * shard_size : (index + 1) * shard_size]

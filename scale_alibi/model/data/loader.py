@@ -1,0 +1,627 @@
+"""Streaming training loader: triplets from a running `curate serve` as batched tensors.
+
+Use (the trainer wraps this in `scale_alibi.model.train.data.StreamSource`)::
+
+    ds = TripletStream("http://127.0.0.1:8000", "small", split="train", shard_size=64, seed=0,
+                       rank=rank, world_size=world)
+    loader = make_loader(ds, batch_size=32, num_workers=4)
+    normalize = Normalize(load_stats(".../stats.json"))  # applied after the batch is on its device
+    progress = StreamProgress.for_loader(loader)
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        for batch in loader:                 # dict: s1 s2 naip naip_hires z x y tile_size_m + tags
+            ...                              # train on normalize(batch), then:
+            progress.update(batch)           # the trainer says what it consumed
+        state = progress.state_dict()        # small JSON dict; store it in the checkpoint
+
+    # resume mid-epoch: same url/release/split/shard_size/seed/world_size/num_workers
+    ds.load_state_dict(state); progress.load_state_dict(state)
+    for batch in make_loader(ds, ...): ...   # continues with exactly the batch that came next
+
+**Order.** An epoch's order over the split's rows is `scale_alibi.contract.release.epoch_permutation(n, seed,
+epoch)`, cut into shards of `shard_size` by the server (`shard_rows`). Rank r takes shards r, r + R,
+r + 2R, ... (R = world_size) and its DataLoader worker w every num_workers-th of those, starting at
+its w-th: every shard goes to exactly one worker of one rank, none twice, none skipped, and a rank's
+share does not depend on the worker count. Each worker reads its shards in order and passes their
+samples through a shuffle buffer of ``shuffle_buffer`` samples whose random choices depend only on
+(seed, epoch, rank, worker) and on sample *positions* (shard, offset), never on timing. So a worker's
+output order is a pure function, computed up front (`ShardPlan.worker_order`), and the worker only
+holds back samples that are not yet due (at most ``shuffle_buffer`` of them, plus ``prefetch``
+parsed ones in flight). The DataLoader takes batches round-robin from its workers, skipping
+exhausted ones; that is deterministic too, so the whole batch sequence is a function of (seed,
+epoch, world_size, num_workers).
+
+**Resume.** Every batch carries the logical worker that produced it (``batch["worker"]``: a
+DataLoader batch always comes from one worker), its ``batch["epoch"]``, and each sample its
+(``shard``, ``offset``). The trainer counts what it *consumed* with `StreamProgress.update` (not
+what workers prefetched); the state is ``{epoch, seed, world_size, num_workers, consumed[worker],
+next_worker}``. `TripletStream.load_state_dict` makes each worker skip the first ``consumed[w]``
+samples of its order (re-fetching from the server, with ``start=``, only what its buffer still held)
+and rotates logical workers onto the DataLoader's physical ones so that its round-robin starts at
+``next_worker``: the resumed run yields exactly the batches the uninterrupted run would have. The
+resume state applies to iterations until the next `set_epoch`.
+
+**Unequal ranks.** Exactly-once holds at the dataset level, so ranks can get different numbers of
+samples (by at most one shard) and batches. The trainer (scale_alibi/model/train/trainer.py) keeps DDP in step by being
+step-based: every rank runs the same number of steps and a rank that ends its share of an epoch
+continues into its next epoch; it drops each worker's last partial batch (documented in
+scale_alibi/model/train/data.py). Alternatives for other trainers: DDP's uneven-input join
+(``with model.join(): ...``), or stopping every rank after `TripletStream.steps_per_epoch`.
+
+**Network.** One urllib3 pool per worker process (keep-alive connections reused across shards). A
+background thread per worker streams the WebDataset tar and parses it into samples held in a queue of
+``prefetch`` samples (bounded), so network I/O overlaps decoding. Connection errors, 5xx and truncated
+streams are retried with exponential backoff (``retries`` times, up to ``max_backoff_s``); a retry
+asks for ``start=`` the number of complete samples already received from that shard, so a server
+restart mid-epoch loses and repeats nothing. A server that cannot be reached when the dataset is
+created raises `scale_alibi.contract.errors.UserError` at once, naming the URL.
+
+**Tensors.** uint8 (C, H, W): s1 (2: VV, VH), s2 (3), naip (3, 256 px), naip_hires (3, 512 px
+assembled from the four z+1 tiles); ``modalities=`` decodes only those a consumer reads (the trainer
+skips the 256 px naip). They stay uint8 through the DataLoader's worker->main queue and the
+host->GPU copy (4x fewer bytes than float32); `Normalize` (``curate stats`` ->
+``<release>/stats.json``) turns them into float32 ``(x - mean) / std`` per channel on the device.
+``tile_size_m`` (B,) float32 is `scale_alibi.model.nn.geometry.tile_ground_size_m(z, y)`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import urllib3
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.release import TRIPLET_MEMBERS, shard_count
+from scale_alibi.model.nn.geometry import tile_ground_size_m
+from scale_alibi.model.data.decode import CHANNELS, MODALITIES, decode_triplet
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------- order
+
+def shard_length(n: int, shard_size: int, index: int) -> int:
+    """Number of rows in shard `index` (the last one may be short)."""
+    return max(0, min(shard_size, n - index * shard_size))
+
+
+def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
+    """The shards of `rank`: rank, rank + R, rank + 2R, ... (independent of the worker count)."""
+    return list(range(rank, num_shards, world_size))
+
+
+def worker_shards(num_shards: int, rank: int, world_size: int, worker: int, num_workers: int) -> list[int]:
+    """The shards logical `worker` of `rank` reads, in order: every num_workers-th of the rank's shards."""
+    return rank_shards(num_shards, rank, world_size)[worker::num_workers]
+
+
+def buffer_order(positions: Sequence[tuple[int, int]], buffer_size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """The output order of a shuffle buffer fed `positions` in order (fill, then emit a random slot and refill)."""
+    if buffer_size <= 1:
+        return list(positions)
+    buf: list[tuple[int, int]] = []
+    out: list[tuple[int, int]] = []
+    for pos in positions:
+        if len(buf) < buffer_size:
+            buf.append(pos)
+            continue
+        j = int(rng.integers(len(buf)))
+        out.append(buf[j])
+        buf[j] = pos
+    rng.shuffle(buf)  # drain the rest in random order
+    out.extend(buf)
+    return out
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Everything that fixes an epoch's order: the split's size, shard size, seed, epoch and the worker grid."""
+
+    n: int
+    shard_size: int
+    seed: int
+    epoch: int
+    world_size: int
+    num_workers: int
+    shuffle_buffer: int
+
+    @property
+    def num_shards(self) -> int:
+        return shard_count(self.n, self.shard_size)
+
+    @property
+    def total_workers(self) -> int:
+        return self.world_size * self.num_workers
+
+    def worker_order(self, rank: int, worker: int) -> list[tuple[int, int]]:
+        """(shard, offset) of every sample that logical `worker` of `rank` yields, in yield order."""
+        g = rank * self.num_workers + worker
+        positions = [
+            (s, o)
+            for s in worker_shards(self.num_shards, rank, self.world_size, worker, self.num_workers)
+            for o in range(shard_length(self.n, self.shard_size, s))
+        ]
+        rng = np.random.default_rng([int(self.seed), int(self.epoch), g, 0x5A11B1])
+        return buffer_order(positions, self.shuffle_buffer, rng)
+
+    def worker_samples(self, rank: int) -> list[int]:
+        """Samples per logical worker of `rank`."""
+        return [
+            sum(shard_length(self.n, self.shard_size, s) for s in worker_shards(self.num_shards, rank, self.world_size, w, self.num_workers))
+            for w in range(self.num_workers)
+        ]
+
+
+# ------------------------------------------------------------------------------------- tar stream
+
+class StreamBroken(Exception):
+    """The shard stream ended or failed before all its samples arrived (retriable)."""
+
+
+def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        chunk = read(n)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _octal(field: bytes) -> int:
+    field = field.rstrip(b"\0 ").strip()
+    if field and field[0] & 0x80:  # GNU base-256
+        return int.from_bytes(field[1:], "big")
+    return int(field or b"0", 8)
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The `path` record of a PAX extended header, if any."""
+    i = 0
+    while i < len(data):
+        space = data.index(b" ", i)
+        length = int(data[i:space])
+        key, _, value = data[space + 1 : i + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode()
+        i += length
+    return None
+
+
+def iter_tar(read: Callable[[int], bytes]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each regular file in a tar stream; StreamBroken when it is cut short."""
+    long_name: str | None = None
+    while True:
+        header = _read_exact(read, 512)
+        if len(header) < 512:
+            raise StreamBroken("tar stream ended inside a header")
+        if header == b"\0" * 512:
+            return  # end-of-archive marker: a complete stream
+        name = header[0:100].split(b"\0", 1)[0].decode()
+        prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
+        if prefix:
+            name = f"{prefix}/{name}"
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        data = _read_exact(read, size + (-size % 512))
+        if len(data) < size + (-size % 512):
+            raise StreamBroken(f"tar stream ended inside member {name!r}")
+        data = data[:size]
+        if kind in (b"x", b"g"):
+            if kind == b"x":
+                long_name = _pax_path(data)
+            continue
+        if kind == b"L":  # GNU long name
+            long_name = data.rstrip(b"\0").decode()
+            continue
+        if kind in (b"0", b"\0"):
+            yield (long_name or name), data
+        long_name = None
+
+
+def iter_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group tar members `{key}.{member}.{ext}` into (key, {member: bytes}) in stream order."""
+    key: str | None = None
+    sample: dict[str, bytes] = {}
+    for name, data in members:
+        base = name.rsplit("/", 1)[-1]
+        k, _, rest = base.partition(".")
+        member = rest.rsplit(".", 1)[0] if rest.count(".") else rest
+        if k != key:
+            if key is not None:
+                yield key, sample
+            key, sample = k, {}
+        sample[member] = data
+    if key is not None:
+        yield key, sample
+
+
+# ------------------------------------------------------------------------------------- HTTP
+
+# connection refused/reset, timeouts, truncated bodies, 5xx: worth another try
+_RETRIABLE = (urllib3.exceptions.HTTPError, http.client.HTTPException, StreamBroken, OSError)
+
+class ShardClient:
+    """HTTP access to one server: release metadata and shard streams, with retries and backoff."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 10, backoff_s: float = 0.1, max_backoff_s: float = 5.0,
+                 on_retry: Callable[[str], None] | None = None):
+        self.url = url.rstrip("/")
+        self.on_retry = on_retry  # told about every retry (logs, tests); runs in the worker process
+        self.timeout = urllib3.Timeout(connect=min(timeout_s, 5.0), read=timeout_s)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._pool: urllib3.PoolManager | None = None
+        self._pid = 0
+        self.reconnects = 0  # how many times a request or stream was retried (for logs and tests)
+
+    @property
+    def pool(self) -> urllib3.PoolManager:
+        # one pool per process: a forked DataLoader worker must not share its parent's sockets
+        if self._pool is None or self._pid != os.getpid():
+            self._pool = urllib3.PoolManager(num_pools=4, maxsize=2, retries=False, timeout=self.timeout)
+            self._pid = os.getpid()
+        return self._pool
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_pool"] = None
+        return state
+
+    def _sleep(self, attempt: int) -> None:
+        time.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
+
+    def _request(self, path: str, params: Mapping[str, Any], stream: bool) -> urllib3.BaseHTTPResponse:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        resp = self.pool.request("GET", url, preload_content=not stream, decode_content=True)
+        if resp.status >= 500:
+            if stream:
+                resp.drain_conn()
+            raise StreamBroken(f"HTTP {resp.status} from {url}")
+        if resp.status != 200:
+            body = resp.data[:300].decode(errors="replace") if not stream else resp.read(300).decode(errors="replace")
+            raise UserError(f"the server refused {url}: HTTP {resp.status} {body}")
+        return resp
+
+    def release_info(self, release: str, shard_size: int, split: str, start_attempts: int = 3) -> dict[str, Any]:
+        """GET /releases/{release}/shards; UserError if the server cannot be reached (after a few quick tries)."""
+        params = {"shard_size": shard_size, "split": split}
+        last: Exception | None = None
+        for attempt in range(start_attempts):
+            try:
+                return json.loads(self._request(f"/releases/{urllib.parse.quote(release)}/shards", params, stream=False).data)
+            except _RETRIABLE as exc:
+                last = exc
+                if attempt + 1 < start_attempts:
+                    self._sleep(attempt)
+        reason = getattr(last, "reason", None) or last
+        raise UserError(
+            f"cannot reach the tile server at {self.url} ({type(reason).__name__}: {reason}); "
+            f"start it with `curate serve --data OUT` or pass the right URL"
+        )
+
+    def stream_shard(self, release: str, index: int, params: Mapping[str, Any], expected: int, start: int = 0) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+        """(offset, key, members) of shard `index` from `start` on; reconnects with start= after failures."""
+        offset = start
+        failures = 0
+        path = f"/shards/{urllib.parse.quote(release)}/{index}.tar"
+        while offset < expected:
+            resp = None
+            try:
+                resp = self._request(path, {**params, "start": offset}, stream=True)
+                reader = io.BufferedReader(resp, buffer_size=1 << 20)  # few, large socket reads
+                for key, members in iter_samples(iter_tar(reader.read)):
+                    missing = [m for m in TRIPLET_MEMBERS if m not in members]
+                    if missing:
+                        # the last sample of a cut stream may be partial; anything else is a server bug
+                        raise StreamBroken(f"sample {key} of shard {index} lacks {missing}")
+                    if offset >= expected:
+                        raise UserError(f"shard {index} of {release} has more than the {expected} samples the server announced")
+                    yield offset, key, members
+                    offset += 1
+                    failures = 0
+                if offset < expected:
+                    raise StreamBroken(f"shard {index} ended after {offset} of {expected} samples")
+                resp.drain_conn()  # the tar's trailing zero blocks; then the connection is reused
+                resp.release_conn()
+            except _RETRIABLE as exc:
+                if resp is not None:
+                    resp.close()  # never hand a half-read connection back to the pool
+                    resp.release_conn()
+                if failures >= self.retries:
+                    raise UserError(f"shard {index} of {release} from {self.url} failed {failures + 1} times in a row: {exc}") from exc
+                log.warning("shard %s: %s; retrying from sample %s", index, exc, offset)
+                if self.on_retry is not None:
+                    self.on_retry(f"shard {index} from sample {offset}: {exc}")
+                self._sleep(failures)
+                failures += 1
+                self.reconnects += 1
+
+
+# ------------------------------------------------------------------------------------- stats
+
+def load_stats(path: str | Path) -> dict[str, dict[str, list[float]]]:
+    """Per-modality channel mean/std from a `curate stats` stats.json (values on the 0..255 scale)."""
+    data = json.loads(Path(path).read_text())
+    return data["modalities"]
+
+
+class Normalize:
+    """(x - mean) / std per channel with a release's stats (0..255 scale), on the batch's device.
+
+    Works on samples (C, H, W) and batches (B, C, H, W); modalities without stats pass through.
+    Runs after the uint8 batch has been moved to its device, so workers never ship floats.
+    """
+
+    def __init__(self, stats: Mapping[str, Mapping[str, Sequence[float]]]):
+        self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for m in MODALITIES:
+            if m not in stats:
+                continue
+            mean = torch.tensor(stats[m]["mean"], dtype=torch.float32).view(-1, 1, 1)
+            std = torch.tensor(stats[m]["std"], dtype=torch.float32).clamp_min(1e-6).view(-1, 1, 1)
+            if mean.shape[0] != CHANNELS[m]:
+                raise UserError(f"stats for {m} have {mean.shape[0]} channels, expected {CHANNELS[m]}; rerun `curate stats`")
+            self.stats[m] = (mean, std)
+
+    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(sample)
+        for m, (mean, std) in self.stats.items():
+            if m in out:
+                x = out[m]
+                out[m] = (x.float() - mean.to(x.device)) / std.to(x.device)
+        return out
+
+
+# ------------------------------------------------------------------------------------- dataset
+
+_END = object()
+
+
+class TripletStream(IterableDataset):
+    """An IterableDataset of decoded triplets streamed from `curate serve` (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        release: str,
+        *,
+        split: str = "train",
+        shard_size: int = 64,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 256,
+        prefetch: int = 64,
+        decode: bool = True,
+        modalities: Sequence[str] = MODALITIES,
+        retries: int = 10,
+        timeout_s: float = 30.0,
+        on_retry: Callable[[str], None] | None = None,
+    ):
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is not in 0..{world_size - 1}")
+        if shard_size < 1 or prefetch < 1:
+            raise UserError("shard_size and prefetch must be at least 1")
+        self.client = ShardClient(url, timeout_s=timeout_s, retries=retries, on_retry=on_retry)
+        self.release, self.split, self.shard_size = release, split, int(shard_size)
+        self.seed, self.epoch = int(seed), int(epoch)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.shuffle_buffer, self.prefetch = int(shuffle_buffer), int(prefetch)
+        self.decode = decode
+        unknown = set(modalities) - set(MODALITIES)
+        if unknown:
+            raise UserError(f"unknown modalities {sorted(unknown)}; choose from {list(MODALITIES)}")
+        self.modalities = tuple(modalities)  # decoded per sample; the rest of the PNGs are skipped
+        info = self.client.release_info(release, self.shard_size, split)  # fails fast when unreachable
+        self.n = int(info["triplets"])
+        if int(info["num_shards"]) != shard_count(self.n, self.shard_size):
+            raise UserError(f"server reports {info['num_shards']} shards for {self.n} triplets of {self.shard_size}; client and server disagree on the shard contract")
+        self._resume: dict[str, Any] | None = None
+
+    # ---- epoch and resume
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch for the next iteration; clears any resume state."""
+        self.epoch = int(epoch)
+        self._resume = None
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume mid-epoch from `StreamProgress.state_dict()` (same seed, world size and worker count)."""
+        if state.get("version") != STATE_VERSION:
+            raise UserError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
+        if (state.get("seed") is not None and int(state["seed"]) != self.seed) or int(state.get("world_size", self.world_size)) != self.world_size:
+            raise UserError("loader state was saved with a different seed or world size; resume with the same ones")
+        self.epoch = int(state["epoch"])
+        self._resume = {"consumed": [int(c) for c in state["consumed"]], "next_worker": int(state["next_worker"]), "num_workers": int(state["num_workers"])}
+
+    def plan(self, num_workers: int) -> ShardPlan:
+        """The epoch's order for `num_workers` DataLoader workers per rank."""
+        return ShardPlan(self.n, self.shard_size, self.seed, self.epoch, self.world_size, max(1, num_workers), self.shuffle_buffer)
+
+    def steps_per_epoch(self, batch_size: int, num_workers: int) -> int:
+        """Batches every rank gets this epoch (the minimum over ranks): stop there to keep DDP in step without join."""
+        plan = self.plan(num_workers)
+        return min(sum(-(-c // batch_size) for c in plan.worker_samples(r)) for r in range(self.world_size))
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (shards are whole, so any worker count gives the same)."""
+        return sum(shard_length(self.n, self.shard_size, s) for s in rank_shards(shard_count(self.n, self.shard_size), self.rank, self.world_size))
+
+    # ---- iteration (runs inside each DataLoader worker)
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        num_workers, physical = (info.num_workers, info.id) if info else (1, 0)
+        consumed, rotate = 0, 0
+        if self._resume is not None:
+            if self._resume["num_workers"] != num_workers:
+                raise UserError(f"loader state was saved with {self._resume['num_workers']} workers per rank; resume with the same number, not {num_workers}")
+            rotate = self._resume["next_worker"]
+        worker = (physical + rotate) % num_workers
+        if self._resume is not None:
+            consumed = self._resume["consumed"][worker]
+        order = self.plan(num_workers).worker_order(self.rank, worker)[consumed:]
+        yield from self._yield_in_order(order, worker)
+
+    def _shard_params(self) -> dict[str, Any]:
+        return {"shard_size": self.shard_size, "seed": self.seed, "epoch": self.epoch, "split": self.split}
+
+    def _fetch(self, order: list[tuple[int, int]], out: queue.Queue, stop: threading.Event) -> None:
+        """Background thread: stream the needed part of each shard, in shard order, into the bounded queue."""
+
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        try:
+            first: dict[int, int] = {}
+            needed = set(order)
+            for s, o in order:
+                first[s] = min(o, first.get(s, o))
+            for s in sorted(first):
+                expected = shard_length(self.n, self.shard_size, s)
+                for offset, key, members in self.client.stream_shard(self.release, s, self._shard_params(), expected, start=first[s]):
+                    if (s, offset) not in needed:
+                        continue  # consumed before a resume; only re-read because it sits between needed ones
+                    if not put(((s, offset), key, members)):
+                        return
+            put(_END)
+        except BaseException as exc:  # hand every failure to the consuming thread
+            put(exc)
+
+    def _yield_in_order(self, order: list[tuple[int, int]], worker: int) -> Iterator[dict[str, Any]]:
+        if not order:
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        thread = threading.Thread(target=self._fetch, args=(order, q, stop), daemon=True, name=f"shard-fetch-{worker}")
+        thread.start()
+        held: dict[tuple[int, int], tuple[str, dict[str, bytes]]] = {}
+        try:
+            for pos in order:
+                while pos not in held:
+                    item = q.get()
+                    if item is _END:
+                        raise RuntimeError(f"stream ended before sample {pos} arrived")  # cannot happen: order is complete
+                    if isinstance(item, BaseException):
+                        raise item
+                    p, key, members = item
+                    held[p] = (key, members)
+                key, members = held.pop(pos)
+                yield self._sample(pos, key, members, worker)
+        finally:
+            stop.set()
+            while True:  # unblock the thread if it is waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+
+    def _sample(self, pos: tuple[int, int], key: str, members: dict[str, bytes], worker: int) -> dict[str, Any]:
+        meta = json.loads(members["json"]) if "json" in members else {}
+        z, x, y = (int(meta[k]) for k in ("z", "x", "y")) if meta else (int(v) for v in key.split("_"))
+        sample: dict[str, Any] = {"z": z, "x": x, "y": y, "tile_size_m": tile_ground_size_m(z, y), "shard": pos[0], "offset": pos[1], "worker": worker, "epoch": self.epoch}
+        if self.decode:
+            sample.update(decode_triplet(members, self.modalities))
+        else:
+            sample["png"] = {m: members[m] for m in TRIPLET_MEMBERS}
+        return sample
+
+
+# ------------------------------------------------------------------------------------- batching
+
+def collate_triplets(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into a batch: images (B, C, H, W), z/x/y/shard/offset (B,) int64, tile_size_m (B,) float32; worker, epoch ints."""
+    batch: dict[str, Any] = {}
+    for m in MODALITIES:
+        if m in samples[0]:
+            batch[m] = torch.stack([s[m] for s in samples])
+    for k in ("z", "x", "y", "shard", "offset"):
+        batch[k] = torch.tensor([s[k] for s in samples], dtype=torch.int64)
+    batch["tile_size_m"] = torch.tensor([s["tile_size_m"] for s in samples], dtype=torch.float32)
+    workers = {s["worker"] for s in samples}
+    if len(workers) != 1:
+        raise ValueError("a batch mixes samples of several workers; let the DataLoader batch (batch_size=...)")
+    batch["worker"] = workers.pop()
+    batch["epoch"] = samples[0]["epoch"]
+    if "png" in samples[0]:
+        batch["png"] = [s["png"] for s in samples]
+    return batch
+
+
+def make_loader(ds: TripletStream, batch_size: int, num_workers: int = 2, pin_memory: bool | None = None, prefetch_factor: int = 2) -> DataLoader:
+    """A DataLoader over `ds` with `collate_triplets`; pinned memory by default when CUDA is available."""
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}
+    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_triplets, pin_memory=pin_memory, **kwargs)
+
+
+class StreamProgress:
+    """Trainer-side count of consumed samples per logical worker: the loader's resumable state."""
+
+    def __init__(self, num_workers: int, epoch: int = 0, seed: int | None = None, world_size: int = 1):
+        self.num_workers = max(1, int(num_workers))
+        self.seed, self.world_size = seed, world_size
+        self.reset(epoch)
+
+    def reset(self, epoch: int) -> None:
+        """Start counting a new epoch."""
+        self.epoch = int(epoch)
+        self.consumed = [0] * self.num_workers
+        self.next_worker = 0
+
+    def update(self, batch: Mapping[str, Any]) -> None:
+        """Record that the trainer consumed `batch` (call once per batch, after using it)."""
+        epoch = int(batch.get("epoch", self.epoch))
+        if epoch != self.epoch:  # the first batch of the next epoch
+            self.reset(epoch)
+        w = int(batch["worker"])
+        self.consumed[w] += int(batch["z"].shape[0])
+        self.next_worker = (w + 1) % self.num_workers
+
+    @property
+    def samples(self) -> int:
+        return sum(self.consumed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A small JSON-serialisable dict for the checkpoint."""
+        return {"version": STATE_VERSION, "epoch": self.epoch, "seed": self.seed, "world_size": self.world_size,
+                "num_workers": self.num_workers, "consumed": list(self.consumed), "next_worker": self.next_worker}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue counting from a saved state."""
+        self.num_workers = int(state["num_workers"])
+        self.epoch, self.seed, self.world_size = int(state["epoch"]), state.get("seed"), int(state.get("world_size", 1))
+        self.consumed = [int(c) for c in state["consumed"]]
+        self.next_worker = int(state["next_worker"])
+
+    @classmethod
+    def for_loader(cls, loader: DataLoader) -> "StreamProgress":
+        """A progress counter matching `loader` (its dataset must be a TripletStream)."""
+        ds = loader.dataset
+        return cls(loader.num_workers, epoch=ds.epoch, seed=ds.seed, world_size=ds.world_size)
+

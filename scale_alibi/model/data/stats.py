@@ -1,0 +1,121 @@
+"""`curate stats`: per-modality channel mean/std of a release, stored beside its manifest.
+
+    curate stats --data OUT --release small [--split train] [--limit N] [--workers N]
+
+writes ``OUT/<release>/stats.json``::
+
+    {"release": "small", "split": "train", "triplets": 1234, "scale": "uint8",
+     "manifest_sha256": "...", "modalities": {"s1": {"mean": [vv, vh], "std": [vv, vh]},
+     "s2": {...3...}, "naip": {...3...}, "naip_hires": {...3...}}}
+
+Values are on the 0..255 scale of the decoded uint8 tensors (the channels `scale_alibi.model.data.loader` yields:
+s1 is VV, VH). Only the train split by default, so held-out tiles do not leak into training.
+The loader reads it with `scale_alibi.model.data.loader.load_stats`.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import click
+import numpy as np
+
+from scale_alibi.contract.archive import tile_reader
+from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.release import (
+    MANIFEST_NAME,
+    STATS_NAME,
+    Release,
+    check_release_name,
+    content_hash,
+    triplet_tiles,
+    write_bytes_atomic,
+)
+from scale_alibi.model.data.decode import MODALITIES, decode_triplet
+
+
+def _reason(e: Exception) -> str:
+    """An exception as a short single-line reason."""
+    return f"{e.__class__.__name__}: {' '.join(str(e).split())[:100]}"
+
+
+def _sums(release: Release, tiles: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
+    """Per modality: [pixel count, per-channel sum, per-channel sum of squares] over `tiles`."""
+    acc: dict[str, np.ndarray] = {}
+    read = tile_reader(release)  # the tile tree, or the release's PMTiles archives when it has none
+    for z, x, y in tiles:
+        try:
+            members = {name: read(*tile) for name, tile in triplet_tiles(z, x, y)}
+            decoded = decode_triplet(members)
+        except Exception as e:  # missing, truncated or corrupt PNG: name the triplet, not the codec's frame
+            raise UserError(f"release {release.name!r}: triplet {z}/{x}/{y} cannot be read ({_reason(e)}); "
+                            "rebuild the release with `curate build`") from None
+        for m, t in decoded.items():
+            a = t.numpy().reshape(t.shape[0], -1).astype(np.float64)
+            row = np.concatenate([[a.shape[1]], a.sum(1), np.square(a).sum(1)])
+            acc[m] = acc[m] + row if m in acc else row
+    return acc
+
+
+def compute_stats(release: Release, split: str = "train", limit: int | None = None, workers: int = 1) -> dict[str, object]:
+    """Channel mean/std per modality over a split's triplets (all of them, or `limit` evenly spaced)."""
+    if not release.is_finished:
+        raise UserError(f"release {release.name!r} under {release.root} has no {MANIFEST_NAME}; build it first with `curate build`")
+    try:
+        table = release.read_manifest().select(["z", "x", "y", "split"])
+    except Exception as e:  # pyarrow raises several types on a truncated or foreign file
+        raise UserError(f"the manifest of release {release.name!r} cannot be read ({_reason(e)}); "
+                        "rebuild the release with `curate build`") from None
+    rows = [r for r in table.to_pylist() if split == "all" or r["split"] == split]
+    if not rows:
+        raise UserError(f"release {release.name!r} has no {split!r} triplets; pick --split train, heldout or all")
+    if limit is not None and limit < len(rows):
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]
+    tiles = [(r["z"], r["x"], r["y"]) for r in rows]
+    chunks = [tiles[i::workers] for i in range(workers)] if workers > 1 else [tiles]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_sums, [release] * len(chunks), chunks))
+    else:
+        parts = [_sums(release, tiles)]
+    modalities = {}
+    for m in MODALITIES:
+        total = sum(p[m] for p in parts if m in p)
+        c = (len(total) - 1) // 2
+        n, s, sq = total[0], total[1 : 1 + c], total[1 + c :]
+        mean = s / n
+        std = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
+        modalities[m] = {"mean": [round(float(v), 4) for v in mean], "std": [round(float(v), 4) for v in std]}
+    return {
+        "release": release.name,
+        "split": split,
+        "triplets": len(tiles),
+        "scale": "uint8",
+        "manifest_sha256": content_hash(release.manifest_path.read_bytes()),
+        "modalities": modalities,
+    }
+
+
+def write_stats(release: Release, stats: dict[str, object]) -> Path:
+    """Store `stats` as <release>/stats.json (atomically)."""
+    path = release.path / STATS_NAME
+    write_bytes_atomic(path, (json.dumps(stats, indent=2) + "\n").encode())
+    return path
+
+
+@click.command("stats")
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path), help="Data root holding the release.")
+@click.option("--release", required=True, help="Release name (a directory under --data).")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "heldout", "all"]), help="Which triplets to measure.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Measure at most N evenly spaced triplets.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Decoding processes.")
+def stats(data: Path, release: str, split: str, limit: int | None, workers: int) -> None:
+    """Per-channel mean/std of every modality of a release, written to <data>/<release>/stats.json."""
+    rel = Release(data, check_release_name(release))
+    if not rel.path.is_dir():
+        raise UserError(f"no release {release!r} under {data}; check --data and --release")
+    result = compute_stats(rel, split=split, limit=limit, workers=workers)
+    path = write_stats(rel, result)
+    click.echo(f"{path}: {result['triplets']} {split} triplets")

@@ -1,0 +1,1 @@
+"""The Scale-ALiBi network: attention, ViT blocks, losses, configs, tile geometry."""

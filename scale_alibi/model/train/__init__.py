@@ -1,0 +1,1 @@
+"""The training loop: optimiser, DDP, checkpoints, the trainer's batch source."""

@@ -1,0 +1,323 @@
+"""The finished releases under a data directory, each indexed once per process from its manifest.
+
+Releases are immutable once their manifest exists, so an index is built once and re-read only
+when the manifest file changes (mtime, size or inode: a repaired or rebuilt release); a release
+that finishes after start-up is picked up on a later look-up (directory scans are rate limited
+to one per RESCAN_SECONDS). Every file path the server opens is built
+here from a release directory found by listing and from integers found in a manifest: never
+from request text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scale_alibi.contract.release import (
+    HIRES_CHILDREN,
+    LAYERS,
+    MANIFEST_NAME,
+    REQUIRED_COLUMNS,
+    STATS_NAME,
+    TRIPLET_MEMBERS,
+    is_release_name,
+    manifest_metadata,
+    read_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "heldout", "all")
+MAX_ZOOM = 29  # (z, x, y) pack into one int64: 5 + 29 + 29 bits
+_HIRES_INDEX = {offset: i for i, offset in enumerate(HIRES_CHILDREN)}
+MEMBERS = len(TRIPLET_MEMBERS)  # files per triplet (manifest row)
+
+
+def _fingerprint(st: os.stat_result) -> int:
+    """A non-zero int64 that changes when a file is rewritten, truncated or replaced."""
+    return (hash((st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)) & 0x7FFF_FFFF_FFFF_FFFF) or 1
+
+
+def pack_key(z: int, x: int, y: int) -> int:
+    """One sortable int64 for a tile address (z <= MAX_ZOOM)."""
+    return (z << 58) | (x << 29) | y
+
+
+def tile_bounds(z: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Web-mercator tiles' (west, south, east, north) in degrees, one row per tile."""
+    n = np.exp2(z.astype(np.float64))
+    west = x / n * 360.0 - 180.0
+    east = (x + 1) / n * 360.0 - 180.0
+    north = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * y / n))))
+    south = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * (y + 1) / n))))
+    return np.stack([west, south, east, north], axis=1)
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Whether the real path `path` lies strictly inside the real directory `root`."""
+    return path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+@dataclass
+class ReleaseIndex:
+    """One finished release: its manifest table and the look-ups the endpoints need."""
+
+    name: str
+    path: Path  # real path, inside the data directory
+    table: pa.Table
+    metadata: dict[str, object]
+    keys: np.ndarray  # packed (z, x, y) of each manifest row, sorted
+    row_keys: np.ndarray  # packed (z, x, y) of each manifest row, in manifest order
+    order: np.ndarray  # manifest row of each sorted key
+    split_rows: dict[str, np.ndarray]  # manifest rows of each split, in manifest (z, x, y) order
+    zooms: list[int]
+    bounds: list[float]  # west, south, east, north
+    etag_seed: str  # sha256 of the manifest bytes: identifies the release's content
+    mtime: int  # the manifest's modification time: the mtime of members in served tars
+    _coverage: dict | None = field(default=None, repr=False)
+    # Per file slot (manifest row * 7 + member, TRIPLET_MEMBERS order): a fingerprint of the file
+    # (size, mtime, inode) as it was when its sha256 last matched the manifest; 0: never checked.
+    _intact: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, name: str, path: Path) -> "ReleaseIndex":
+        """Read and index the manifest of the release at `path`."""
+        manifest = path / MANIFEST_NAME
+        raw = manifest.read_bytes()
+        table = read_manifest(manifest)
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ValueError(f"manifest lacks columns {missing}")
+        z = table.column("z").to_numpy().astype(np.int64)
+        x = table.column("x").to_numpy().astype(np.int64)
+        y = table.column("y").to_numpy().astype(np.int64)
+        if len(z) and (z.min() < 0 or z.max() > MAX_ZOOM - 1):
+            raise ValueError(f"manifest zooms outside 0..{MAX_ZOOM - 1}")
+        keys = (z << 58) | (x << 29) | y
+        order = np.argsort(keys, kind="stable")
+        if len(keys) > 1 and not bool(np.all(np.diff(keys) > 0)):
+            # Shard order and cursors are defined on (z, x, y) order; write_manifest sorts, others may not.
+            if len(np.unique(keys)) != len(keys):
+                raise ValueError("manifest has duplicate (z, x, y) rows")
+            table = table.take(pa.array(order))
+            z, x, y, keys = z[order], x[order], y[order], keys[order]
+            order = np.arange(len(keys))
+        split = table.column("split")
+        split_rows = {
+            "all": np.arange(len(z)),
+            "train": np.flatnonzero(pc.equal(split, "train").to_numpy(zero_copy_only=False)),
+            "heldout": np.flatnonzero(pc.equal(split, "heldout").to_numpy(zero_copy_only=False)),
+        }
+        if len(z):
+            b = tile_bounds(z, x, y)
+            bounds = [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())]
+        else:
+            bounds = [-180.0, -85.0511, 180.0, 85.0511]
+        return cls(
+            name=name,
+            path=path,
+            table=table,
+            metadata=manifest_metadata(table),
+            keys=keys[order],
+            row_keys=keys,
+            order=order,
+            split_rows=split_rows,
+            zooms=sorted({int(v) for v in np.unique(z)}),
+            bounds=bounds,
+            etag_seed=hashlib.sha256(raw).hexdigest(),
+            mtime=int(manifest.stat().st_mtime),
+        )
+
+    def stats(self) -> dict | None:
+        """The release's `curate stats` document, read at each call (a new one is served at once);
+        None when there is none, or when it is a link out of the release. ValueError if corrupt."""
+        real = os.path.realpath(self.path / STATS_NAME)
+        if not is_inside(real, str(self.path)) or not os.path.isfile(real):
+            return None
+        with open(real, "rb") as f:
+            return json.loads(f.read())  # json.JSONDecodeError is a ValueError
+
+    @property
+    def triplets(self) -> int:
+        return self.table.num_rows
+
+    def row_of(self, z: int, x: int, y: int) -> int | None:
+        """The manifest row of triplet (z, x, y), or None."""
+        if not (0 <= z <= MAX_ZOOM and 0 <= x < 2**z and 0 <= y < 2**z):
+            return None
+        key = pack_key(z, x, y)
+        i = int(np.searchsorted(self.keys, key))
+        if i < len(self.keys) and int(self.keys[i]) == key:
+            return int(self.order[i])
+        return None
+
+    def tile_ref(self, layer: str, z: int, x: int, y: int) -> tuple[str, int] | None:
+        """(the manifest's sha256, file slot) of tile (layer, z, x, y), or None when the manifest lacks it."""
+        if layer not in LAYERS:
+            return None
+        row = self.row_of(z, x, y)
+        if row is not None:
+            return self.table.column(f"hash_{layer}")[row].as_py(), row * MEMBERS + LAYERS.index(layer)
+        if layer == "naip" and z >= 1:
+            # NAIP also exists one zoom deeper: the four children of each triplet.
+            parent = self.row_of(z - 1, x >> 1, y >> 1)
+            if parent is not None:
+                i = _HIRES_INDEX[(x & 1, y & 1)]
+                return self.table.column("hash_naip_hires")[parent][i].as_py(), parent * MEMBERS + len(LAYERS) + i
+        return None
+
+    def is_intact(self, slot: int, st: os.stat_result) -> bool:
+        """Whether the file in `slot`, as `st` describes it now, already hashed to the manifest's sha256."""
+        return self._intact is not None and int(self._intact[slot]) == _fingerprint(st)
+
+    def mark_intact(self, slot: int, st: os.stat_result) -> None:
+        """Remember that the file in `slot`, as `st` describes it, hashed to the manifest's sha256."""
+        if self._intact is None:
+            self._intact = np.zeros(self.table.num_rows * MEMBERS, dtype=np.int64)
+        self._intact[slot] = _fingerprint(st)
+
+    def tile_path(self, layer: str, z: int, x: int, y: int) -> str:
+        """Where tile (layer, z, x, y) lives (built from integers only)."""
+        return os.path.join(self.path, layer, str(z), str(x), f"{y}.png")
+
+    def rows(self, rows: np.ndarray | list[int]) -> list[dict]:
+        """Manifest rows as JSON-ready dicts."""
+        return self.table.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    def layer_zooms(self, layer: str) -> tuple[int, int]:
+        """(minzoom, maxzoom) at which a layer has tiles: NAIP also one zoom deeper."""
+        lo, hi = (self.zooms[0], self.zooms[-1]) if self.zooms else (0, 0)
+        return (lo, hi + 1) if layer == "naip" else (lo, hi)
+
+    def coverage(self) -> dict:
+        """A GeoJSON FeatureCollection: one polygon per triplet footprint (computed once)."""
+        if self._coverage is None:
+            z, x, y = (self.table.column(c).to_numpy().astype(np.int64) for c in ("z", "x", "y"))
+            b = tile_bounds(z, x, y)
+            split = self.table.column("split").to_pylist()
+            features = [
+                {
+                    "type": "Feature",
+                    "properties": {"z": int(zi), "x": int(xi), "y": int(yi), "split": s},
+                    "geometry": {
+                        "type": "Polygon",
+                        "coordinates": [[[w, so], [e, so], [e, n], [w, n], [w, so]]],
+                    },
+                }
+                for zi, xi, yi, s, (w, so, e, n) in zip(z, x, y, split, b.round(7).tolist())
+            ]
+            self._coverage = {"type": "FeatureCollection", "features": features}
+        return self._coverage
+
+    def summary(self) -> dict:
+        """What `/releases` says about this release."""
+        w, s, e, n = self.bounds
+        zc = self.zooms[-1] if self.zooms else 0
+        return {
+            "name": self.name,
+            "triplets": self.triplets,
+            "splits": {k: int(len(v)) for k, v in self.split_rows.items() if k != "all"},
+            "zooms": self.zooms,
+            "layers": {layer: dict(zip(("minzoom", "maxzoom"), self.layer_zooms(layer))) for layer in LAYERS},
+            "bounds": self.bounds,
+            "center": [(w + e) / 2, (s + n) / 2, zc],
+            "metadata": self.metadata,
+        }
+
+
+def _manifest_signature(release_dir: str) -> tuple[int, int, int] | None:
+    """(mtime_ns, size, inode) of a release's manifest, or None when it has none (unfinished)."""
+    try:
+        st = os.stat(os.path.join(release_dir, MANIFEST_NAME))
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class Catalog:
+    """The finished releases under one data directory, looked up by name."""
+
+    RESCAN_SECONDS = 2.0
+
+    def __init__(self, data_dir: str | os.PathLike[str]):
+        self.root = os.path.realpath(data_dir)
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"data directory {data_dir} does not exist")
+        self._releases: dict[str, ReleaseIndex] = {}
+        self._signatures: dict[str, tuple] = {}  # name -> manifest signature when last read (good or bad)
+        self._refused_names: set[str] = set()  # directories whose names are not release names
+        self._lock = threading.Lock()
+        self._scanned = 0.0
+        self.on_change: list = []  # callables(name) told when a served release is re-read or withdrawn
+        self.rescan(force=True)
+
+    def rescan(self, force: bool = False) -> None:
+        """Index releases that finished, and re-read manifests that changed (e.g. one that was corrupt
+        and got repaired), since the last scan; rate limited unless forced."""
+        now = time.monotonic()
+        if not force and now - self._scanned < self.RESCAN_SECONDS:
+            return
+        with self._lock:
+            self._scanned = now
+            seen = set()
+            for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                real = os.path.realpath(entry.path)
+                # A release directory (or a symlink to one) must resolve inside the data directory.
+                if not is_inside(real, self.root) or not os.path.isdir(real):
+                    continue
+                signature = _manifest_signature(real)
+                if signature is None:
+                    continue  # unfinished: no manifest yet; look again on a later scan
+                if not is_release_name(name):
+                    if name not in self._refused_names:  # said once, not on every scan
+                        log.error("release %r not served: its name is not a release name (letters, digits, -_.)", name)
+                        self._refused_names.add(name)
+                    continue
+                seen.add(name)
+                if self._signatures.get(name) == signature:
+                    continue  # unchanged since it was read (served, or refused as broken)
+                self._signatures[name] = signature
+                try:
+                    index = ReleaseIndex.load(name, Path(real))
+                except Exception as exc:  # a broken manifest must not take the server down
+                    log.error("release %s not served: %s", name, exc)
+                    self._withdraw(name)
+                    continue
+                replaced = name in self._releases
+                self._releases[name] = index
+                if replaced:
+                    self._notify(name)
+            for name in [n for n in self._signatures if n not in seen]:
+                del self._signatures[name]
+                self._withdraw(name)
+
+    def _withdraw(self, name: str) -> None:
+        if self._releases.pop(name, None) is not None:
+            self._notify(name)
+
+    def _notify(self, name: str) -> None:
+        for callback in self.on_change:
+            callback(name)
+
+    def names(self) -> list[str]:
+        """Names of the finished releases, sorted."""
+        self.rescan()
+        return sorted(self._releases)
+
+    def get(self, name: str) -> ReleaseIndex | None:
+        """A finished release by name (as its manifest is now, within RESCAN_SECONDS), or None."""
+        self.rescan()
+        return self._releases.get(name)

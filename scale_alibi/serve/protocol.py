@@ -1,0 +1,106 @@
+"""uvicorn's httptools protocol with the limits it lacks: a deadline for the request head, and caps
+on the head's size and header count.
+
+uvicorn closes a keep-alive connection only after a response; a client that connects and sends
+nothing, or half a request head, would hold its socket (and a file descriptor) forever. Here every
+connection must deliver a complete request head within `header timeout` seconds of connecting or
+of the previous response, or it is closed (a sweep every quarter timeout: within 1.25 timeouts);
+a head over MAX_HEAD_BYTES or MAX_HEADERS gets a 431.
+Settings come from the environment so that every uvicorn worker process sees the same ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from scale_alibi.serve.runner import (
+    DEFAULT_HEADER_TIMEOUT,
+    HEADER_TIMEOUT_ENV,
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+)
+
+
+class _TooManyHeaders(Exception):
+    """Raised from a parser callback to stop parsing a head with more than MAX_HEADERS fields."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol plus a request-head deadline and head size and count caps."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = float(os.environ.get(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT))
+        self.waiting_since: float | None = None  # loop time it began waiting for a request head
+        self._head_bytes = 0
+        self._head_fields = 0
+        self._refusal: str | None = None
+
+    def _await_head(self) -> None:
+        # One attribute per request rather than a timer per request (a call_later and a cancel on
+        # the tile fast path); one sweep per event loop closes the connections past the deadline.
+        self.waiting_since = self.loop.time()
+        self._head_bytes = self._head_fields = 0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._await_head()
+        if not getattr(self.server_state, "head_sweep", False):
+            self.server_state.head_sweep = True  # type: ignore[attr-defined]
+            _sweep(self.loop, self.connections, self.header_timeout)
+
+    def connection_lost(self, exc) -> None:
+        self.waiting_since = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiting_since is not None:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refusal = f"request head over {MAX_HEAD_BYTES} bytes"
+                self.send_400_response(self._refusal)
+                return
+        super().data_received(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_fields += 1
+        if self._head_fields > MAX_HEADERS:
+            self._refusal = f"more than {MAX_HEADERS} header fields"
+            raise _TooManyHeaders
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.waiting_since = None
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._await_head()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a malformed head; a head over the caps gets a JSON 431 saying which."""
+        self.waiting_since = None
+        if self._refusal is None:
+            super().send_400_response(msg)
+            return
+        body = json.dumps({"detail": self._refusal}).encode()
+        self.transport.write(b"".join([
+            STATUS_LINE[431], b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n\r\n", body,
+        ]))
+        self.transport.close()
+
+
+def _sweep(loop, connections: set, timeout: float) -> None:
+    """Close every connection that has waited over `timeout` seconds for a request head; again
+    every quarter timeout, for as long as the event loop runs."""
+    now = loop.time()
+    for conn in list(connections):
+        since = getattr(conn, "waiting_since", None)
+        if since is not None and now - since > timeout and not conn.transport.is_closing():
+            conn.transport.close()
+    loop.call_later(timeout / 4, _sweep, loop, connections, timeout)

@@ -1,0 +1,74 @@
+"""Triplets as tar members: the seven PNGs (bytes as stored) and the manifest row as JSON.
+
+Members are packed straight into one preallocated buffer: each tile is read once (from its file
+or its archive, see scale_alibi.serve.tilesource), from the page cache into its place in the tar (no
+intermediate bytes objects, no join).
+"""
+
+from __future__ import annotations
+
+import json
+
+from scale_alibi.contract.release import triplet_files, triplet_tiles
+from scale_alibi.serve import tarstream
+from scale_alibi.serve.catalog import MEMBERS, ReleaseIndex
+from scale_alibi.serve.integrity import ensure_intact
+from scale_alibi.serve.tilesource import TileSources, TileSpan
+
+
+class MissingFile(Exception):
+    """A file the manifest lists is missing on disk or resolves outside the data directory."""
+
+
+def row_json(row: dict) -> bytes:
+    """A manifest row as compact, key-sorted JSON."""
+    return json.dumps(row, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def pack_samples(
+    index: ReleaseIndex, sources: TileSources, samples: list[tuple[int, dict, str]], metadata_name: str,
+    end: bool = False,
+) -> bytearray:
+    """Tar bytes of triplets given as (manifest row, metadata with z/x/y, member prefix): PNGs, then metadata."""
+    tiles = sources.of(index)
+    # (member name, tile span or bytes, size, (sha256, file slot, stat, description) of a tile or None)
+    plan: list[tuple[str, TileSpan | bytes, int, tuple | None]] = []
+    try:
+        for row, metadata, prefix in samples:
+            z, x, y = int(metadata["z"]), int(metadata["x"]), int(metadata["y"])
+            digests = [digest for _, digest in triplet_files(metadata)]
+            for i, ((name, tile), digest) in enumerate(zip(triplet_tiles(z, x, y), digests)):
+                span = tiles.locate(*tile)
+                if span is None:
+                    raise MissingFile(f"{index.name}: {name} of row {row} is not readable")
+                check = (digest, row * MEMBERS + i, span.st, f"{name} of {z}/{x}/{y}")
+                plan.append((f"{prefix}{name}.png", span, span.size, check))
+            meta = row_json(metadata)
+            plan.append((f"{prefix}{metadata_name}", meta, len(meta), None))
+        total = sum(tarstream.BLOCK + tarstream.padded(size) for _, _, size, _ in plan)
+        buf = bytearray(total + (len(tarstream.END) if end else 0))  # zeroed: padding and end blocks for free
+        view = memoryview(buf)
+        off = 0
+        for name, content, size, check in plan:
+            head = tarstream.header(name, size, index.mtime)
+            view[off : off + len(head)] = head
+            off += len(head)
+            if isinstance(content, bytes):
+                view[off : off + size] = content
+            else:
+                if not content.read_into(view[off : off + size]):
+                    raise MissingFile(f"{index.name}: {name} is shorter than it was")
+                digest, slot, st, what = check
+                ensure_intact(index, slot, digest, view[off : off + size], st, what)
+            off += tarstream.padded(size)
+        return buf
+    finally:
+        for _, content, _, _ in plan:
+            if not isinstance(content, bytes):
+                content.close()
+
+
+def triplet_tar(index: ReleaseIndex, sources: TileSources, row: int) -> bytes:
+    """The tar of one triplet: s1.png, s2.png, naip.png, naip_hires_0..3.png and metadata.json."""
+    meta = {"release": index.name, **index.rows([row])[0]}
+    return bytes(pack_samples(index, sources, [(row, meta, "")], "metadata.json", end=True))

@@ -1,0 +1,138 @@
+"""Where a release's tile bytes come from: its XYZ directory tree or its PMTiles archives.
+
+Both are behind one interface, `TileSource.locate(layer, z, x, y) -> TileSpan`: a span is `size`
+bytes at `offset` of an open file (a tile file, or the layer's archive), read with pread/preadv
+so archives are never loaded in memory. A release directory with the tile tree is served from
+the tree; one with the manifest and `s1.pmtiles`, `s2.pmtiles`, `naip.pmtiles` but no tree (what
+`curate pack` or `curate import-pmtiles` leave) is served from the archives, with the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from scale_alibi.contract.archive import Archive, ArchiveError, release_archives
+from scale_alibi.serve.catalog import ReleaseIndex
+from scale_alibi.serve.files import SafeReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileSpan:
+    """One tile's bytes: `size` bytes at `offset` of open file `fd`."""
+
+    fd: int
+    offset: int
+    size: int
+    st: os.stat_result  # of the file holding the bytes: changes when that file is rewritten
+    owned: bool  # the file was opened for this span alone: `close` closes it
+    keep: object = None  # the archive whose fd this is: kept alive (and its fd open) while the span is used
+
+    def read(self) -> bytes:
+        return os.pread(self.fd, self.size, self.offset)
+
+    def read_into(self, view: memoryview) -> bool:
+        """Fill `view` (of length `size`); False when the file turned out shorter."""
+        got = 0
+        while got < self.size:
+            n = os.preadv(self.fd, [view[got:]], self.offset + got)
+            if n <= 0:
+                return False
+            got += n
+        return True
+
+    def close(self) -> None:
+        if self.owned:
+            os.close(self.fd)
+
+
+class TileSource(ABC):
+    """A release's tiles by address; safe to use from several threads."""
+
+    @abstractmethod
+    def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
+        """The span of tile (layer, z, x, y), or None when it is missing or unsafe to read; `close` it after use."""
+
+    def read(self, layer: str, z: int, x: int, y: int) -> tuple[bytes, os.stat_result] | None:
+        """The bytes of tile (layer, z, x, y) and the stat of the file holding them, or None."""
+        span = self.locate(layer, z, x, y)
+        if span is None:
+            return None
+        try:
+            data = span.read()
+        finally:
+            span.close()
+        return (data, span.st) if len(data) == span.size else None
+
+
+class DirectorySource(TileSource):
+    """Tiles as files of the release's XYZ tree, opened through the data directory's SafeReader."""
+
+    def __init__(self, index: ReleaseIndex, reader: SafeReader):
+        self.index = index
+        self.reader = reader
+
+    def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
+        opened = self.reader.open_fd(self.index.tile_path(layer, z, x, y))
+        if opened is None:
+            return None
+        fd = opened[0]
+        st = os.fstat(fd)
+        return TileSpan(fd, 0, st.st_size, st, owned=True)
+
+
+class PMTilesSource(TileSource):
+    """Tiles as byte ranges of the release's three PMTiles archives (kept open, never loaded)."""
+
+    def __init__(self, archives: dict[str, Archive]):
+        self.archives = archives
+
+    def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
+        archive = self.archives.get(layer)
+        found = archive.locate(z, x, y) if archive is not None else None
+        if found is None:
+            return None
+        return TileSpan(archive.fd, found[0], found[1], archive.stat, owned=False, keep=archive)
+
+
+def open_source(index: ReleaseIndex, reader: SafeReader) -> TileSource:
+    """The release's archives when it has no tile tree and all three archives, else its tree."""
+
+    def open_fd(path: str) -> int | None:
+        # Through the SafeReader: an archive that links out of the data directory is not opened.
+        opened = reader.open_fd(path)
+        return None if opened is None else opened[0]
+
+    try:
+        archives = release_archives(index.path, open_fd)
+    except ArchiveError as exc:
+        log.error("release %s: %s; its tiles are not served", index.name, exc)
+        archives = None
+    return PMTilesSource(archives) if archives else DirectorySource(index, reader)
+
+
+class TileSources:
+    """The tile source of each release the catalog serves, opened on first use."""
+
+    def __init__(self, reader: SafeReader):
+        self.reader = reader
+        self._sources: dict[str, tuple[ReleaseIndex, TileSource]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, index: ReleaseIndex) -> TileSource:
+        """The source of `index` (reopened when the catalog re-indexed the release)."""
+        found = self._sources.get(index.name)
+        if found is not None and found[0] is index:
+            return found[1]
+        with self._lock:
+            found = self._sources.get(index.name)
+            if found is None or found[0] is not index:
+                # A replaced source's archives close when the last span reading them is gone (Archive.__del__).
+                found = (index, open_source(index, self.reader))
+                self._sources[index.name] = found
+        return found[1]

@@ -1,0 +1,421 @@
+"""The synthetic world: a real STAC API, COGs over HTTP matching the analytic truth, faults, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import mercantile
+import numpy as np
+import pystac_client
+import pytest
+import rasterio
+from rasterio.transform import Affine
+from rasterio.warp import Resampling, reproject
+from rasterio.warp import transform as warp_transform
+
+from scale_alibi.devworld.scenes import pixel_to_xy
+from scale_alibi.devworld.truth import band_limit, phase_shift, render_truth, sample_truth
+
+COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+
+
+def _epsg(item) -> int:
+    """EPSG of an item: pystac migrates PC's proj:epsg to proj:code ("EPSG:326xx") on read."""
+    p = item.properties
+    return int(p["proj:epsg"]) if "proj:epsg" in p else int(p["proj:code"].split(":")[1])
+
+
+def _search(world, collection, **kw):
+    client = pystac_client.Client.open(world.stac_url)
+    return list(client.search(collections=[collection], bbox=world.bbox, **kw).items())
+
+
+def _centres_vs_truth(href, layer, n=400, seed=0, shift=0.0, band=None):
+    """COG values at random interior pixel centres, and the truth there (or `shift` px off)."""
+    rng = np.random.default_rng(seed)
+    with rasterio.open(href) as ds:
+        data = ds.read()
+        rows = rng.integers(2, ds.height - 2, n)
+        cols = rng.integers(2, ds.width - 2, n)
+        xs, ys = pixel_to_xy(ds.transform, cols + 0.5 + shift, rows + 0.5 + shift)
+        lon, lat = warp_transform(ds.crs, "EPSG:4326", list(xs), list(ys))
+        nodata = ds.nodata
+    vals = data[:, rows, cols].astype(np.float64)
+    ok = np.ones(n, bool) if nodata is None else (vals != nodata).all(axis=0)
+    truth = sample_truth(layer, np.array(lon), np.array(lat))
+    if band is not None:
+        truth = truth[band : band + 1]
+    return vals[:, ok], truth[:, ok]
+
+
+# -- STAC API + pixels vs ground truth ----------------------------------------------------------
+def test_s2_search_cloud_filter_and_pixels_match_truth_subpixel(world):
+    items = _search(world, "sentinel-2-l2a", datetime="2023-06-01/2023-06-30")
+    assert {_epsg(i) for i in items} == {32613, 32614}  # straddles a zone edge
+    assert len(_search(world, "sentinel-2-l2a", datetime="2023-06-14/2023-06-16")) == 2
+    clear = [i for i in items if i.properties["eo:cloud_cover"] < 20]  # client-side: no `query`
+    cloudy = [i for i in items if i.properties["eo:cloud_cover"] > 50]
+    assert len(clear) == 4 and len(cloudy) == 2
+    item = next(i for i in clear if i.properties["s2:nodata_pixel_percentage"] == 0)
+    assert item.properties["s2:mgrs_tile"] in item.id and item.properties["platform"].startswith("Sentinel-2")
+    asset = item.assets["visual"]
+    assert asset.media_type == COG and asset.roles == ["data"]
+    assert asset.href.startswith(world.files_url + "/")
+    cog, truth = _centres_vs_truth(asset.href, "s2")
+    err = np.abs(cog - truth)
+    assert err.mean() < 0.6 and err.max() <= 1.5  # rounding to uint8, nothing else
+    cog_s, truth_s = _centres_vs_truth(asset.href, "s2", shift=0.25)
+    assert np.abs(cog_s - truth_s).mean() > 3 * err.mean()  # a quarter pixel off is visible
+
+
+def test_s2_clouds_in_scl_and_swath_edge_nodata(world):
+    items = _search(world, "sentinel-2-l2a")
+    cloudy = max(items, key=lambda i: i.properties["eo:cloud_cover"])
+    with rasterio.open(cloudy.assets["SCL"].href) as ds:
+        assert ds.res == (20.0, 20.0) and ds.dtypes[0] == "uint8"
+        scl = ds.read(1)
+    frac = np.isin(scl, (8, 9, 10)).mean() * 100
+    assert abs(frac - cloudy.properties["eo:cloud_cover"]) < 0.01 and frac > 30
+    swath = [i for i in items if i.properties["s2:nodata_pixel_percentage"] > 5]
+    assert len(swath) == 1
+    with rasterio.open(swath[0].assets["visual"].href) as ds:
+        vis = ds.read()
+        assert ds.nodata == 0
+    assert ((vis == 0).all(axis=0).mean() * 100 - swath[0].properties["s2:nodata_pixel_percentage"]) < 0.01
+    # The item geometry is the valid-data footprint, not the raster's rectangle.
+    full = next(i for i in items if _epsg(i) == _epsg(swath[0]) and i.id != swath[0].id)
+    assert swath[0].bbox[2] < full.bbox[2] - 0.005
+
+
+def test_s1_passes_speckle_bright_targets_and_truth(world):
+    items = _search(world, "sentinel-1-rtc", datetime="2023-06-01/2023-06-30")
+    by_state = {i.properties["sat:orbit_state"]: i for i in items}
+    assert set(by_state) == {"ascending", "descending"}
+    for it in items:
+        p = it.properties
+        assert p["sar:instrument_mode"] == "IW" and p["sar:polarizations"] == ["VV", "VH"]
+        assert set(it.assets) >= {"vv", "vh"} and it.assets["vv"].media_type == COG
+    grids = {}
+    for state, it in by_state.items():
+        with rasterio.open(it.assets["vv"].href) as ds:
+            assert ds.dtypes[0] == "float32" and ds.nodata == -32768 and ds.res == (10.0, 10.0)
+            grids[state] = ds.transform
+            vv = ds.read(1)
+        assert (vv > 10).sum() >= 3  # saturates any 8-bit mapping
+        cog, truth = _centres_vs_truth(it.assets["vv"].href, "s1", n=3000, band=0)
+        keep = cog[0] < 10
+        ratio = cog[0][keep] / truth[0][keep]
+        assert abs(np.median(ratio) - 1) < 0.05  # speckle: mean-one multiplicative noise
+        cog_s, truth_s = _centres_vs_truth(it.assets["vv"].href, "s1", n=3000, band=0, shift=0.5)
+        keep_s = cog_s[0] < 10
+        spread = np.std(np.log(ratio))
+        assert np.std(np.log(cog_s[0][keep_s] / truth_s[0][keep_s])) > spread * 1.03
+    assert grids["ascending"].c % 10 == 0 and grids["descending"].c % 10 == 5  # half-pixel grid
+    # Exactly one item (the ascending pass) carries a stale proj:transform; the file is right.
+    asc, desc = by_state["ascending"], by_state["descending"]
+    assert asc.properties["proj:transform"][:6] != pytest.approx(list(grids["ascending"])[:6])
+    assert desc.properties["proj:transform"][:6] == pytest.approx(list(grids["descending"])[:6])
+
+
+def test_naip_years_footprints_and_truth(world):
+    items = _search(world, "naip", datetime="2019-01-01/2023-12-31")
+    years = {i.properties["naip:year"] for i in items}
+    assert years == {"2020", "2022"} and all(isinstance(y, str) for y in years)
+    assert {_epsg(i) for i in items} == {26913, 26914}
+    assert all(i.properties["naip:state"] == "tx" and i.properties["gsd"] == 0.6 for i in items)
+    newest = [i for i in items if i.properties["naip:year"] == "2022"]
+    from shapely.geometry import shape
+    from shapely.ops import unary_union
+
+    union = unary_union([shape(i.geometry) for i in newest])
+    from shapely.geometry import box
+
+    assert union.contains(box(*world.bbox))  # the newest year covers the world
+    overlaps = [shape(a.geometry).intersection(shape(b.geometry)).area for a in newest for b in newest if a.id < b.id]
+    assert sum(a > 0 for a in overlaps) >= 4  # quarter-quad-like footprints overlap
+    item = next(i for i in newest if _epsg(i) == 26914)
+    asset = item.assets["image"]
+    with rasterio.open(asset.href) as ds:
+        assert ds.count == 4 and ds.res == (0.6, 0.6) and ds.overviews(1)
+        assert ds.profile["tiled"] and ds.profile["compress"] == "deflate"
+    cog, truth = _centres_vs_truth(asset.href, "naip")  # NAD83 read as WGS84, like PROJ offline
+    err = np.abs(cog - truth)
+    assert err.mean() < 0.6 and err.max() <= 1.5
+    cog_s, truth_s = _centres_vs_truth(asset.href, "naip", shift=0.25)
+    assert np.abs(cog_s - truth_s).mean() > 3 * err.mean()
+
+
+@pytest.mark.parametrize(
+    "layer,coll,key,z",
+    [("s2", "sentinel-2-l2a", "visual", 15), ("s2", "sentinel-2-l2a", "visual", 16), ("naip", "naip", "image", 17), ("naip", "naip", "image", 18), ("s1", "sentinel-1-rtc", "vv", 15)],
+)
+def test_render_truth_matches_reprojected_cog(world_dir, layer, coll, key, z):
+    """An ideal aligned tile = the sensor raster warped to EPSG:3857: same content, no shift.
+
+    S1 is compared through its speckle-free render on the COG's own grid: speckle is white at
+    10 m and would dominate a single tile's shift estimate (aggregate many tiles instead).
+    """
+    from scale_alibi.devworld import DEFAULT_WORLD
+    from scale_alibi.devworld.raster import render_sensor
+    from scale_alibi.devworld.truth import truth_of
+
+    feats = json.loads((world_dir / "catalog" / f"{coll}-items.json").read_text())["features"]
+    item = next(f for f in feats if f["properties"]["proj:epsg"] % 100 == 13 and f["properties"].get("eo:cloud_cover", 0) < 1)
+    href = world_dir / "files" / item["assets"][key]["href"].split("/", 1)[1]
+    t = mercantile.tile(-102.012, 35.209, z)
+    b = mercantile.xy_bounds(t)
+    truth = render_truth(layer, z, t.x, t.y)
+    assert truth.shape == ({"s2": 3, "s1": 2, "naip": 4}[layer], 256, 256) and truth.dtype == np.float32
+    dst = np.zeros(truth.shape, np.float32)
+    with rasterio.open(href) as ds:
+        src = ds.read().astype(np.float32)
+        if layer == "s1":
+            src = render_sensor(truth_of(DEFAULT_WORLD), "s1", ds.crs, ds.transform, ds.height, ds.width)[:1]
+            dst, truth = dst[:1], truth[:1]
+        px = (b.right - b.left) / 256
+        reproject(src, dst, src_transform=ds.transform, src_crs=ds.crs, dst_transform=Affine(px, 0, b.left, 0, -px, b.top), dst_crs="EPSG:3857", resampling=Resampling.bilinear)
+    a, c = (np.log(dst[0]), np.log(truth[0])) if layer == "s1" else (dst[0], truth[0])
+    assert np.corrcoef(a.ravel(), c.ravel())[0, 1] > 0.98
+    fmax = band_limit(layer, z, 35.2)  # the sensor's band limit, in cycles per output pixel
+    gsd = {"s2": 10.0, "s1": 10.0, "naip": 0.6}[layer]
+    assert fmax == pytest.approx(min(0.5, px * np.cos(np.radians(35.2)) / gsd / 2.5))
+    shift = phase_shift(a, c, fmax)
+    assert abs(shift[0]) < 0.1 and abs(shift[1]) < 0.1  # the build's own criterion
+    # ...and the check is sensitive: a one-pixel offset is found as one pixel.
+    moved = phase_shift(np.roll(a, 1, axis=1), c, fmax)
+    assert abs(moved[1] - 1) < 0.1
+
+
+def test_render_truth_rejects_unknown_layer():
+    with pytest.raises(ValueError):
+        render_truth("landsat", 15, 0, 0)
+
+
+# -- the file server ----------------------------------------------------------------------------
+@pytest.fixture
+def cog_url(world):
+    world.files.clear_faults()
+    item = _search(world, "sentinel-1-rtc")[0]
+    yield item.assets["vh"].href
+    world.files.clear_faults()
+
+
+def test_range_semantics(world, cog_url):
+    size = int(httpx.head(cog_url).headers["Content-Length"])
+    whole = httpx.get(cog_url).content
+    assert len(whole) == size
+    world.files.reset_stats()
+    r = httpx.get(cog_url, headers={"Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == whole[10:20]
+    assert r.headers["Content-Range"] == f"bytes 10-19/{size}" and r.headers["Accept-Ranges"] == "bytes"
+    assert world.files.stats() == {"requests": 1, "bytes": 10}
+    r = httpx.get(cog_url, headers={"Range": "bytes=-7"})
+    assert r.status_code == 206 and r.content == whole[-7:]
+    r = httpx.get(cog_url, headers={"Range": "bytes=0-3,100-104"})
+    assert r.status_code == 206 and r.headers["Content-Type"].startswith("multipart/byteranges; boundary=")
+    assert int(r.headers["Content-Length"]) == len(r.content)
+    boundary = r.headers["Content-Type"].split("boundary=")[1].encode()
+    parts = [p for p in r.content.split(b"--" + boundary) if p.strip(b"\r\n-")]
+    bodies = [p.split(b"\r\n\r\n", 1)[1][:-2] for p in parts]
+    assert bodies == [whole[0:4], whole[100:105]] and b"Content-Range: bytes 100-104/" in parts[1]
+    r = httpx.get(cog_url, headers={"Range": f"bytes={size + 10}-{size + 20}"})
+    assert r.status_code == 416 and r.headers["Content-Range"] == f"bytes */{size}"
+    h = httpx.head(cog_url, headers={"Range": "bytes=0-99"})
+    assert h.status_code == 206 and h.headers["Content-Length"] == "100" and h.content == b""
+    assert httpx.get(world.files_url + "/nope.tif").status_code == 404
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_injected_errors_are_seen_then_clear(world, cog_url, status):
+    world.files.inject(status=status, count=2)
+    codes = [httpx.get(cog_url, headers={"Range": "bytes=0-9"}).status_code for _ in range(3)]
+    assert codes == [status, status, 206]
+
+
+def test_slow_responses(world, cog_url):
+    world.files.slow(seconds=0.3, count=1)
+    t0 = time.perf_counter()
+    httpx.get(cog_url, headers={"Range": "bytes=0-9"})
+    slow = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    httpx.get(cog_url, headers={"Range": "bytes=0-9"})
+    assert slow >= 0.3 and time.perf_counter() - t0 < 0.3
+
+
+def test_signed_urls_and_expiry(world, cog_url):
+    world.files.require_signature(True)
+    assert httpx.get(cog_url).status_code == 403  # unsigned
+    good = world.sign(cog_url, ttl_s=60)
+    assert "se=" in good and "sig=" in good
+    assert httpx.get(good, headers={"Range": "bytes=0-9"}).status_code == 206
+    expired = world.sign(cog_url, ttl_s=-1)
+    assert httpx.get(expired).status_code == 403
+    assert world.sign(expired) == expired  # like planetary_computer: a signed href is not re-signed
+    forged = good.replace("sig=", "sig=0")
+    assert httpx.get(forged).status_code == 403
+    # Items sign like planetary_computer.sign: a signed copy, the original untouched.
+    item = _search(world, "naip")[0]
+    signed = world.sign(item)
+    assert all("se=" in a.href for a in signed.assets.values()) and "se=" not in item.assets["image"].href
+    with rasterio.open(signed.assets["image"].href) as ds:
+        assert ds.count == 4
+    # ...and as pystac_client's modifier, like planetary_computer.sign_inplace.
+    client = pystac_client.Client.open(world.stac_url, modifier=world.sign_inplace)
+    found = list(client.search(collections=["sentinel-1-rtc"], bbox=world.bbox).items())
+    assert found and all("sig=" in i.assets["vv"].href for i in found)
+    assert httpx.get(found[0].assets["vv"].href, headers={"Range": "bytes=0-9"}).status_code == 206
+
+
+# -- lifecycle, caching and CLI ---------------------------------------------------------------
+def _port_open(url):
+    host, port = url.rsplit("//", 1)[1].split(":")
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def test_servers_stop_cleanly(world_dir):
+    from scale_alibi.devworld import serve_world
+
+    with serve_world(world_dir) as w:
+        pids = [w.proc.pid, w.files.proc.pid]
+        urls = [w.stac_url, w.files_url]
+        assert all(_port_open(u) for u in urls)
+        assert httpx.get(w.stac_url + "/collections").json()["collections"]
+    assert not any(_port_open(u) for u in urls)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_build_is_cached(world_dir, tmp_path):
+    from scale_alibi.contract.errors import UserError
+    from scale_alibi.devworld import DEFAULT_WORLD, build_world
+
+    t0 = time.perf_counter()
+    assert build_world(world_dir, DEFAULT_WORLD) == world_dir
+    assert time.perf_counter() - t0 < 1.0
+    (tmp_path / "junk.txt").write_text("x")
+    with pytest.raises(UserError):
+        build_world(tmp_path, DEFAULT_WORLD)
+
+
+CURATE = [sys.executable, "-c", "import sys; from scale_alibi.cli.main import main; main(sys.argv[1:], prog_name='curate')"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bbox", "1,2,3"],
+        ["--bbox", "-101,35,-102,36"],
+        ["--bbox", "a,b,c,d"],
+        ["--bbox", "-120,30,-100,40"],  # too large
+        ["--bbox", "10,50,10.01,50.01"],  # no NAIP outside North America
+        ["--out-is-file"],
+        ["--nonsense"],
+    ],
+)
+def test_cli_bad_input_one_line_exit_2(tmp_path, args):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    if args == ["--out-is-file"]:
+        argv = ["world", "build", "--out", str(f)]
+    else:
+        argv = ["world", "build", "--out", str(tmp_path / "w"), *args]
+    r = subprocess.run(CURATE + argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_serve_prints_urls_and_stops_on_ctrl_c(world_dir):
+    p = subprocess.Popen(CURATE + ["world", "serve", str(world_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stac = p.stdout.readline().split()[-1]
+        files = p.stdout.readline().split()[-1]
+        assert stac.startswith("http://127.0.0.1:") and files.startswith("http://127.0.0.1:")
+        client = pystac_client.Client.open(stac)
+        assert {c.id for c in client.get_collections()} == {"sentinel-2-l2a", "sentinel-1-rtc", "naip"}
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=20) == 0
+    assert not _port_open(stac) and not _port_open(files)
+
+
+def test_killed_owner_leaks_no_servers(world_dir):
+    """Even when the owning process dies without cleanup (SIGKILL), both servers go with it."""
+    code = (
+        "import sys, threading; from scale_alibi.devworld import start_world\n"
+        "box = {}\n"
+        "t = threading.Thread(target=lambda: box.update(w=start_world(sys.argv[1])))\n"  # non-main thread
+        "t.start(); t.join(); w = box['w']\n"
+        "print(w.proc.pid, w.files.proc.pid, w.stac_url, w.files_url, flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code, str(world_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        stac_pid, files_pid, stac, files = p.stdout.readline().split()  # stac_pid: the guard
+        assert _port_open(stac) and _port_open(files)
+    finally:
+        p.kill()
+        p.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (_port_open(files) or _pid_alive(int(files_pid))):
+        time.sleep(0.2)
+    assert not _pid_alive(int(files_pid)) and not _port_open(files)
+    while time.monotonic() < deadline and _pid_alive(int(stac_pid)):
+        time.sleep(0.2)
+    assert not _pid_alive(int(stac_pid)) and not _port_open(stac)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (dead, not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_cli_builds_a_small_world_in_one_zone(tmp_path):
+    out = tmp_path / "w"
+    argv = ["world", "build", "--out", str(out), "--bbox", "-100.505,36.0,-100.495,36.008"]
+    r = subprocess.run(CURATE + argv, capture_output=True, text=True, timeout=300, env={**os.environ, "SCALE_ALIBI_WORLD_WORKERS": "1"})
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "world.json").read_text())
+    assert meta["config"]["bbox"] == [-100.505, 36.0, -100.495, 36.008]
+    for coll in ("sentinel-2-l2a", "sentinel-1-rtc", "naip"):
+        feats = json.loads((out / "catalog" / f"{coll}-items.json").read_text())["features"]
+        assert feats and {f["properties"]["proj:epsg"] % 100 for f in feats} == {14}
+        for f in feats:
+            for a in f["assets"].values():
+                assert (out / "files" / a["href"].split("/", 1)[1]).is_file()
+    r2 = subprocess.run(CURATE + argv, capture_output=True, text=True, timeout=60)
+    assert r2.returncode == 0 and "world" in r2.stdout  # cached: nothing rendered again
+    assert json.loads((out / "world.json").read_text()) == meta
+
+
+def test_exactly_one_stale_proj_transform(world_dir):
+    """Every item's proj:transform/shape matches its file, except one S1 item (as on PC)."""
+    stale = []
+    for coll in ("sentinel-2-l2a", "sentinel-1-rtc", "naip"):
+        for f in json.loads((world_dir / "catalog" / f"{coll}-items.json").read_text())["features"]:
+            for key, asset in f["assets"].items():
+                meta = asset if "proj:transform" in asset else f["properties"]
+                with rasterio.open(world_dir / "files" / asset["href"].split("/", 1)[1]) as ds:
+                    assert meta["proj:shape"] == [ds.height, ds.width]
+                    if meta["proj:transform"][:6] != pytest.approx(list(ds.transform)[:6]):
+                        stale.append((f["id"], key))
+    assert len({i for i, _ in stale}) == 1 and stale[0][0].startswith("S1")
