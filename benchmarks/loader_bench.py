@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scale_alibi.contract.release import HIRES_NAMES, Release, content_hash, write_manifest  # noqa: E402
-from scale_alibi.model.nn.geometry import tile_ground_size_m  # noqa: E402
+from scale_alibi.contract.tiles import tile_ground_size_m  # noqa: E402
 from scale_alibi.model.data.loader import TripletStream, collate_triplets, make_loader  # noqa: E402
 from scale_alibi.model.data.decode import decode_triplet  # noqa: E402
 

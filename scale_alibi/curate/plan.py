@@ -28,9 +28,11 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.tiles import MAX_LAT
+from scale_alibi.contract.tiles import column_west_lon as _lon
+from scale_alibi.contract.tiles import row_north_lat as _lat
 
 MAX_ZOOM = 22
-MAX_LAT = 85.0511287798066  # web-mercator's latitude limit (mercantile's tile (0, 0, 0) top)
 # Rows are clipped in chunks first so that each row's clip works on a small piece of a big outline.
 _CHUNK_ROWS = 64
 
@@ -65,15 +67,6 @@ def check_geometry(geometry: BaseGeometry) -> BaseGeometry:
             "longitude/latitude inside it"
         )
     return geometry
-
-
-def _lon(x: int, n: float) -> float:
-    # Same float formula as mercantile.bounds, so edges agree bit for bit with its tile boxes.
-    return x / n * 360.0 - 180.0
-
-
-def _lat(y: int, n: float) -> float:
-    return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / n))))
 
 
 def _x_range(west: float, east: float, n: float, last: int) -> tuple[int, int]:

@@ -25,9 +25,9 @@ from functools import lru_cache
 from pyproj import CRS, Transformer
 from pyproj.enums import TransformDirection
 
+from scale_alibi.contract.tiles import ORIGIN_M as ORIGIN
 from scale_alibi.curate.reader import Source
 
-ORIGIN = 20037508.342789244  # half the web-mercator world width, metres
 TILE = 256
 NODE_STEP = 32  # output pixels between exactly transformed nodes
 

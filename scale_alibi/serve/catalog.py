@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scale_alibi.contract.tiles import tile_bounds
 from scale_alibi.contract.release import (
     HIRES_CHILDREN,
     LAYERS,
@@ -51,16 +52,6 @@ def _fingerprint(st: os.stat_result) -> int:
 def pack_key(z: int, x: int, y: int) -> int:
     """One sortable int64 for a tile address (z <= MAX_ZOOM)."""
     return (z << 58) | (x << 29) | y
-
-
-def tile_bounds(z: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Web-mercator tiles' (west, south, east, north) in degrees, one row per tile."""
-    n = np.exp2(z.astype(np.float64))
-    west = x / n * 360.0 - 180.0
-    east = (x + 1) / n * 360.0 - 180.0
-    north = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * y / n))))
-    south = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * (y + 1) / n))))
-    return np.stack([west, south, east, north], axis=1)
 
 
 def is_inside(path: str, root: str) -> bool:

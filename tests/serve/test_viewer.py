@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scale_alibi.serve.catalog import tile_bounds
+from scale_alibi.contract.tiles import tile_bounds
 from tests.release_factory import X0, Y0, Z
 from tests.serve_fixtures import shared_data_dir, shared_server
 

@@ -61,7 +61,7 @@ assembled from the four z+1 tiles); ``modalities=`` decodes only those a consume
 skips the 256 px naip). They stay uint8 through the DataLoader's worker->main queue and the
 host->GPU copy (4x fewer bytes than float32); `Normalize` (``curate stats`` ->
 ``<release>/stats.json``) turns them into float32 ``(x - mean) / std`` per channel on the device.
-``tile_size_m`` (B,) float32 is `scale_alibi.model.nn.geometry.tile_ground_size_m(z, y)`.
+``tile_size_m`` (B,) float32 is `scale_alibi.contract.tiles.tile_ground_size_m(z, y)`.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import TRIPLET_MEMBERS, shard_count
-from scale_alibi.model.nn.geometry import tile_ground_size_m
+from scale_alibi.contract.tiles import tile_ground_size_m
 from scale_alibi.model.data.decode import CHANNELS, MODALITIES, decode_triplet
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from scale_alibi.model.nn.geometry import ground_size_at_lat_m
+from scale_alibi.contract.tiles import ground_size_at_lat_m
 
 
 @dataclass(frozen=True)

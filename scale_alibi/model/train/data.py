@@ -47,7 +47,7 @@ class PrepareBatch:
         if "tile_size_m" in batch:
             out["tile_size_m"] = batch["tile_size_m"].float()
         else:
-            from scale_alibi.model.nn.geometry import tile_ground_size_m
+            from scale_alibi.contract.tiles import tile_ground_size_m
 
             out["tile_size_m"] = torch.tensor(
                 [tile_ground_size_m(int(z), int(y)) for z, y in zip(batch["z"], batch["y"])], dtype=torch.float32
