@@ -28,7 +28,7 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.tiles import MAX_LAT
+from scale_alibi.regions import check_geometry
 from scale_alibi.contract.tiles import column_west_lon as _lon
 from scale_alibi.contract.tiles import row_north_lat as _lat
 
@@ -42,31 +42,6 @@ def check_zoom(zoom: int) -> int:
     if isinstance(zoom, bool) or not isinstance(zoom, int) or not 0 <= zoom <= MAX_ZOOM:
         raise UserError(f"zoom {zoom!r} is outside 0-{MAX_ZOOM}; pass an integer zoom in that range")
     return zoom
-
-
-def check_geometry(geometry: BaseGeometry) -> BaseGeometry:
-    """Return a valid polygonal geometry inside web-mercator's range, else raise UserError."""
-    if geometry is None or geometry.is_empty:
-        raise UserError("the region is empty; give a GeoJSON polygon or multipolygon")
-    if not math.isfinite(float(shapely.get_coordinates(geometry).sum())):  # NaN/Infinity parse as JSON numbers
-        raise UserError("the region has a coordinate that is NaN or infinite; give finite longitude/latitude")
-    if not geometry.is_valid:
-        # Self-intersections etc. are repaired rather than refused: the covered area is unambiguous.
-        geometry = shapely.make_valid(geometry)
-    polygons = [g for g in getattr(geometry, "geoms", [geometry]) if g.geom_type in ("Polygon", "MultiPolygon")]
-    if not polygons or sum(p.area for p in polygons) <= 0:
-        raise UserError(
-            f"the region is a {geometry.geom_type} with no area; give a GeoJSON polygon or multipolygon"
-        )
-    geometry = shapely.union_all(polygons) if len(polygons) > 1 else polygons[0]
-    west, south, east, north = geometry.bounds
-    if west < -180 or east > 180 or south < -MAX_LAT or north > MAX_LAT:
-        raise UserError(
-            f"the region's bounds ({west:.4f}, {south:.4f}, {east:.4f}, {north:.4f}) leave web-mercator's "
-            f"range (longitude -180..180, latitude -{MAX_LAT:.4f}..{MAX_LAT:.4f}); use EPSG:4326 "
-            "longitude/latitude inside it"
-        )
-    return geometry
 
 
 def _x_range(west: float, east: float, n: float, last: int) -> tuple[int, int]:

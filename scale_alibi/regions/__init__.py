@@ -7,15 +7,18 @@ where the outlines come from and how the sub-regions and their train / held-out 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import shapely
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.tiles import MAX_LAT
 
 HERE = Path(__file__).resolve().parent
 REGIONS: tuple[str, ...] = ("conus", "puerto-rico")
@@ -48,6 +51,31 @@ class ReleaseSpec:
         return next(s.split for s in self.subregions if s.name == name)
 
 
+def check_geometry(geometry: BaseGeometry) -> BaseGeometry:
+    """Return a valid polygonal geometry inside web-mercator's range, else raise UserError."""
+    if geometry is None or geometry.is_empty:
+        raise UserError("the region is empty; give a GeoJSON polygon or multipolygon")
+    if not math.isfinite(float(shapely.get_coordinates(geometry).sum())):  # NaN/Infinity parse as JSON numbers
+        raise UserError("the region has a coordinate that is NaN or infinite; give finite longitude/latitude")
+    if not geometry.is_valid:
+        # Self-intersections etc. are repaired rather than refused: the covered area is unambiguous.
+        geometry = shapely.make_valid(geometry)
+    polygons = [g for g in getattr(geometry, "geoms", [geometry]) if g.geom_type in ("Polygon", "MultiPolygon")]
+    if not polygons or sum(p.area for p in polygons) <= 0:
+        raise UserError(
+            f"the region is a {geometry.geom_type} with no area; give a GeoJSON polygon or multipolygon"
+        )
+    geometry = shapely.union_all(polygons) if len(polygons) > 1 else polygons[0]
+    west, south, east, north = geometry.bounds
+    if west < -180 or east > 180 or south < -MAX_LAT or north > MAX_LAT:
+        raise UserError(
+            f"the region's bounds ({west:.4f}, {south:.4f}, {east:.4f}, {north:.4f}) leave web-mercator's "
+            f"range (longitude -180..180, latitude -{MAX_LAT:.4f}..{MAX_LAT:.4f}); use EPSG:4326 "
+            "longitude/latitude inside it"
+        )
+    return geometry
+
+
 def _read_geojson(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -59,8 +87,6 @@ def _read_geojson(path: Path) -> dict:
 
 def _geometry_of(obj: object, where: str) -> BaseGeometry:
     """The union of a GeoJSON geometry, Feature or FeatureCollection's geometries."""
-    from scale_alibi.curate.plan import check_geometry
-
     if not isinstance(obj, dict) or "type" not in obj:
         raise UserError(f"{where} is not valid GeoJSON (no 'type' member)")
     kind = obj["type"]
