@@ -52,7 +52,7 @@ class ServerProcess:
         """Start the server and wait until /health answers 200."""
         if self.proc is not None and self.proc.poll() is None:
             return self
-        cmd = [*self.command_prefix, sys.executable, "-m", "scale_alibi.serve", "--data", str(self.data_dir), "--host", "127.0.0.1",
+        cmd = [*self.command_prefix, sys.executable, "-m", "scale_alibi", "serve", "--data", str(self.data_dir), "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", str(self.workers)]
         if self.cache_mb is not None:
             cmd += ["--cache-mb", str(self.cache_mb)]
