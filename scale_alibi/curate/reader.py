@@ -20,11 +20,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import rasterio
 from affine import Affine
+from pyproj import CRS, Transformer
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -210,10 +212,15 @@ def _level(ds, target_res: float) -> int:
     return best
 
 
-def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> Source | None:
-    from scale_alibi.curate.warp import _transformer  # cached per CRS: rasterio's transform_bounds builds one per call
+@lru_cache(maxsize=64)
+def transformer_from_3857(src_crs_wkt: str) -> Transformer:
+    """EPSG:3857 -> the source CRS (x, y order); one per CRS, shared by reads and warps."""
+    return Transformer.from_crs("EPSG:3857", CRS.from_user_input(src_crs_wkt), always_xy=True)
 
-    bounds = _transformer(ds.crs.to_wkt()).transform_bounds(*bounds_3857, densify_pts=21)
+
+def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> Source | None:
+    # a cached transformer: rasterio's transform_bounds would build one per call
+    bounds = transformer_from_3857(ds.crs.to_wkt()).transform_bounds(*bounds_3857, densify_pts=21)
     # Mercator metres are 1/cos(lat) ground metres: compare resolutions in the file's units.
     scale = (bounds[2] - bounds[0]) / (bounds_3857[2] - bounds_3857[0])
     f = _level(ds, target_res_3857 * scale)

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 from affine import Affine
 import cv2
-from functools import lru_cache
-from pyproj import CRS, Transformer
+from pyproj import CRS
 from pyproj.enums import TransformDirection
 
 from scale_alibi.contract.tiles import ORIGIN_M as ORIGIN
-from scale_alibi.curate.reader import Source
+from scale_alibi.curate.reader import Source, transformer_from_3857
 
 TILE = 256
 NODE_STEP = 32  # output pixels between exactly transformed nodes
@@ -87,11 +86,6 @@ def choose_resampling(src_ground_res: float, dst_ground_res: float) -> str:
     return "average" if dst_ground_res > src_ground_res * 1.001 else "bilinear"
 
 
-@lru_cache(maxsize=64)
-def _transformer(src_crs_wkt: str) -> Transformer:
-    return Transformer.from_crs("EPSG:3857", CRS.from_user_input(src_crs_wkt), always_xy=True)
-
-
 def source_maps(t: Affine, shape: tuple[int, int], src_crs, src_transform: Affine, step: int = NODE_STEP
                 ) -> tuple[np.ndarray, np.ndarray]:
     """For every centre of an EPSG:3857 output grid (transform `t`, `shape`): the source array
@@ -109,7 +103,7 @@ def source_maps(t: Affine, shape: tuple[int, int], src_crs, src_transform: Affin
     rpos = (np.arange(nr) + 0.5) * step - 0.5 - step
     cpos = (np.arange(nc) + 0.5) * step - 0.5 - step
     X, Y = np.meshgrid(t.c + (cpos + 0.5) * t.a, t.f + (rpos + 0.5) * t.e)
-    sx, sy = _transformer(CRS.from_user_input(src_crs).to_wkt()).transform(X, Y)
+    sx, sy = transformer_from_3857(CRS.from_user_input(src_crs).to_wkt()).transform(X, Y)
     inv = ~src_transform
     out = []
     rr, cc = np.meshgrid(rpos, cpos, indexing="ij")
@@ -202,7 +196,7 @@ def _dst_window(src: Source, grid: Grid, pad: int = 2) -> tuple[int, int, int, i
     t = src.transform
     xs = [t.c, t.c + sw * t.a + sh * t.b]
     ys = [t.f, t.f + sw * t.d + sh * t.e]
-    left, bottom, right, top = _transformer(CRS.from_user_input(src.crs).to_wkt()).transform_bounds(
+    left, bottom, right, top = transformer_from_3857(CRS.from_user_input(src.crs).to_wkt()).transform_bounds(
         min(xs), min(ys), max(xs), max(ys), densify_pts=21, direction=TransformDirection.INVERSE)
     g = grid.transform
     h, w = grid.shape
