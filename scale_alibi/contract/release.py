@@ -41,6 +41,11 @@ STATS_NAME = "stats.json"  # `curate stats`: per-channel mean/std beside the man
 HIRES_CHILDREN: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (0, 1), (1, 1))
 HIRES_NAMES: tuple[str, ...] = ("naip_hires_0", "naip_hires_1", "naip_hires_2", "naip_hires_3")
 TRIPLET_MEMBERS: tuple[str, ...] = ("s1", "s2", "naip", *HIRES_NAMES)
+# A triplet decoded: one image per modality, naip_hires assembled from the four HIRES_NAMES tiles.
+MODALITIES: tuple[str, ...] = ("s1", "s2", "naip", "naip_hires")
+# Channels kept per modality: s1 PNGs are RGB with R empty, G = VV, B = VH.
+CHANNELS: dict[str, int] = {"s1": 2, "s2": 3, "naip": 3, "naip_hires": 3}
+SPLITS: tuple[str, ...] = ("train", "heldout")  # values of the manifest's `split` column
 
 
 def triplet_tiles(z: int, x: int, y: int) -> list[tuple[str, tuple[str, int, int, int]]]:

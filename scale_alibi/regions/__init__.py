@@ -23,7 +23,6 @@ from scale_alibi.contract.tiles import MAX_LAT
 HERE = Path(__file__).resolve().parent
 REGIONS: tuple[str, ...] = ("conus", "puerto-rico")
 RELEASES: tuple[str, ...] = ("small", "full", "micro")
-SPLITS: tuple[str, ...] = ("train", "heldout")
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,7 @@ from scale_alibi.contract.release import (
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "heldout", "all")
-MAX_ZOOM = 29  # (z, x, y) pack into one int64: 5 + 29 + 29 bits
+MAX_PACKED_ZOOM = 29  # (z, x, y) pack into one int64: 5 + 29 + 29 bits
 _HIRES_INDEX = {offset: i for i, offset in enumerate(HIRES_CHILDREN)}
 MEMBERS = len(TRIPLET_MEMBERS)  # files per triplet (manifest row)
 
@@ -50,7 +49,7 @@ def _fingerprint(st: os.stat_result) -> int:
 
 
 def pack_key(z: int, x: int, y: int) -> int:
-    """One sortable int64 for a tile address (z <= MAX_ZOOM)."""
+    """One sortable int64 for a tile address (z <= MAX_PACKED_ZOOM)."""
     return (z << 58) | (x << 29) | y
 
 
@@ -92,8 +91,8 @@ class ReleaseIndex:
         z = table.column("z").to_numpy().astype(np.int64)
         x = table.column("x").to_numpy().astype(np.int64)
         y = table.column("y").to_numpy().astype(np.int64)
-        if len(z) and (z.min() < 0 or z.max() > MAX_ZOOM - 1):
-            raise ValueError(f"manifest zooms outside 0..{MAX_ZOOM - 1}")
+        if len(z) and (z.min() < 0 or z.max() > MAX_PACKED_ZOOM - 1):
+            raise ValueError(f"manifest zooms outside 0..{MAX_PACKED_ZOOM - 1}")
         keys = (z << 58) | (x << 29) | y
         order = np.argsort(keys, kind="stable")
         if len(keys) > 1 and not bool(np.all(np.diff(keys) > 0)):
@@ -144,7 +143,7 @@ class ReleaseIndex:
 
     def row_of(self, z: int, x: int, y: int) -> int | None:
         """The manifest row of triplet (z, x, y), or None."""
-        if not (0 <= z <= MAX_ZOOM and 0 <= x < 2**z and 0 <= y < 2**z):
+        if not (0 <= z <= MAX_PACKED_ZOOM and 0 <= x < 2**z and 0 <= y < 2**z):
             return None
         key = pack_key(z, x, y)
         i = int(np.searchsorted(self.keys, key))

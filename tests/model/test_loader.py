@@ -31,7 +31,8 @@ from scale_alibi.model.data.loader import (
     load_stats,
     make_loader,
 )
-from scale_alibi.model.data.decode import MODALITIES, decode_triplet
+from scale_alibi.contract.release import MODALITIES
+from scale_alibi.model.data.decode import decode_triplet
 
 N_TRIPLETS = 40  # 32 train + 8 heldout
 

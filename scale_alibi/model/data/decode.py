@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from scale_alibi.contract.release import HIRES_NAMES
+from scale_alibi.contract.release import CHANNELS, HIRES_NAMES, MODALITIES
 
 try:  # a declared dependency, but keep the loader usable with Pillow alone
     import imagecodecs
@@ -21,11 +21,6 @@ try:  # a declared dependency, but keep the loader usable with Pillow alone
     _png_decode = imagecodecs.png_decode
 except ImportError:  # pragma: no cover - exercised only without imagecodecs
     _png_decode = None
-
-MODALITIES: tuple[str, ...] = ("s1", "s2", "naip", "naip_hires")
-# Channels kept per modality: s1 PNGs are RGB with R empty, G = VV, B = VH.
-CHANNELS: dict[str, int] = {"s1": 2, "s2": 3, "naip": 3, "naip_hires": 3}
-
 
 def decode_png(data: bytes) -> np.ndarray:
     """PNG bytes -> uint8 array (H, W, 3); gray is repeated, alpha dropped."""

@@ -87,7 +87,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import TRIPLET_MEMBERS, shard_count
 from scale_alibi.contract.tiles import tile_ground_size_m
-from scale_alibi.model.data.decode import CHANNELS, MODALITIES, decode_triplet
+from scale_alibi.contract.release import CHANNELS, MODALITIES
+from scale_alibi.model.data.decode import decode_triplet
 
 log = logging.getLogger(__name__)
 

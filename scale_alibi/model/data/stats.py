@@ -26,6 +26,7 @@ from scale_alibi.contract.archive import tile_reader
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import (
     MANIFEST_NAME,
+    MODALITIES,
     STATS_NAME,
     Release,
     check_release_name,
@@ -33,7 +34,7 @@ from scale_alibi.contract.release import (
     triplet_tiles,
     write_bytes_atomic,
 )
-from scale_alibi.model.data.decode import MODALITIES, decode_triplet
+from scale_alibi.model.data.decode import decode_triplet
 
 
 def _reason(e: Exception) -> str:

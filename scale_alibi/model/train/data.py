@@ -19,11 +19,12 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from scale_alibi.model.nn.scale_alibi import MODALITIES
 from scale_alibi.model.train.trainer import batch_size_of
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = ("s1", "s2", "naip_hires")  # what the model reads; "naip" (256 px) is not used
+IMAGE_KEYS = MODALITIES  # what the model reads; "naip" (256 px) is not used
 # Fallback when no stats.json is available: uint8 -> roughly zero-mean, unit-scale floats.
 FALLBACK_MEAN, FALLBACK_STD = 127.5, 64.0
 
@@ -35,7 +36,7 @@ class PrepareBatch:
 
     def __init__(self, stats: Mapping[str, Any] | None = None):
         from scale_alibi.model.data.loader import Normalize
-        from scale_alibi.model.data.decode import CHANNELS
+        from scale_alibi.contract.release import CHANNELS
 
         stats = dict(stats or {})
         for m in IMAGE_KEYS:  # a modality without stats gets the fixed constants, same mechanism

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scale_alibi.serve.catalog import LAYERS, MAX_ZOOM, Catalog, ReleaseIndex
+from scale_alibi.serve.catalog import LAYERS, MAX_PACKED_ZOOM, Catalog, ReleaseIndex
 from scale_alibi.serve.errors import ApiError
 
 JSON_METHODS = ["GET", "HEAD"]  # every JSON document answers HEAD too (headers only)
@@ -23,9 +23,9 @@ def check_layer(layer: str) -> None:
 
 
 def check_tile(z: int, x: int, y: int) -> None:
-    """422 for a zoom outside 0..MAX_ZOOM or x/y outside the zoom's 2**z grid."""
-    if not 0 <= z <= MAX_ZOOM:
-        raise ApiError(422, f"zoom {z} outside 0..{MAX_ZOOM}")
+    """422 for a zoom outside 0..MAX_PACKED_ZOOM or x/y outside the zoom's 2**z grid."""
+    if not 0 <= z <= MAX_PACKED_ZOOM:
+        raise ApiError(422, f"zoom {z} outside 0..{MAX_PACKED_ZOOM}")
     n = 2**z
     if not (0 <= x < n and 0 <= y < n):
         raise ApiError(422, f"tile x={x}, y={y} outside the zoom-{z} grid 0..{n - 1}")
