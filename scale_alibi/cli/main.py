@@ -16,9 +16,9 @@ from scale_alibi.contract.errors import UserError
 # name -> "module:attribute" of a click.Command; each module owns its own options and help.
 COMMANDS: dict[str, str] = {
     "train": "scale_alibi.cli.train:train",
-    "plan": "scale_alibi.curate.plan:plan",
+    "plan": "scale_alibi.cli.plan:plan",
     "build": "scale_alibi.cli.build:build",
-    "stats": "scale_alibi.model.data.stats:stats",
+    "stats": "scale_alibi.cli.stats:stats",
     "verify": "scale_alibi.curate.verify:verify",
     "serve": "scale_alibi.cli.serve:serve",
     "world": "scale_alibi.cli.world:world",

@@ -1,4 +1,4 @@
-"""Which web-mercator tiles a region covers: exact, streamed tile enumeration and `curate plan`.
+"""Which web-mercator tiles a region covers: exact, streamed tile enumeration (the `curate plan` maths).
 
 A tile belongs to a region when the tile's interior and the region's interior overlap (positive
 area in common). Tiles that only touch the region along an edge or at a corner do not count, so
@@ -15,13 +15,11 @@ clip per row, with no per-tile geometry test. Counting sums the ranges without l
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Iterable, Iterator
 
-import click
 import mercantile
 import shapely
 from shapely.geometry import box
@@ -166,24 +164,6 @@ def plan_region(name_or_path: str, zoom: int) -> dict:
     return {"zoom": zoom, "tiles": tiles, "regions": [RegionCount(str(name_or_path), tiles).as_dict()]}
 
 
-def _print_plan(plan: dict) -> None:
-    title = f"release {plan['release']}" if "release" in plan else "region"
-    click.echo(f"{title} at zoom {plan['zoom']}")
-    width = max(len(r["name"]) for r in plan["regions"])
-    for r in plan["regions"]:
-        extra = f"  {r['state']:<3} {r['split']:<8}" if "split" in r else ""
-        click.echo(f"  {r['name']:<{width}}{extra} {r['tiles']:>12,}")
-    for split, tiles in plan.get("splits", {}).items():
-        click.echo(f"  {split} total: {tiles:,}")
-    paper = f" (paper: {plan['paper_samples']:,} samples)" if "paper_samples" in plan else ""
-    click.echo(f"tiles: {plan['tiles']:,}{paper}")
-    for layer, found in plan.get("scenes", {}).items():
-        unknown = f" ({found['assets_unknown_size']} assets of unknown size)" if found["assets_unknown_size"] else ""
-        click.echo(f"  {layer}: {found['scenes']:,} scenes, {found['bytes'] / 1e9:,.2f} GB{unknown}")
-    if "bytes" in plan:
-        click.echo(f"bytes to fetch: {plan['bytes'] / 1e9:,.2f} GB")
-
-
 # ------------------------------------------------------------------ scenes (optional, online)
 
 def _asset_size(asset: dict, sign, client) -> int | None:
@@ -234,39 +214,3 @@ def scene_summary(catalog: str, areas: list[BaseGeometry], datetime: str | None 
                 "assets_unknown_size": sum(s is None for s in sizes),
             }
     return out
-
-
-@click.command("plan")
-@click.option("--release", "release", metavar="NAME", help="A named release: small, full or micro.")
-@click.option("--region", "region", metavar="NAME|PATH", help="conus, puerto-rico, or a GeoJSON file (EPSG:4326).")
-@click.option("--zoom", type=int, default=None, help="Zoom for --region (0-22); releases carry their own.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-@click.option("--scenes", is_flag=True, help="Also search the catalog: scenes per layer and bytes to fetch (online).")
-@click.option("--catalog", default=None, metavar="URL", help="STAC API for --scenes [default: Planetary Computer].")
-@click.option("--datetime", "interval", default=None, metavar="A/B", help="STAC datetime interval for --scenes.")
-def plan(release: str | None, region: str | None, zoom: int | None, as_json: bool,
-         scenes: bool, catalog: str | None, interval: str | None) -> None:
-    """Count the tiles a release or region covers (offline, geometry only; --scenes asks a catalog)."""
-    if (release is None) == (region is None):
-        raise UserError("give exactly one of --release NAME or --region NAME|PATH")
-    if (catalog or interval) and not scenes:
-        raise UserError("--catalog and --datetime only apply with --scenes")
-    if release is not None:
-        if zoom is not None:
-            raise UserError(f"--zoom applies to --region only; release {release!r} has its own zoom")
-        result = plan_release(release)
-    else:
-        if zoom is None:
-            raise UserError("--region needs --zoom (0-22), e.g. --zoom 15")
-        result = plan_region(region, zoom)
-    if scenes:
-        from scale_alibi.curate.search import PLANETARY_COMPUTER
-        from scale_alibi.regions import load_region, load_release
-
-        areas = [s.geometry for s in load_release(release).subregions] if release else [load_region(region)]
-        result["scenes"] = scene_summary(catalog or PLANETARY_COMPUTER, areas, interval)
-        result["bytes"] = sum(layer["bytes"] for layer in result["scenes"].values())
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        _print_plan(result)

@@ -1,8 +1,4 @@
-"""`curate stats`: per-modality channel mean/std of a release, stored beside its manifest.
-
-    curate stats --data OUT --release small [--split train] [--limit N] [--workers N]
-
-writes ``OUT/<release>/stats.json``::
+"""Per-modality channel mean/std of a release, stored beside its manifest (`curate stats` writes ``OUT/<release>/stats.json``::
 
     {"release": "small", "split": "train", "triplets": 1234, "scale": "uint8",
      "manifest_sha256": "...", "modalities": {"s1": {"mean": [vv, vh], "std": [vv, vh]},
@@ -19,7 +15,6 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import click
 import numpy as np
 
 from scale_alibi.contract.archive import tile_reader
@@ -104,19 +99,3 @@ def write_stats(release: Release, stats: dict[str, object]) -> Path:
     path = release.path / STATS_NAME
     write_bytes_atomic(path, (json.dumps(stats, indent=2) + "\n").encode())
     return path
-
-
-@click.command("stats")
-@click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path), help="Data root holding the release.")
-@click.option("--release", required=True, help="Release name (a directory under --data).")
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "heldout", "all"]), help="Which triplets to measure.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Measure at most N evenly spaced triplets.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Decoding processes.")
-def stats(data: Path, release: str, split: str, limit: int | None, workers: int) -> None:
-    """Per-channel mean/std of every modality of a release, written to <data>/<release>/stats.json."""
-    rel = Release(data, check_release_name(release))
-    if not rel.path.is_dir():
-        raise UserError(f"no release {release!r} under {data}; check --data and --release")
-    result = compute_stats(rel, split=split, limit=limit, workers=workers)
-    path = write_stats(rel, result)
-    click.echo(f"{path}: {result['triplets']} {split} triplets")
