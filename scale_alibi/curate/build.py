@@ -876,7 +876,7 @@ def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler,
             bar.update(1)
         bar.close()
         items = {}
-        for (b, layer), f in search_f.items():
+        for (b, _layer), f in search_f.items():
             try:
                 items.setdefault(b, []).extend(f.result())
             except UserError:

@@ -214,7 +214,7 @@ def _s1(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
     targets = bright_targets(cfg)
     xs, ys = warp_transform("EPSG:4326", scene.crs, [t[0] for t in targets], [t[1] for t in targets])
     inv = ~scene.transform
-    for (lon, lat, vv, vh), x, y in zip(targets, xs, ys):
+    for (_lon, _lat, vv, vh), x, y in zip(targets, xs, ys):
         c, r = pixel_to_xy(inv, x, y)
         c, r = int(math.floor(c)), int(math.floor(r))
         if 0 <= r < scene.height and 0 <= c < scene.width:

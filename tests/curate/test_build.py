@@ -454,7 +454,7 @@ def test_saturated_s1_is_255(built_release, world):
     rel = Release(*built_release)
     rows = {(r["x"], r["y"]): r for r in rel.read_manifest().to_pylist()}
     seen = 0
-    for lon, lat, vv, vh in bright_targets(world.config):
+    for lon, lat, _vv, _vh in bright_targets(world.config):
         t = mercantile.tile(lon, lat, 17)
         if (t.x, t.y) not in rows:
             continue

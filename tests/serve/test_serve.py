@@ -288,7 +288,7 @@ def test_shards_cover_the_split_once_in_epoch_order(client, data, split, size):
         samples = read_shard(client, f"/shards/small/{i}.tar?shard_size={size}&seed=7&epoch=3&split={split}")
         expect = [rows[j] for j in shard_rows(len(rows), 7, 3, size, i)]
         assert [k for k, _ in samples] == [f"{r['z']}_{r['x']}_{r['y']}" for r in expect]
-        for (key, members), row in zip(samples, expect):
+        for (_key, members), row in zip(samples, expect):
             assert sorted(members) == sorted([f"{m}.png" for m in TRIPLET_MEMBERS] + ["json"])
             assert json.loads(members["json"]) == row
             assert content_hash(members["s2.png"]) == row["hash_s2"]
