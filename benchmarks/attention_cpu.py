@@ -21,8 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_alibi.model.nn.attention import alibi_slopes, flex_attention_scale_alibi, reference_attention  # noqa: E402
 from timing import median_ms  # noqa: E402
+
+from scale_alibi.model.nn.attention import alibi_slopes, flex_attention_scale_alibi, reference_attention  # noqa: E402
 
 
 def main() -> None:

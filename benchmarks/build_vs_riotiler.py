@@ -17,8 +17,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GDAL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 import shutil  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -57,9 +57,9 @@ def baseline(world, release, zoom: int) -> dict:
     from rio_tiler.io import Reader
     from rio_tiler.mosaic import mosaic_reader
 
+    from scale_alibi.contract.release import HIRES_CHILDREN
     from scale_alibi.curate.encode import encode_png, rgb8
     from scale_alibi.curate.reader import GDAL_ENV
-    from scale_alibi.contract.release import HIRES_CHILDREN
 
     rows = release.read_manifest().to_pylist()
     client = pystac_client.Client.open(world.stac_url)

@@ -24,8 +24,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_alibi.curate.encode import encode_png  # noqa: E402
 from loader_bench import synthetic_png  # noqa: E402
+
+from scale_alibi.curate.encode import encode_png  # noqa: E402
 
 
 def pillow_default(rgb: np.ndarray) -> bytes:

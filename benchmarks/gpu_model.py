@@ -25,14 +25,14 @@ import argparse
 import sys
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from scale_alibi.contract.tiles import tile_ground_size_m
 from scale_alibi.model.nn.attention import alibi_slopes, flex_attention_scale_alibi, reference_attention
 from scale_alibi.model.nn.config import get_config
-from scale_alibi.contract.tiles import tile_ground_size_m
 from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel, coords, expand_to_hires, random_mask
 from scale_alibi.model.nn.vit import gather_tokens
 

@@ -28,8 +28,8 @@ def measure(config: str, batch: int, steps: int, retain: bool) -> dict[str, floa
     import torch
 
     from scale_alibi.model.nn.config import get_config
-    from scale_alibi.model.train.host_memory import retain_freed_memory
     from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel
+    from scale_alibi.model.train.host_memory import retain_freed_memory
 
     if retain:
         retain_freed_memory()

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scale_alibi.contract.release import HIRES_NAMES, Release, content_hash, write_manifest  # noqa: E402
 from scale_alibi.contract.tiles import tile_ground_size_m  # noqa: E402
-from scale_alibi.model.data.loader import TripletStream, collate_triplets, make_loader  # noqa: E402
 from scale_alibi.model.data.decode import decode_triplet  # noqa: E402
+from scale_alibi.model.data.loader import TripletStream, collate_triplets, make_loader  # noqa: E402
 
 
 def synthetic_png(rng: np.random.Generator, size: int = 256) -> bytes:

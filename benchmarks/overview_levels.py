@@ -38,7 +38,7 @@ def main() -> None:
         print("|---" * (len(ASSETS) + 1) + "|")
         for y_zoom in range(lo, hi + 1):
             cells = []
-            for layer, coll, key, up in ASSETS:
+            for _layer, coll, key, up in ASSETS:
                 z = y_zoom + up
                 tile = mercantile.tile(lon, lat, z)
                 grid = block_grid(z, [(tile.x, tile.y)])

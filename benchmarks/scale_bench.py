@@ -242,7 +242,7 @@ def measure(sizes: list[int], args, work: Path) -> list[dict]:
             servers.append(server)
             out.append({"n": rel.n, "startup": time.perf_counter() - t, "manifest": 0, "rps": 0.0, "p50": math.inf,
                         "p99": math.inf, "non2xx": 0, "loader": 0.0, "first_batch": math.inf})
-        for (rel, urls, size), server, r in zip(made, servers, out):
+        for (_rel, urls, size), server, r in zip(made, servers, out):
             r["manifest"] = size
             wrk_random(server.url, urls, work, 2, args.connections)  # warm-up: page cache, tile cache
         for i in range(args.repeats):
@@ -266,6 +266,7 @@ def measure(sizes: list[int], args, work: Path) -> list[dict]:
 
 def conus_graph(region: str, zoom: int) -> dict:
     """Plan `curate build --region R --zoom Z` into the tasks it submits, fetching nothing."""
+    from scale_alibi.contract.release import LAYERS
     from scale_alibi.curate.build import (
         BuildParams,
         MetatileJob,
@@ -273,7 +274,6 @@ def conus_graph(region: str, zoom: int) -> dict:
         plan_tiles,
         search_blocks,
     )
-    from scale_alibi.contract.release import LAYERS
     from scale_alibi.regions import load_region
 
     t = time.perf_counter()

@@ -27,9 +27,10 @@ from rasterio.enums import Resampling
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from timing import median_ms  # noqa: E402
+
 from scale_alibi.curate.reader import Source  # noqa: E402
 from scale_alibi.curate.warp import Grid, warp  # noqa: E402
-from timing import median_ms  # noqa: E402
 
 LON, LAT = -102.0, 35.2  # the synthetic world's centre (UTM 13N / 14N edge region)
 UTM = "EPSG:32614"

@@ -22,10 +22,11 @@ import secrets
 import threading
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 from pmtiles.tile import (
@@ -56,7 +57,7 @@ def has_tree(release_dir: str | os.PathLike[str]) -> bool:
 
 
 def release_archives(release_dir: str | os.PathLike[str],
-                     open_fd: Callable[[str], int | None] | None = None) -> dict[str, "Archive"] | None:
+                     open_fd: Callable[[str], int | None] | None = None) -> dict[str, Archive] | None:
     """The three layer archives of a release that has no tile tree, open; None when it has a tree or
     lacks an archive. `open_fd(path)` opens a file for reading (None: missing or refused).
     ArchiveError when a file is not a readable archive."""
@@ -197,7 +198,7 @@ class Directory:
         return gzip.compress(body, mtime=0)
 
     @classmethod
-    def parse(cls, raw: bytes) -> "Directory":
+    def parse(cls, raw: bytes) -> Directory:
         """Decode directory bytes (already decompressed)."""
         v = decode_varints(raw)
         n = int(v[0])
@@ -357,7 +358,7 @@ class Archive:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "Archive":
+    def open(cls, path: str | os.PathLike[str]) -> Archive:
         """Open the archive at `path` (ArchiveError if it is not one; OSError if unreadable)."""
         return cls(os.open(path, os.O_RDONLY | os.O_CLOEXEC), os.fspath(path))
 
@@ -369,7 +370,7 @@ class Archive:
     def __del__(self) -> None:
         self.close()
 
-    def __enter__(self) -> "Archive":
+    def __enter__(self) -> Archive:
         return self
 
     def __exit__(self, *exc) -> None:

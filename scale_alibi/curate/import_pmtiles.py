@@ -19,8 +19,8 @@ says where the tiles came from (`imported_from`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 import numpy as np
@@ -29,9 +29,7 @@ from pmtiles.tile import Compression, TileType, tileid_to_zxy
 
 from scale_alibi import __version__
 from scale_alibi.contract.archive import PNG_SIGNATURE, Archive, ArchiveError, archive_name, has_tree
-from scale_alibi.curate.build import split_of
 from scale_alibi.contract.errors import UserError
-from scale_alibi.curate.pack import layer_tiles, tile_id_order, write_layer
 from scale_alibi.contract.release import (
     HIRES_CHILDREN,
     LAYERS,
@@ -41,6 +39,8 @@ from scale_alibi.contract.release import (
     content_hash,
     write_manifest,
 )
+from scale_alibi.curate.build import split_of
+from scale_alibi.curate.pack import layer_tiles, tile_id_order, write_layer
 
 _TILE_COMPRESSION_OK = (Compression.NONE, Compression.UNKNOWN)  # PNG bytes stored as they are
 

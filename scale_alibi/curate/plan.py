@@ -16,9 +16,9 @@ clip per row, with no per-tile geometry test. Counting sums the ranges without l
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Iterable, Iterator
 
 import mercantile
 import shapely
@@ -26,9 +26,9 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.regions import check_geometry
 from scale_alibi.contract.tiles import column_west_lon as _lon
 from scale_alibi.contract.tiles import row_north_lat as _lat
+from scale_alibi.regions import check_geometry
 
 MAX_ZOOM = 22
 # Rows are clipped in chunks first so that each row's clip works on a small piece of a big outline.

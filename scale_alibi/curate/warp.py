@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from affine import Affine
-import cv2
 from pyproj import CRS
 from pyproj.enums import TransformDirection
 

@@ -64,7 +64,7 @@ class WorldConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "WorldConfig":
+    def from_json(cls, data: dict) -> WorldConfig:
         """Inverse of to_json."""
         kw = dict(data)
         for k in ("bbox", "naip_years", "s2_dates", "s1_dates"):

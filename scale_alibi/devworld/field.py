@@ -68,7 +68,7 @@ class Waves:
         return 2 * math.pi / np.hypot(self.kx, self.ky)
 
     @classmethod
-    def random(cls, rng: np.random.Generator, n: int, lam_min: float, lam_max: float, slope: float = 0.0) -> "Waves":
+    def random(cls, rng: np.random.Generator, n: int, lam_min: float, lam_max: float, slope: float = 0.0) -> Waves:
         """n components, wavelengths log-uniform in [lam_min, lam_max], random directions and phases."""
         lam = np.exp(rng.uniform(math.log(lam_min), math.log(lam_max), n))
         # Stratified directions (shuffled against wavelength): isotropic even for small n.

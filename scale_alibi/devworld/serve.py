@@ -17,8 +17,9 @@ import time
 import urllib.parse
 import urllib.request
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.devworld.build import COLLECTIONS, load_config
@@ -181,7 +182,7 @@ def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port
     return w
 
 
-_LIVE: "weakref.WeakSet[World]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[World] = weakref.WeakSet()
 
 
 @atexit.register

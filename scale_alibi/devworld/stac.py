@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 from rasterio.warp import transform as warp_transform
 from shapely.geometry import Polygon, box, mapping

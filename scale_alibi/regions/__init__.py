@@ -10,7 +10,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import shapely
@@ -116,7 +116,7 @@ def _shape_of(obj: dict, kind: str, where: str) -> BaseGeometry:
     return shape(obj)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _named_region(name: str) -> BaseGeometry:
     return _geometry_of(_read_geojson(HERE / f"{name}.geojson"), f"region {name!r}")
 
@@ -134,7 +134,7 @@ def load_region(name_or_path: str | Path) -> BaseGeometry:
     return _geometry_of(_read_geojson(path), str(path))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_release(name: str) -> ReleaseSpec:
     """The named release (small, full or micro) with its sub-regions and their splits."""
     if name not in RELEASES:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import sys
 import zipfile
 from pathlib import Path

@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scale_alibi.contract.tiles import tile_bounds
 from scale_alibi.contract.release import (
     HIRES_CHILDREN,
     LAYERS,
@@ -35,6 +34,7 @@ from scale_alibi.contract.release import (
     manifest_metadata,
     read_manifest,
 )
+from scale_alibi.contract.tiles import tile_bounds
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ReleaseIndex:
     _intact: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, name: str, path: Path) -> "ReleaseIndex":
+    def load(cls, name: str, path: Path) -> ReleaseIndex:
         """Read and index the manifest of the release at `path`."""
         manifest = path / MANIFEST_NAME
         raw = manifest.read_bytes()

@@ -34,7 +34,7 @@ class Blob:
     headers: list[tuple[bytes, bytes]]
 
     @classmethod
-    def make(cls, body: bytes, digest: str, content_type: bytes = PNG) -> "Blob":
+    def make(cls, body: bytes, digest: str, content_type: bytes = PNG) -> Blob:
         """A blob whose ETag is the quoted content hash `digest`."""
         etag = b'"' + digest.encode("ascii") + b'"'
         headers = [

@@ -48,7 +48,7 @@ class ServerProcess:
         """Base URL, without a trailing slash."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         """Start the server and wait until /health answers 200."""
         if self.proc is not None and self.proc.poll() is None:
             return self
@@ -114,12 +114,12 @@ class ServerProcess:
         self._signal_group(signal.SIGKILL)
         self.proc.wait()
 
-    def restart(self, hard: bool = False) -> "ServerProcess":
+    def restart(self, hard: bool = False) -> ServerProcess:
         """Stop (or kill, if `hard`) and start again on the same port."""
         self.kill() if hard else self.stop()
         return self.start()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -18,9 +18,9 @@ import pytest
 from shapely.geometry import box, shape
 from shapely.ops import unary_union
 
+from scale_alibi.contract.release import HIRES_CHILDREN, Release, manifest_metadata
 from scale_alibi.curate.build import build_release
 from scale_alibi.curate.encode import decode_png, encode_tile, to_rgb8
-from scale_alibi.contract.release import HIRES_CHILDREN, Release, manifest_metadata
 from tests.alignment import measure, measure_gradient
 
 SRC_RES = {"s1": 10.0, "s2": 10.0, "naip": 0.6}
@@ -397,8 +397,9 @@ def test_s2_of_a_z12_build_matches_the_truth(z12):
 
 def test_a_one_source_pixel_shift_fails_the_check(z16, world, tmp_path, monkeypatch):
     """The same build with every source window mis-registered by one source pixel must fail."""
-    import scale_alibi.curate.reader as reader
     from affine import Affine
+
+    import scale_alibi.curate.reader as reader
 
     rel, _ = z16
     rows = rel.read_manifest().to_pylist()
@@ -671,8 +672,8 @@ def test_bad_input_gives_one_line_and_nonzero_exit(world, tmp_path):
 
 
 def test_a_second_build_of_one_release_is_refused(world, tmp_path):
-    from scale_alibi.curate.build import _Lock
     from scale_alibi.contract.errors import UserError
+    from scale_alibi.curate.build import _Lock
 
     (tmp_path / "r").mkdir()
     with _Lock(tmp_path / "r" / ".lock"):
@@ -703,9 +704,9 @@ def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path,
 
 
 def test_a_resume_recuts_done_metatiles_whose_committed_files_were_damaged(world, small, tmp_path, monkeypatch):
-    from scale_alibi.curate import reader
     from scale_alibi.contract.errors import UserError
     from scale_alibi.contract.release import triplet_files
+    from scale_alibi.curate import reader
 
     region, ref, _ = small
     monkeypatch.setattr(reader, "BACKOFF_S", 0.01)

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 from shapely.geometry import box
 
-from scale_alibi.curate.build import build_release
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import MANIFEST_NAME, Release, manifest_metadata
+from scale_alibi.curate.build import build_release
 
 QUIET = {"scheduler": "synchronous", "progress": False, "echo": lambda m: None}
 

@@ -13,8 +13,8 @@ import pytest
 from dask.utils import parse_bytes
 from shapely.geometry import box
 
-from scale_alibi.curate.build import build_release
 from scale_alibi.contract.release import Release
+from scale_alibi.curate.build import build_release
 from tests.dask_cluster import dask_cluster, process_tree
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from shapely.geometry import box
 
-from scale_alibi.curate.build import build_release
 from scale_alibi.contract.release import Release
+from scale_alibi.curate.build import build_release
 
 
 def _spy(monkeypatch) -> list[tuple[str, str, str]]:

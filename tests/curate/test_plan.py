@@ -16,8 +16,8 @@ import shapely
 from click.testing import CliRunner
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from scale_alibi.contract.errors import UserError
 from scale_alibi.cli.plan import plan
+from scale_alibi.contract.errors import UserError
 from scale_alibi.curate.plan import count_tiles, iter_tiles
 from scale_alibi.regions import load_region, load_release
 

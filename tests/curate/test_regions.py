@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
-import mercantile
 import pytest
 import shapely
 from shapely.geometry import Point, box
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.curate.plan import count_tiles, iter_tiles
 from scale_alibi.contract.release import SPLITS
+from scale_alibi.curate.plan import count_tiles, iter_tiles
 from scale_alibi.regions import RELEASES, load_region, load_release
 
 PAPER = {"small": (15, 21_497), "full": (15, 146_502), "micro": (17, 188_060)}  # Table 1

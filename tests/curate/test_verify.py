@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from shapely.geometry import box
 
-from scale_alibi.curate.build import build_release
 from scale_alibi.cli.main import main
 from scale_alibi.contract.release import Release, triplet_files
+from scale_alibi.curate.build import build_release
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -71,14 +71,14 @@ def test_verify_lists_each_damaged_file_and_repair_restores_the_release_byte_ide
 
 
 def test_repair_replaces_nothing_when_the_catalog_now_yields_other_bytes(built_release, world, tmp_path, monkeypatch):
-    import scale_alibi.curate.encode
+    from scale_alibi.curate import encode as encode_module
 
     _, rel = _copy(built_release, tmp_path)
     path = triplet_files(rel.read_manifest().to_pylist()[0])[1][0]  # an s2 tile
     (rel.path / path).write_bytes(b"not a png")
     # The scenes changed since the build: the re-cut gives other pixels (here: upside down).
-    encode = curate.encode.encode_hwc
-    monkeypatch.setattr(curate.encode, "encode_hwc", lambda layer, hwc, *a: encode(layer, hwc[::-1].copy(), *a))
+    encode = encode_module.encode_hwc
+    monkeypatch.setattr(encode_module, "encode_hwc", lambda layer, hwc, *a: encode(layer, hwc[::-1].copy(), *a))
     result = _verify(rel, "--repair", "--signer", "none")
     assert result.exit_code == 1, result.output
     assert f"not repaired: {path}: re-cut bytes differ from the manifest" in result.output

@@ -16,10 +16,17 @@ from pmtiles.reader import MmapSource, Reader
 from pmtiles.tile import Compression, TileType, tileid_to_zxy, zxy_to_tileid
 from pmtiles.writer import Writer
 
-from scale_alibi.contract.archive import Archive, ArchiveWriter, decode_varints, encode_varints, tile_ids
-from scale_alibi.curate.build import split_of
 from scale_alibi.cli.main import main
-from scale_alibi.contract.release import HIRES_CHILDREN, LAYERS, REQUIRED_COLUMNS, Release, manifest_metadata, write_manifest
+from scale_alibi.contract.archive import Archive, ArchiveWriter, decode_varints, encode_varints, tile_ids
+from scale_alibi.contract.release import (
+    HIRES_CHILDREN,
+    LAYERS,
+    REQUIRED_COLUMNS,
+    Release,
+    manifest_metadata,
+    write_manifest,
+)
+from scale_alibi.curate.build import split_of
 from scale_alibi.serve.process import ServerProcess
 from tests.release_factory import make_release
 

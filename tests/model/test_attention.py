@@ -7,9 +7,15 @@ import math
 import pytest
 import torch
 
-from scale_alibi.model.nn.attention import (alibi_slopes, attend, choose_backend, flex_attention_scale_alibi,
-                             reference_attention, scale_alibi_bias)
 from scale_alibi.contract.tiles import EQUATOR_M, tile_ground_size_m
+from scale_alibi.model.nn.attention import (
+    alibi_slopes,
+    attend,
+    choose_backend,
+    flex_attention_scale_alibi,
+    reference_attention,
+    scale_alibi_bias,
+)
 from scale_alibi.model.nn.geometry import patch_centres_m
 from scale_alibi.model.nn.scale_alibi import coords, expand_to_hires
 from scale_alibi.model.nn.vit import gather_tokens

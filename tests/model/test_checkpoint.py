@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scale_alibi.model.train import checkpoint as ckpt
 from scale_alibi.model.nn.config import get_config
 from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel
+from scale_alibi.model.train import checkpoint as ckpt
 from scale_alibi.model.train.trainer import TrainConfig, build_optimizer
 
 

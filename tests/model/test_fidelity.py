@@ -149,9 +149,9 @@ def test_reference_length_follows_the_training_zoom_and_old_checkpoints_keep_the
 
 
 def test_a_checkpoint_from_before_the_new_fields_loads_with_its_old_reference_length(tmp_path):
-    from scale_alibi.model.train.checkpoint import save_checkpoint
-    from scale_alibi.model.nn.config import stored_config
     from scale_alibi.model.eval.embeddings import load_model
+    from scale_alibi.model.nn.config import stored_config
+    from scale_alibi.model.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     old_cfg = get_config("tiny")  # l_ref_m null, zoom 15: what `curate train` stored before

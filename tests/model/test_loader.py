@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import HIRES_NAMES, Release, content_hash, write_manifest
+from scale_alibi.contract.release import HIRES_NAMES, MODALITIES, Release, content_hash, write_manifest
+from scale_alibi.model.data.decode import decode_triplet
 from scale_alibi.model.data.loader import (
     Normalize,
     ShardPlan,
@@ -31,8 +32,6 @@ from scale_alibi.model.data.loader import (
     load_stats,
     make_loader,
 )
-from scale_alibi.contract.release import MODALITIES
-from scale_alibi.model.data.decode import decode_triplet
 
 N_TRIPLETS = 40  # 32 train + 8 heldout
 

@@ -12,8 +12,13 @@ import torch.multiprocessing as mp
 
 from scale_alibi.model.nn.config import get_config
 from scale_alibi.model.nn.losses import ContrastiveLoss, masked_patch_mse
-from scale_alibi.model.nn.scale_alibi import (ScaleAlibiModel, expand_to_hires, split_ids_from_mask, group_hires,
-                               random_mask)
+from scale_alibi.model.nn.scale_alibi import (
+    ScaleAlibiModel,
+    expand_to_hires,
+    group_hires,
+    random_mask,
+    split_ids_from_mask,
+)
 from scale_alibi.model.nn.vit import patchify
 
 # tiny config on 64 px tiles (4x4 low-res grid, 8x8 hires): fast on 2 shared cores

@@ -63,7 +63,7 @@ def test_a_slow_shard_reader_does_not_block_other_requests():
     server = shared_server()
     with socket.create_connection(("127.0.0.1", server.port)) as slow:
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        slow.sendall(f"GET /shards/small/0.tar?shard_size=12&split=all HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        slow.sendall(b"GET /shards/small/0.tar?shard_size=12&split=all HTTP/1.1\r\nHost: x\r\n\r\n")
         slow.recv(100)  # the stream has started; now stop reading it
         t0 = time.monotonic()
         for _ in range(5):

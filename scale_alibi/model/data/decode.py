@@ -8,7 +8,7 @@ the world's tiles, 10% slower on the loader benchmark's level-1 PNGs, so not wor
 from __future__ import annotations
 
 import io
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch

@@ -75,9 +75,10 @@ import queue
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,9 +86,8 @@ import urllib3
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import TRIPLET_MEMBERS, shard_count
+from scale_alibi.contract.release import CHANNELS, MODALITIES, TRIPLET_MEMBERS, shard_count
 from scale_alibi.contract.tiles import tile_ground_size_m
-from scale_alibi.contract.release import CHANNELS, MODALITIES
 from scale_alibi.model.data.decode import decode_triplet
 
 log = logging.getLogger(__name__)
@@ -621,7 +621,7 @@ class StreamProgress:
         self.next_worker = int(state["next_worker"])
 
     @classmethod
-    def for_loader(cls, loader: DataLoader) -> "StreamProgress":
+    def for_loader(cls, loader: DataLoader) -> StreamProgress:
         """A progress counter matching `loader` (its dataset must be a TripletStream)."""
         ds = loader.dataset
         return cls(loader.num_workers, epoch=ds.epoch, seed=ds.seed, world_size=ds.world_size)

@@ -24,7 +24,6 @@ from scale_alibi.contract.release import (
     MODALITIES,
     STATS_NAME,
     Release,
-    check_release_name,
     content_hash,
     triplet_tiles,
     write_bytes_atomic,

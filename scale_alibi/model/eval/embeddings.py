@@ -10,9 +10,10 @@ task's real ground sample distance whatever the resize.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,10 +21,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.model.train.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint
-from scale_alibi.model.nn.config import config_from_dict
 from scale_alibi.model.eval.task import Split
+from scale_alibi.model.nn.config import config_from_dict
 from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel
+from scale_alibi.model.train.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ Each image's ground width is its pixel count times the task's spatial resolution
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm

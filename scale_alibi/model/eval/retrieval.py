@@ -5,8 +5,9 @@ Top-1 over N held-out tiles: chance is 1/N. Embeddings are L2-normalised, so nea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +92,7 @@ def _scale_alibi_score_mod(q_xy: Tensor, k_xy: Tensor, slopes: Tensor):
     return score_mod
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled_flex():
     """torch.compile'd flex_attention (fused kernel); compiled once per process and shape."""
     # dynamic=False: one specialised kernel per (B, Lq, Lk). A model has several shapes (self

@@ -72,7 +72,7 @@ class ModelConfig:
         """Plain dict (for JSON sidecars)."""
         return asdict(self)
 
-    def resolved(self) -> "ModelConfig":
+    def resolved(self) -> ModelConfig:
         """This config with l_ref_m fixed to its value, as a checkpoint stores it."""
         return replace(self, l_ref_m=self.reference_length_m)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+
 def patch_centres_m(grid: int, patch_m: torch.Tensor) -> torch.Tensor:
     """Centres of a grid x grid patch grid in metres from the tile's top-left corner.
 

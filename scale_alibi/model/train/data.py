@@ -15,7 +15,8 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -35,8 +36,8 @@ class PrepareBatch:
     none), tile_size_m, and the optional fixed MAE mask."""
 
     def __init__(self, stats: Mapping[str, Any] | None = None):
-        from scale_alibi.model.data.loader import Normalize
         from scale_alibi.contract.release import CHANNELS
+        from scale_alibi.model.data.loader import Normalize
 
         stats = dict(stats or {})
         for m in IMAGE_KEYS:  # a modality without stats gets the fixed constants, same mechanism

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Path, Query, Request
 from scale_alibi.contract.release import shard_count, shard_rows
 from scale_alibi.serve.catalog import Catalog
 from scale_alibi.serve.errors import ApiError
-from scale_alibi.serve.tilesource import TileSources
 from scale_alibi.serve.responses import RawResponse, json_response
 from scale_alibi.serve.routers.common import JSON_METHODS, release_or_404
 from scale_alibi.serve.shards import ShardStream, shard_etag
+from scale_alibi.serve.tilesource import TileSources
 
 MAX_SHARD_SIZE = 100_000
 MAX_SEED = 2**63 - 1
