@@ -59,7 +59,7 @@ def demo(out: Path, zoom: int, train_steps: int, keep_serving: bool) -> None:
         if train_steps:
             run_dir = out / "runs" / f"tiny-{int(time.time())}"
             click.echo(f"[4/4] curate train --config tiny --steps {train_steps} --out {run_dir}")
-            cmd = [sys.executable, "-m", "scale_alibi.cli.main", "train", "--server", server.url, "--release", release,
+            cmd = [sys.executable, "-m", "scale_alibi", "train", "--server", server.url, "--release", release,
                    "--config", "tiny", "--steps", str(train_steps), "--batch-size", "16", "--out", str(run_dir),
                    "--checkpoint-every", "0"]
             if subprocess.call(cmd) != 0:

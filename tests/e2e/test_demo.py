@@ -11,7 +11,7 @@ from scale_alibi.contract.release import Release
 
 def test_demo_builds_serves_and_trains_with_the_release_stats(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "scale_alibi.cli.main", "demo", "--out", str(out), "--train-steps", "2"],
+    proc = subprocess.run([sys.executable, "-m", "scale_alibi", "demo", "--out", str(out), "--train-steps", "2"],
                           capture_output=True, text=True, timeout=480)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
