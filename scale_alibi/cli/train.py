@@ -69,8 +69,9 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
                           world_size=info.world_size)
     prepare = PrepareBatch(stats)
 
-    from scale_alibi.model.nn.config import get_config, stored_config
+    from scale_alibi.model.nn.config import get_config
     from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel
+    from scale_alibi.model.train.checkpoint import stored_config
 
     # resuming: the run's own config, so a run started before L_ref followed the zoom keeps its L_ref
     model_cfg = stored_config(run_dir) if resume else None

@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
+from scale_alibi.contract.tiles import ground_size_at_lat_m
 from scale_alibi.model.nn.attention import scale_alibi_bias
 from scale_alibi.model.nn.config import get_config
-from scale_alibi.model.nn.geometry import ground_size_at_lat_m
 from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel, coords, group_hires, random_mask, split_ids_from_mask
 from scale_alibi.model.nn.vit import patchify
 
@@ -150,8 +150,7 @@ def test_reference_length_follows_the_training_zoom_and_old_checkpoints_keep_the
 
 def test_a_checkpoint_from_before_the_new_fields_loads_with_its_old_reference_length(tmp_path):
     from scale_alibi.model.eval.embeddings import load_model
-    from scale_alibi.model.nn.config import stored_config
-    from scale_alibi.model.train.checkpoint import save_checkpoint
+    from scale_alibi.model.train.checkpoint import save_checkpoint, stored_config
 
     torch.manual_seed(0)
     old_cfg = get_config("tiny")  # l_ref_m null, zoom 15: what `curate train` stored before

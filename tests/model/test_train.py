@@ -15,8 +15,8 @@ import torch
 from click.testing import CliRunner
 
 from scale_alibi.cli.main import main as cli
+from scale_alibi.contract.tiles import ground_size_at_lat_m
 from scale_alibi.model.eval.retrieval import top1_from_embeddings
-from scale_alibi.model.nn.geometry import ground_size_at_lat_m
 from scale_alibi.model.train.data import PrepareBatch, StreamSource
 from scale_alibi.model.train.trainer import TrainConfig, Trainer, lr_at
 from tests.conftest import BUDGET_S, LR, MIN_HELDOUT, STEPS

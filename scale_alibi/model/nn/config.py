@@ -102,16 +102,3 @@ def get_config(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown model config {name!r}; choose one of {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)
-
-
-def stored_config(run_dir) -> ModelConfig | None:
-    """The ModelConfig stored in a run directory's latest checkpoint (None: no checkpoint, or
-    one written without its model config)."""
-    import json
-    from pathlib import Path
-
-    from scale_alibi.model.train.checkpoint import STATE_FILE, latest_checkpoint
-
-    latest = latest_checkpoint(Path(run_dir))
-    stored = json.loads((latest / STATE_FILE).read_text()).get("model_config") if latest else None
-    return config_from_dict(stored) if stored else None

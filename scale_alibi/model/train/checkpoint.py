@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from scale_alibi.model.nn.config import ModelConfig, config_from_dict
+
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
@@ -220,3 +222,11 @@ def _prune(ckpt_root: Path, keep: int, current: str) -> None:
     for old in steps[:-keep] if keep > 0 else []:
         if old.name != current:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def stored_config(run_dir: Path | str) -> ModelConfig | None:
+    """The ModelConfig stored in a run directory's latest checkpoint (None: no checkpoint, or
+    one written without its model config)."""
+    latest = latest_checkpoint(Path(run_dir))
+    stored = json.loads((latest / STATE_FILE).read_text()).get("model_config") if latest else None
+    return config_from_dict(stored) if stored else None
