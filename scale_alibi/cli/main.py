@@ -19,12 +19,12 @@ COMMANDS: dict[str, str] = {
     "plan": "scale_alibi.cli.plan:plan",
     "build": "scale_alibi.cli.build:build",
     "stats": "scale_alibi.cli.stats:stats",
-    "verify": "scale_alibi.curate.verify:verify",
+    "verify": "scale_alibi.cli.verify:verify",
     "serve": "scale_alibi.cli.serve:serve",
     "world": "scale_alibi.cli.world:world",
     "demo": "scale_alibi.cli.demo:demo",
-    "pack": "scale_alibi.curate.pack:pack",
-    "import-pmtiles": "scale_alibi.curate.import_pmtiles:import_pmtiles",
+    "pack": "scale_alibi.cli.pack:pack",
+    "import-pmtiles": "scale_alibi.cli.import_pmtiles:import_pmtiles",
     "eval": "scale_alibi.cli.eval:eval_command",
 }
 

@@ -397,7 +397,7 @@ def commit_staging(release_dir: Path, metatile, record: dict) -> None:
 
 def recut_files(rel: Release, params: BuildParams, metatiles: dict, damage: list, catalog: str, signer: Any,
                 progress: bool, echo: Callable[[str], None]) -> list[str]:
-    """Re-cut (stage only) the metatiles holding the damaged files `damage` (scale_alibi.curate.verify.Damage) and
+    """Re-cut (stage only) the metatiles holding the damaged files `damage` (scale_alibi.curate.damage.Damage) and
     replace each such file by its re-cut bytes when they hash to the manifest's sha256; the caller holds
     the release lock. Returns a line per file left damaged."""
     from scale_alibi.curate.search import SearchOptions
@@ -481,7 +481,7 @@ class _Lock:
 
 def _drop_damaged(rel: Release, records: dict, levels: int, echo: Callable[[str], None]) -> None:
     """Re-hash the committed files of done metatiles; forget (and re-cut) those with a damaged file."""
-    from scale_alibi.curate.verify import find_damage
+    from scale_alibi.curate.damage import find_damage
 
     damage = find_damage(rel, [row for r in records.values() for row in r["rows"]], deep=True)
     bad = sorted({metatile_key(*d.triplet, levels) for d in damage})
@@ -671,7 +671,7 @@ def build_release(
             _clean_tmp(rel.path, set())
             table = read_manifest(rel.manifest_path)
             n = table.num_rows
-            from scale_alibi.curate.verify import find_damage
+            from scale_alibi.curate.damage import find_damage
 
             # Cheap: presence and the PNG end chunk (finds deleted and truncated files);
             # `curate verify` re-hashes everything.

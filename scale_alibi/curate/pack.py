@@ -16,7 +16,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import click
 import mercantile
 import numpy as np
 import pyarrow as pa
@@ -169,16 +168,3 @@ def pack_release(root: Path, name: str, out: Path | None = None,
             write_bytes_atomic(target / STATS_NAME, stats.read_bytes())
         copy_manifest(release.manifest_path, target / MANIFEST_NAME)
     return written
-
-
-@click.command("pack")
-@click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Data root holding the release (the OUT of `curate build`).")
-@click.option("--release", required=True, help="Release name (a directory under --data).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Data root to write the packed release into (archives, manifest, stats.json; no tile tree).  "
-                   "[default: the archives go beside the manifest]")
-def pack(data: Path, release: str, out: Path | None) -> None:
-    """Write each layer of a finished release as one PMTiles archive: s1.pmtiles, s2.pmtiles, naip.pmtiles."""
-    for path in pack_release(data, release, out, echo=lambda m: click.echo(m, err=True)):
-        click.echo(str(path))

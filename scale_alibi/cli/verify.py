@@ -1,0 +1,65 @@
+"""`curate verify --data OUT --release NAME [--repair]`: check a finished release's files against its
+manifest, and repair them.
+
+Every file a manifest row names is re-hashed (sha256) against the row; damage is a file that is
+missing, unreadable, truncated or whose hash differs (scale_alibi.curate.damage). `--repair` re-cuts
+only the metatiles that hold damaged files (scale_alibi.curate.verify).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.release import TRIPLET_MEMBERS, Release, read_manifest
+from scale_alibi.curate.damage import find_damage
+from scale_alibi.curate.verify import repair
+
+
+@click.command("verify")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Data directory (the OUT of `curate build`).")
+@click.option("--release", required=True, help="Release to check.")
+@click.option("--repair", "do_repair", is_flag=True,
+              help="Re-cut the metatiles of damaged files from the catalog and replace those files.")
+@click.option("--catalog", default=None, help="STAC API to re-cut from.  [default: the one the manifest records]")
+@click.option("--signer", default="planetary-computer", show_default=True,
+              help="Href signer for --repair: planetary-computer, none, or module:function.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def verify(data_dir: Path, release: str, do_repair: bool, catalog: str | None, signer: str, progress: bool) -> None:
+    """Re-hash every file of a release against its manifest; list damage; with --repair, re-cut it.
+
+    Exit status: 0 when the release is intact (or was repaired), 1 when damage was found and not
+    repaired."""
+    rel = Release(data_dir, release)
+    if not rel.is_finished:
+        raise UserError(f"no finished release {release!r} under {data_dir} (no manifest.parquet); "
+                        "build it with `curate build`")
+    try:
+        table = read_manifest(rel.manifest_path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(f"the manifest of {release} is unreadable ({str(e)[:120]}); it cannot be verified: "
+                        "rebuild the release") from None
+    damage = find_damage(rel, table, deep=True, progress=progress)
+    total = table.num_rows * len(TRIPLET_MEMBERS)
+    for d in damage:
+        click.echo(f"damaged: {d.path}: {d.problem}")
+    if not damage:
+        click.echo(f"release {release}: all {total} files of {table.num_rows} triplets match the manifest")
+        return
+    triplets = len({d.triplet for d in damage})
+    if not do_repair:
+        click.echo(f"release {release}: {len(damage)} of {total} files damaged in {triplets} triplets; run "
+                   f"`curate verify --data {data_dir} --release {release} --repair` to re-cut them")
+        sys.exit(1)
+    left = repair(rel, damage, catalog, signer, progress, lambda m: click.echo(m, err=True))
+    if left:
+        for line in left:
+            click.echo(f"not repaired: {line}")
+        click.echo(f"release {release}: {len(left)} of {len(damage)} damaged files could not be repaired")
+        sys.exit(1)
+    click.echo(f"release {release}: repaired {len(damage)} files in {triplets} triplets; all {total} files "
+               "match the manifest")
