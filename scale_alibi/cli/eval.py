@@ -65,16 +65,21 @@ def _load(name: str, geobench_dir: Path | None, world_release: Path | None, worl
           limit: int | None):
     """One task by name: the synthetic world's, or GEO-Bench's."""
     if name == WORLD_TASK:
+        from functools import partial
+
         from scale_alibi.contract.release import Release
         from scale_alibi.devworld import DEFAULT_WORLD
         from scale_alibi.devworld.build import load_config
+        from scale_alibi.devworld.field import CLASSES, Truth
+        from scale_alibi.devworld.landcover import tile_label
         from scale_alibi.model.eval.world_task import load_world_task
 
         if world_release is None:
             raise UserError(f"task {WORLD_TASK} needs --world-release DATA/RELEASE (a build of the "
                             "synthetic world, e.g. by `curate demo`)")
         world = load_config(world_dir) if world_dir else DEFAULT_WORLD
-        return load_world_task(Release(world_release.parent, world_release.name), world)
+        return load_world_task(Release(world_release.parent, world_release.name), CLASSES,
+                               partial(tile_label, Truth(world)))
     from scale_alibi.model.eval.geobench_data import TASKS, default_root, load_task
 
     if name not in TASKS:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,13 @@ from PIL import Image
 from scale_alibi.cli.main import main as cli
 from scale_alibi.contract.release import Release
 from scale_alibi.devworld import DEFAULT_WORLD
-from scale_alibi.devworld.field import COLOURS, S2_GAIN, S2_OFFSET, Truth
+from scale_alibi.devworld.field import CLASSES, COLOURS, S2_GAIN, S2_OFFSET, Truth
+from scale_alibi.devworld.landcover import class_fractions, tile_label
 from scale_alibi.model.eval.clustering import hungarian_accuracy, kmeans
 from scale_alibi.model.eval.embeddings import SA_HIGH, SA_LOW, frozen_features
 from scale_alibi.model.eval.probes import knn_predict, mlp_probe
 from scale_alibi.model.eval.report import METHODS
-from scale_alibi.model.eval.world_task import class_fractions, load_world_task
+from scale_alibi.model.eval.world_task import load_world_task
 from tests.conftest import tiny_model
 from tests.geobench_factory import COUNTS, PX, write_benchmark
 
@@ -100,7 +102,8 @@ def test_geobench_tasks_load_through_the_package_with_each_band_rule(geobench_ro
 @pytest.fixture(scope="session")
 def world_task(built_release):
     data_root, name = built_release
-    return load_world_task(Release(Path(data_root), name), DEFAULT_WORLD, progress=False)
+    return load_world_task(Release(Path(data_root), name), CLASSES, partial(tile_label, Truth(DEFAULT_WORLD)),
+                           progress=False)
 
 
 def test_world_task_labels_are_the_truths_dominant_class_and_match_the_images(world_task, built_release):
