@@ -57,7 +57,7 @@ def main() -> None:
     tiles = [np.asarray(imagecodecs.png_decode(synthetic_png(rng))) for _ in range(args.tiles)]
     project = measure(encode_png, tiles)
     print(f"{args.tiles} tiles of 256x256 RGB, one core")
-    print(f"project  scale_alibi.curate.encode.encode_png       {project[0]:7.0f} tiles/s  {project[1] / 1e3:6.1f} kB/tile")
+    print(f"project  {'scale_alibi.curate.encode.encode_png':38s} {project[0]:7.0f} tiles/s  {project[1] / 1e3:6.1f} kB/tile")
     for name, fn in (("Pillow default (level 6)", pillow_default), ("imagecodecs level 1, default strategy", imagecodecs_level1)):
         anchor = measure(fn, tiles)
         print(f"anchor   {name:38s} {anchor[0]:7.0f} tiles/s  {anchor[1] / 1e3:6.1f} kB/tile   "

@@ -89,13 +89,13 @@ def main() -> None:
             _, s, peak = measure(lambda: write(path, ids))
             print(f"write  {name:18s} {s:8.1f} s  peak heap {peak / 2**20:8.1f} MiB  ({peak / len(ids):6.1f} B/tile)  "
                   f"file {path.stat().st_size / 2**20:.1f} MiB")
-        ours = Path(tmp) / "scale_alibi.contract.archive.pmtiles"
+        ours = Path(tmp) / "contract.archive.pmtiles"
         archive, s, peak = measure(lambda: Archive.open(ours))
         t0 = time.perf_counter()
         for z, x, y in zxy:
             assert archive.read(z, x, y) is not None
         rate = len(zxy) / (time.perf_counter() - t0)
-        print(f"read   {'scale_alibi.contract.archive':18s} open {s * 1e3:6.1f} ms  peak heap {peak / 2**20:6.1f} MiB  {rate:9,.0f} look-ups/s")
+        print(f"read   {'contract.archive':18s} open {s * 1e3:6.1f} ms  peak heap {peak / 2**20:6.1f} MiB  {rate:9,.0f} look-ups/s")
         archive.close()
         if not args.no_reference:
             with open(ours, "rb") as f:
