@@ -85,7 +85,7 @@ def test_serve_on_a_busy_port_is_one_error_line_and_exit_2(tmp_path):
         holder.bind(("127.0.0.1", port))
         holder.listen()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        r = subprocess.run([sys.executable, "-m", "scale_alibi.serve", "--data", str(tmp_path), "--port", str(port)],
+        r = subprocess.run([sys.executable, "-m", "scale_alibi", "serve", "--data", str(tmp_path), "--port", str(port)],
                            check=False, capture_output=True, text=True, timeout=60, env=env)
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2, r.stderr
