@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import secrets
 import threading
 from array import array
 from collections import OrderedDict
@@ -37,7 +36,7 @@ from pmtiles.tile import (
     zxy_to_tileid,
 )
 
-from scale_alibi.contract.release import LAYERS, Release
+from scale_alibi.contract.release import LAYERS, Release, atomic_file
 
 HEADER_SIZE = 127
 ROOT_LIMIT = 16384  # the header and the root directory must lie in the first 16 KiB
@@ -295,25 +294,10 @@ class ArchiveWriter:
 
 @contextmanager
 def write_archive(path: Path) -> Iterator[ArchiveWriter]:
-    """An ArchiveWriter on a temp file beside `path`; when the block ends without error (after the
-    caller's `finish`), the file is fsynced and renamed onto `path`, so readers never see half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            yield ArchiveWriter(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # make the rename itself durable
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """An ArchiveWriter on `curate.release.atomic_file(path)`: when the block ends without error (after
+    the caller's `finish`), the archive appears whole and durable; readers never see half of it."""
+    with atomic_file(path) as f:
+        yield ArchiveWriter(f)
 
 
 # ---------------------------------------------------------------------------------- reading

@@ -18,9 +18,11 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -126,16 +128,17 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either nothing or the whole file, and so that
-    the new file survives a power loss once this returns (temp + fsync + rename + fsync of the directory).
-    The file gets the umask's mode, like any file `open` creates (tempfile.mkstemp would force 0600)."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at `path` whole or not at all, and survives a power loss
+    once the block has ended without error (temp + fsync + rename + fsync of the directory). The
+    file gets the umask's mode, like any file `open` creates (tempfile.mkstemp would force 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -143,6 +146,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through `atomic_file`: readers see nothing or the whole, durable file."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 @dataclass(frozen=True)

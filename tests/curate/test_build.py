@@ -682,21 +682,28 @@ def test_a_second_build_of_one_release_is_refused(world, tmp_path):
                           scheduler="synchronous", **QUIET)
 
 
-def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path, monkeypatch):
+def _build_with_a_failing_scene(world, small, tmp_path, monkeypatch) -> Release:
+    """`small` built with one NAIP scene answering 503 forever: the build fails after retries,
+    leaving the other metatiles committed. Returns the unfinished release."""
     import scale_alibi.curate.reader as reader
     from scale_alibi.contract.errors import UserError
 
-    region, ref, ref_requests = small
+    _, ref, _ = small
     monkeypatch.setattr(reader, "BACKOFF_S", 0.01)
     victim = ref.read_manifest().to_pylist()[0]["naip_items"][0]
     world.files.inject(status=503, count=10_000, path_contains=victim)
     try:
         with pytest.raises(UserError, match="failed after retries"):
-            build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
+            build_release(tmp_path, zoom=16, region=small[0], release="small", catalog=world.stac_url,
                           scheduler="synchronous", **QUIET)
     finally:
         world.files.clear_faults()
-    rel = Release(tmp_path, "small")
+    return Release(tmp_path, "small")
+
+
+def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path, monkeypatch):
+    region, ref, _ = small
+    rel = _build_with_a_failing_scene(world, small, tmp_path, monkeypatch)
     assert not rel.is_finished
     build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
                   scheduler="synchronous", **QUIET)
@@ -704,21 +711,10 @@ def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path,
 
 
 def test_a_resume_recuts_done_metatiles_whose_committed_files_were_damaged(world, small, tmp_path, monkeypatch):
-    from scale_alibi.contract.errors import UserError
     from scale_alibi.contract.release import triplet_files
-    from scale_alibi.curate import reader
 
     region, ref, _ = small
-    monkeypatch.setattr(reader, "BACKOFF_S", 0.01)
-    victim = ref.read_manifest().to_pylist()[0]["naip_items"][0]
-    world.files.inject(status=503, count=10_000, path_contains=victim)
-    try:
-        with pytest.raises(UserError, match="failed after retries"):
-            build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
-                          scheduler="synchronous", **QUIET)
-    finally:
-        world.files.clear_faults()
-    rel = Release(tmp_path, "small")
+    rel = _build_with_a_failing_scene(world, small, tmp_path, monkeypatch)
     committed = [f for row in ref.read_manifest().to_pylist() for f, _ in triplet_files(row) if (rel.path / f).exists()]
     assert len(committed) >= 2
     (rel.path / committed[0]).write_bytes((rel.path / committed[0]).read_bytes()[:50])  # truncated
