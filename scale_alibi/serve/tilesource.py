@@ -81,8 +81,7 @@ class DirectorySource(TileSource):
         opened = self.reader.open_fd(self.index.tile_path(layer, z, x, y))
         if opened is None:
             return None
-        fd = opened[0]
-        st = os.fstat(fd)
+        fd, st = opened
         return TileSpan(fd, 0, st.st_size, st, owned=True)
 
 
