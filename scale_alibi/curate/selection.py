@@ -29,7 +29,8 @@ MAX_GAP_DAYS = 730.0
 
 def _dt(item: dict[str, Any]) -> datetime:
     dt = datetime.fromisoformat(item["datetime"].replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    # In UTC: a group's day is the UTC date even when the catalog writes a local offset.
+    return dt.astimezone(timezone.utc) if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def group_key(item: dict[str, Any]) -> str:

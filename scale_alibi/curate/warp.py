@@ -173,8 +173,14 @@ def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: st
         mx, my = source_maps(sub, (r1 - r0, c1 - c0), src.crs, transform)
         interp = cv2.INTER_NEAREST if rs == "nearest" else cv2.INTER_LINEAR
         data = cv2.remap(np.ascontiguousarray(img), mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        m = cv2.remap(mask, mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        got = m == 255
+        if img.dtype.kind == "f":
+            # cv2 weighs float pixels exactly but uint8 ones on a 1/32 px lattice: a uint8 mask would
+            # call a float pixel valid that still takes up to 1/64 of a nodata neighbour.
+            m = cv2.remap(mask.astype(np.float32) / 255, mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            got = m >= 1 - 1e-5
+        else:
+            m = cv2.remap(mask, mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            got = m == 255
         if data.ndim == 2:
             data = data[..., None]
         if out is None:
