@@ -20,6 +20,7 @@ from scale_alibi.cli.plan import plan
 from scale_alibi.contract.errors import UserError
 from scale_alibi.curate.plan import count_tiles, iter_tiles
 from scale_alibi.regions import load_region, load_release
+from tests.stac_server import free_port, serve_items
 
 ROOT = Path(__file__).resolve().parents[2]
 Z = 12
@@ -213,14 +214,6 @@ def test_bad_input_through_the_real_cli():
 
 # ------------------------------------------------------------------ --scenes against a real STAC API
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def stac_catalog(tmp_path):
     """rustac serve (in-memory) with one S2, S1 and NAIP item over block(0,0,2,2), one S2 item elsewhere,
@@ -228,11 +221,7 @@ def stac_catalog(tmp_path):
     import functools
     import http.server
     import threading
-    import urllib.request
 
-    from scale_alibi.devworld.serve import rustac_executable
-
-    rustac = rustac_executable()  # a core dependency: found the way the product finds it, never skipped
     files = tmp_path / "files"
     files.mkdir()
     (files / "scl.tif").write_bytes(b"x" * 1234)
@@ -258,34 +247,12 @@ def stac_catalog(tmp_path):
             "vh": {"href": f"{file_url}/missing.tif"}}),
         item("naip-a", "naip", area, {"image": {"href": f"{file_url}/n.tif", "file:size": 40}}),
     ]
-    hrefs = []
-    for collection in ("sentinel-2-l2a", "sentinel-1-rtc", "naip"):
-        path = tmp_path / f"{collection}.json"
-        path.write_text(json.dumps({
-            "type": "Collection", "stac_version": "1.0.0", "id": collection, "description": collection,
-            "license": "other", "links": [],
-            "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}},
-        }))
-        hrefs.append(str(path))
-    (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    hrefs.append(str(tmp_path / "items.json"))
-    port = _free_port()
-    server = subprocess.Popen([rustac, "serve", "--addr", f"127.0.0.1:{port}", *hrefs],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    region = tmp_path / "area.geojson"
+    region.write_text(json.dumps(area.__geo_interface__))
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        region = tmp_path / "area.geojson"
-        region.write_text(json.dumps(area.__geo_interface__))
-        yield url, region
+        with serve_items(tmp_path, ["sentinel-2-l2a", "sentinel-1-rtc", "naip"], items) as url:
+            yield url, region
     finally:
-        server.terminate()
-        server.wait(timeout=10)
         fileserver.shutdown()
 
 
@@ -301,6 +268,6 @@ def test_scenes_counts_items_over_the_region_and_bytes(stac_catalog):
 
 
 def test_scenes_with_unreachable_catalog_is_one_line(tmp_path):
-    result = CliRunner().invoke(plan, ["--release", "small", "--scenes", "--catalog", f"http://127.0.0.1:{_free_port()}"])
+    result = CliRunner().invoke(plan, ["--release", "small", "--scenes", "--catalog", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "cannot reach STAC catalog" in result.stderr

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import http.server
-import json
-import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.curate import search
 from scale_alibi.curate.search import SearchOptions, dedupe, parse_interval, search_items
-from scale_alibi.devworld.serve import rustac_executable
+from tests.stac_server import free_port, serve_items
 
 AREA = (-97.2, 38.0, -97.0, 38.2)  # the hand-made items' search box
 PAGED = (-90.2, 40.0, -90.0, 40.2)  # a second box holding more S1 items than one page (250)
@@ -105,43 +101,11 @@ class Proxy:
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory) -> Iterator[str]:
     """rustac serve (in-memory backend) holding ITEMS; its URL."""
-    tmp: Path = tmp_path_factory.mktemp("stac")
-    hrefs = []
-    for collection in (S2, S1, NAIP):
-        path = tmp / f"{collection}.json"
-        path.write_text(json.dumps({
-            "type": "Collection", "stac_version": "1.0.0", "id": collection, "description": collection,
-            "license": "other", "links": [],
-            "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}},
-        }))
-        hrefs.append(str(path))
-    (tmp / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": ITEMS}))
-    port = _free_port()
-    server = subprocess.Popen([rustac_executable(), "serve", "--addr", f"127.0.0.1:{port}", *hrefs, str(tmp / "items.json")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    with serve_items(tmp_path_factory.mktemp("stac"), [S2, S1, NAIP], ITEMS) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture
@@ -210,7 +174,7 @@ def test_a_search_answered_503_every_time_is_one_user_error_after_all_tries(prox
 
 def test_an_unreachable_catalog_is_one_user_error():
     with pytest.raises(UserError, match="cannot reach STAC catalog"):
-        search_items(f"http://127.0.0.1:{_free_port()}", "s2", AREA, SearchOptions(), timeout_s=2)
+        search_items(f"http://127.0.0.1:{free_port()}", "s2", AREA, SearchOptions(), timeout_s=2)
 
 
 def test_intervals_parse_open_ends_and_whole_days():
