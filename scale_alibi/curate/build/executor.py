@@ -12,9 +12,7 @@ from collections.abc import Iterable
 import mercantile
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import (
-    LAYERS,
-)
+from scale_alibi.contract.release import LAYERS
 from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile, lonlat_bounds
 from scale_alibi.curate.build.staging import _mt_name
 from scale_alibi.curate.search import TIMEOUT_S

@@ -6,9 +6,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from scale_alibi.contract.release import (
-    REQUIRED_COLUMNS,
-)
+from scale_alibi.contract.release import REQUIRED_COLUMNS
 from scale_alibi.curate.build.params import BuildParams
 
 

@@ -12,13 +12,7 @@ from typing import Any
 
 import mercantile
 
-from scale_alibi.contract.release import (
-    HIRES_CHILDREN,
-    Release,
-    content_hash,
-    fsync_paths,
-    write_bytes_atomic,
-)
+from scale_alibi.contract.release import HIRES_CHILDREN, Release, content_hash, fsync_paths, write_bytes_atomic
 from scale_alibi.curate.build.choose import _choose, _describe
 from scale_alibi.curate.build.staging import _confined, _dirs_up_to, _mt_name, commit_staging
 from scale_alibi.curate.search import TIMEOUT_S

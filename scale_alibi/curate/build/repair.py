@@ -8,11 +8,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from scale_alibi.contract.release import (
-    Release,
-    content_hash,
-    fsync_paths,
-)
+from scale_alibi.contract.release import Release, content_hash, fsync_paths
 from scale_alibi.curate.build.executor import _run, search_blocks
 from scale_alibi.curate.build.metatile import metatile_key
 from scale_alibi.curate.build.params import BuildParams

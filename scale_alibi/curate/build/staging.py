@@ -10,10 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import (
-    fsync_paths,
-    resolves_inside,
-)
+from scale_alibi.contract.release import fsync_paths, resolves_inside
 
 
 def _mt_name(mt: tuple[int, int, int]) -> str:
