@@ -295,7 +295,7 @@ def conus_graph(region: str, zoom: int) -> dict:
 
 def row_bytes(rows: int = 64_000) -> float:
     """Python bytes per manifest row as the driver holds them: rows shaped as cut_metatile returns
-    them (scale_alibi/curate/build.py `_describe`), unpickled one 64-row metatile at a time as results arrive."""
+    them (scale_alibi/curate/build/choose.py `_describe`), unpickled one 64-row metatile at a time as results arrive."""
     import tracemalloc
 
     rng = np.random.default_rng(3)

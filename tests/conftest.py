@@ -39,7 +39,7 @@ def _world_faults_cleared(request):
         clear_http_cache()  # GDAL remembers a 403 per URL in-process: don't let it outlive the test
 
 
-# -- curate build (scale_alibi/curate/build.py) ----------------------------------------------------------
+# -- curate build (scale_alibi/curate/build/) -----------------------------------------------------------
 @pytest.fixture(scope="session")
 def built_release_info(world, tmp_path_factory):
     """A z17 build of the whole default world (local Dask cluster, 2 workers), with the bytes and

@@ -217,14 +217,14 @@ def test_a_permanent_403_fails_fast_with_advice_about_the_key(world, tiny, tmp_p
 
 
 def test_a_bug_in_a_metatile_is_raised_as_it_is_not_retried_as_a_network_fault(world, tiny, tmp_path, monkeypatch):
-    import scale_alibi.curate.build as build
+    import scale_alibi.curate.build.metatile as metatile  # where cut_metatile looks up _describe
 
     region, _ = tiny
 
     def broken(*args, **kwargs):
         raise TypeError("unsupported operand type(s)")
 
-    monkeypatch.setattr(build, "_describe", broken)
+    monkeypatch.setattr(metatile, "_describe", broken)
     with pytest.raises(TypeError, match="unsupported operand"):
         _build(world, tmp_path, region)
 

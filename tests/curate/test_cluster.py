@@ -13,6 +13,7 @@ import pytest
 from dask.utils import parse_bytes
 from shapely.geometry import box
 
+from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import Release
 from scale_alibi.curate.build import build_release
 from tests.dask_cluster import dask_cluster, process_tree
@@ -104,6 +105,7 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
     """Attempt 1 of a metatile writes its done record and dies half-way through its renames; Dask's
     retry (attempt 2) dies too, before staging anything; the rerun must still give every file."""
     import scale_alibi.curate.build as build
+    import scale_alibi.curate.build.metatile as metatile  # where cut_metatile looks up commit_staging
     import scale_alibi.curate.encode as encode
     from scale_alibi.curate.search import SearchOptions, search_items
 
@@ -118,10 +120,10 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
         commit(release_dir, metatile, {**record, "files": record["files"][: len(record["files"]) // 2]})
         raise _Lost("worker lost while renaming")
 
-    monkeypatch.setattr(build, "commit_staging", commit_half_then_die)
-    with pytest.raises(build.UserError, match="1 of"):
+    monkeypatch.setattr(metatile, "commit_staging", commit_half_then_die)
+    with pytest.raises(UserError, match="1 of"):
         build_release(tmp_path, region=region, catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
-    monkeypatch.setattr(build, "commit_staging", commit)
+    monkeypatch.setattr(metatile, "commit_staging", commit)
 
     # Attempt 2, on another worker: the same task, lost before it stages its first PNG.
     def lost_before_encoding(*args, **kwargs):

@@ -1,0 +1,247 @@
+"""`build_release`: check the options, lock the release, resume or repair it, run the graph, write the
+manifest last."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.release import (
+    LAYERS,
+    Release,
+    check_release_name,
+    manifest_metadata,
+    read_manifest,
+    write_manifest,
+)
+from scale_alibi.curate.build.executor import _run, search_blocks
+from scale_alibi.curate.build.manifest import _manifest_table, _params_meta, _versions
+from scale_alibi.curate.build.metatile import group_metatiles
+from scale_alibi.curate.build.params import MAX_BUILD_ZOOM, BuildParams, _check_options, plan_tiles
+from scale_alibi.curate.build.repair import _drop_damaged, recut_files
+from scale_alibi.curate.build.staging import _check_out, _clean_tmp, _confined, _Lock, _mt_name, commit_staging
+from scale_alibi.curate.search import TIMEOUT_S
+
+
+@dataclass
+class BuildResult:
+    """What a build produced."""
+
+    release: Release
+    triplets: int
+    planned: int
+    metatiles: int
+    skipped_metatiles: int
+    already_finished: bool = False
+    seconds: float = 0.0
+
+
+def build_release(
+    out: str | Path,
+    zoom: int | None = None,
+    region: Any = None,
+    release: str | None = None,
+    catalog: str | None = None,
+    datetime: str | None = None,
+    max_cloud: float = 20.0,
+    naip_years: tuple[int, int] | None = None,
+    max_gap_days: float = 730.0,
+    min_valid: float = 0.99,
+    metatile_levels: int = 3,
+    heldout_fraction: float = 0.25,
+    split_levels: int = 2,
+    signer: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
+    allow_empty: bool = False,
+) -> BuildResult:
+    """Build (or resume) a release under `out`; see the module docstring. Returns a BuildResult.
+
+    `region`: a shapely geometry, a region name/path, or None with `release` naming a release of
+    paper Table 1. `scheduler`: None (LocalCluster sized to the machine), "threads",
+    "synchronous" (no Dask: this process, one thread) or a "tcp://host:port" scheduler address.
+    `signer`: None (Planetary Computer), "none", "module:function", or a picklable callable.
+    `timeout_s`: how long any one network call may wait for an answer (default scale_alibi.curate.search.TIMEOUT_S).
+    `allow_empty`: seal a release with no complete triplet instead of refusing it."""
+    from scale_alibi.curate.plan import check_zoom
+    from scale_alibi.curate.search import PLANETARY_COMPUTER
+
+    timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
+
+    t0 = time.time()
+    echo = echo or (lambda msg: print(msg, file=sys.stderr))
+    catalog = catalog or PLANETARY_COMPUTER
+    spec = None
+    geometry = None
+    if release is not None:
+        check_release_name(release)
+    if region is None:
+        if not release:
+            raise UserError("give --region (a name or GeoJSON file) or --release (a named release)")
+        from scale_alibi.regions import load_release
+
+        spec = load_release(release)
+        zoom = spec.zoom if zoom is None else zoom
+        region_label = f"release:{spec.name}"
+    else:
+        if zoom is None:
+            raise UserError("--zoom is required with --region")
+        if isinstance(region, (str, Path)):
+            from scale_alibi.regions import load_region
+
+            region_label = str(region)
+            geometry = load_region(region)
+        else:
+            geometry = region
+            region_label = f"geometry:{geometry.wkt if len(geometry.wkt) < 400 else hashlib.sha256(geometry.wkb).hexdigest()}"
+        if not release:
+            release = check_release_name(
+                f"{Path(str(region)).stem if isinstance(region, (str, Path)) else 'region'}-z{zoom}")
+    check_zoom(zoom)
+    if zoom > MAX_BUILD_ZOOM:
+        raise UserError(f"zoom {zoom} is too deep: NAIP is also cut at zoom + 1, so use 0-{MAX_BUILD_ZOOM}")
+    _check_options(max_cloud=max_cloud, naip_years=naip_years, max_gap_days=max_gap_days, min_valid=min_valid,
+                   heldout_fraction=heldout_fraction, metatile_levels=metatile_levels, split_levels=split_levels,
+                   workers=workers, timeout_s=timeout_s)
+    params = BuildParams(release=release, zoom=zoom, region=region_label, datetime=datetime, max_cloud=max_cloud,
+                         naip_years=tuple(naip_years) if naip_years else None, max_gap_days=max_gap_days,
+                         min_valid=min_valid, metatile_levels=metatile_levels, heldout_fraction=heldout_fraction,
+                         split_levels=split_levels)
+    if datetime:
+        from scale_alibi.curate.search import parse_interval
+
+        parse_interval(datetime)
+
+    out = Path(out)
+    _check_out(out)
+    rel = Release(out, release)
+    _confined(rel.path, out)
+    rel.path.mkdir(parents=True, exist_ok=True)
+    _confined(rel.path / ".build", out)
+    with _Lock(rel.path / ".lock"):
+        if rel.is_finished:
+            meta = manifest_metadata(read_manifest(rel.manifest_path))
+            if meta.get("params") != _params_meta(params):
+                raise UserError(f"release {release} in {out} was built with other parameters; "
+                                "choose another --release or remove it")
+            shutil.rmtree(rel.path / ".build", ignore_errors=True)
+            _clean_tmp(rel.path, set())
+            table = read_manifest(rel.manifest_path)
+            n = table.num_rows
+            from scale_alibi.curate.damage import find_damage
+
+            # Cheap: presence and the PNG end chunk (finds deleted and truncated files);
+            # `curate verify` re-hashes everything.
+            damage = find_damage(rel, table, deep=False, progress=progress)
+            if not damage:
+                echo(f"release {release} is already complete ({n} triplets): nothing to do")
+                return BuildResult(rel, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
+            echo(f"release {release} is complete but {len(damage)} files are missing or truncated "
+                 f"(first: {damage[0].path}); re-cutting them")
+            from scale_alibi.curate.search import open_catalog
+
+            open_catalog(catalog)
+            metatiles = group_metatiles(plan_tiles(params, geometry=geometry, spec=spec), zoom, metatile_levels)
+            left = recut_files(rel, params, metatiles, damage, catalog, signer, progress, echo)
+            if left:
+                raise UserError(f"{len(left)} damaged files of release {release} could not be re-cut (first: "
+                                f"{left[0]}); see `curate verify --data {out} --release {release}`")
+            echo(f"release {release}: repaired {len(damage)} files; {n} triplets complete")
+            return BuildResult(rel, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
+
+        from scale_alibi.curate.search import open_catalog
+
+        open_catalog(catalog, timeout_s)  # fail fast, with one line, before planning or starting any cluster
+        tiles = plan_tiles(params, geometry=geometry, spec=spec)
+        if not tiles:
+            raise UserError("the region covers no tiles at this zoom")
+        metatiles = group_metatiles(tiles, zoom, metatile_levels)
+
+        done_dir = rel.path / ".build" / "done"
+        done_dir.mkdir(parents=True, exist_ok=True)
+        records: dict[tuple, dict] = {}
+        for mt in metatiles:
+            p = done_dir / f"{_mt_name(mt)}.json"
+            if p.exists():
+                records[mt] = json.loads(p.read_bytes())
+                commit_staging(rel.path, mt, records[mt])  # finish moves a kill interrupted
+        _drop_damaged(rel, records, metatile_levels, echo)
+        _clean_tmp(rel.path, {_mt_name(mt) for mt in records})
+        todo = [mt for mt in metatiles if mt not in records]
+        echo(f"release {release}: {len(tiles)} tiles at z{zoom} in {len(metatiles)} metatiles "
+             f"({len(records)} already done)")
+
+        failures: list[str] = []
+        items_by_block: dict = {}
+        # Search even when every metatile is done: item `updated` times go in the manifest.
+        if metatiles:
+            from scale_alibi.curate.search import SearchOptions
+            opts = SearchOptions(datetime=datetime, max_cloud=max_cloud, naip_years=params.naip_years)
+            blocks = search_blocks(metatiles)
+            # Nothing left to cut (a resumed build that had finished its metatiles): search here,
+            # without starting a cluster.
+            new_records, items_by_block = _run(rel, params, metatiles, todo, blocks, catalog, opts, signer,
+                                               scheduler if todo else "synchronous", workers, progress, echo, failures,
+                                               timeout_s)
+            records.update(new_records)
+        if failures:
+            raise UserError(f"{len(failures)} of {len(metatiles)} metatiles failed after retries "
+                            f"(first: {failures[0]}); rerun the same command to resume")
+
+        rows = [row for mt in metatiles for row in records[mt]["rows"]]
+        if not rows and not allow_empty:
+            raise UserError(f"no tile of release {release} has a complete triplet: "
+                            f"{_empty_cause(items_by_block, params)}; pass --allow-empty to seal an empty release anyway")
+        used = {i for row in rows for layer in ("s1", "s2", "naip") for i in row[f"{layer}_items"]}
+        items_meta = {}
+        for items in items_by_block.values():
+            for it in items:
+                if it["id"] in used:
+                    items_meta[it["id"]] = {"collection": it["collection"], "datetime": it["datetime"],
+                                            "updated": it.get("updated")}
+        from scale_alibi.curate.encode import PNG_LEVEL, S1_VH_DB, S1_VV_DB
+
+        metadata = {
+            "release": release, "zoom": zoom, "params": _params_meta(params), "catalog": catalog,
+            "software": _versions(), "items": dict(sorted(items_meta.items())),
+            "encoding": {"s1_vv_db": list(S1_VV_DB), "s1_vh_db": list(S1_VH_DB), "png_level": PNG_LEVEL},
+            "planned_tiles": len(tiles),
+        }
+        try:
+            write_manifest(_manifest_table(rows), rel.manifest_path, metadata)
+        except OSError as e:  # disk full, quota, read-only: no manifest is left half-written
+            raise UserError(f"cannot write {rel.manifest_path} ({e.strerror or e}); free space under {out} and "
+                            "rerun the same command: finished metatiles are kept, not cut again") from None
+        shutil.rmtree(rel.path / ".build", ignore_errors=True)
+        _clean_tmp(rel.path, set())
+    dt = time.time() - t0
+    echo(f"release {release}: {len(rows)} complete triplets of {len(tiles)} planned tiles in {dt:.1f}s -> {rel.path}")
+    return BuildResult(rel, len(rows), len(tiles), len(metatiles), len(metatiles) - len(todo), seconds=dt)
+
+
+def _empty_cause(items_by_block: dict, params: BuildParams) -> str:
+    """The likely reason a build found no complete triplet, from what its searches returned."""
+    found = {layer: 0 for layer in LAYERS}
+    for items in items_by_block.values():
+        for it in items:
+            found[it["layer"]] += 1
+    missing = [layer for layer in LAYERS if not found[layer]]
+    if len(missing) == len(LAYERS):
+        window = f" in --datetime {params.datetime}" if params.datetime else ""
+        return f"the catalog has no scenes over the region{window} (is the region outside the catalog's coverage?)"
+    if missing:
+        return (f"no {'/'.join(missing)} scenes over the region pass the filters (--datetime {params.datetime or 'any'}, "
+                f"--max-cloud {params.max_cloud:g}, --naip-years {params.naip_years or 'any'})")
+    return (f"scenes were found ({', '.join(f'{n} {layer}' for layer, n in found.items())}) but none combine into a "
+            f"tile within --max-gap-days {params.max_gap_days:g} and --min-valid {params.min_valid:g}")

@@ -1,0 +1,150 @@
+"""Running the graph: one search task per SEARCH_ZOOM block and layer feeding the metatile tasks, in this
+process or on a Dask cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable
+
+import mercantile
+
+from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.release import LAYERS
+from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile, lonlat_bounds
+from scale_alibi.curate.build.staging import _mt_name
+from scale_alibi.curate.search import TIMEOUT_S
+
+SEARCH_ZOOM = 9  # one STAC search per layer per z9 block (~78 km): bounded result pages anywhere
+
+
+def search_blocks(metatiles: Iterable[tuple[int, int, int]]) -> dict[mercantile.Tile, list]:
+    """Metatiles grouped by the SEARCH_ZOOM block whose STAC searches feed them (one task per block and layer)."""
+    blocks: dict[mercantile.Tile, list] = {}
+    for mt in metatiles:
+        tile = mercantile.Tile(mt[1], mt[2], mt[0])
+        blocks.setdefault(mercantile.parent(tile, zoom=SEARCH_ZOOM) if mt[0] > SEARCH_ZOOM else tile, []).append(mt)
+    return blocks
+
+
+def _faults(on_dask: bool) -> tuple[type[BaseException], ...]:
+    """What a metatile may fail with and still be resumed by a rerun: a scene that kept failing to
+    read (or, on Dask, a worker that died). UserError (bad input, access denied) stops the build;
+    anything else is a bug in this program and is raised as it is, never reported as a fault to retry."""
+    from rasterio.errors import RasterioIOError
+
+    from scale_alibi.curate.reader import TransientError
+
+    if on_dask:
+        from distributed import KilledWorker
+
+        return TransientError, RasterioIOError, OSError, KilledWorker
+    return TransientError, RasterioIOError, OSError
+
+
+def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float) -> list:
+    from scale_alibi.curate.search import search_items
+
+    return search_items(catalog, layer, bbox, opts, timeout_s)
+
+
+def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures,
+         timeout_s: float = TIMEOUT_S, commit: bool = True):
+    """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler (`commit`: see MetatileJob)."""
+    from tqdm import tqdm
+
+    block_of = {mt: b for b, mts in blocks.items() for mt in mts}
+    block_bbox = {b: lonlat_bounds(params.zoom, [t[:2] for mt in mts for t in metatiles[mt]]) for b, mts in blocks.items()}
+    jobs = {mt: MetatileJob(str(rel.path), params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
+                            signer=signer, catalog=catalog, timeout_s=timeout_s, commit=commit) for mt in todo}
+    records: dict = {}
+    faults = _faults(on_dask=scheduler != "synchronous")
+
+    def new_bar():
+        return tqdm(total=len(todo), unit="metatile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    if scheduler == "synchronous":
+        bar = new_bar()
+        from scale_alibi.curate.search import search_items
+
+        items = {(b, layer): search_items(catalog, layer, block_bbox[b], opts, timeout_s)
+                 for b in blocks for layer in LAYERS}
+        for mt in todo:
+            b = block_of[mt]
+            try:
+                records[mt] = cut_metatile(jobs[mt], items[(b, "s2")], items[(b, "s1")], items[(b, "naip")])
+            except faults as e:  # a scene kept failing: report, keep going, resume on rerun
+                failures.append(f"metatile {_mt_name(mt)}: {str(e)[:200]}")
+            bar.update(1)
+        bar.close()
+        return records, {b: items[(b, "s2")] + items[(b, "s1")] + items[(b, "naip")] for b in blocks}
+
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # `curate -v` keeps Dask's own log lines
+        for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                     "distributed.worker", "distributed.http.proxy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    cluster = None
+    if scheduler and scheduler.startswith(("tcp://", "tls://", "ucx://")):
+        try:
+            client = Client(scheduler, timeout="10s")
+        except Exception as e:
+            raise UserError(f"cannot connect to Dask scheduler {scheduler} ({str(e)[:120]}); start one with "
+                            "`dask scheduler` or omit --scheduler") from None
+    else:
+        n = workers or os.cpu_count() or 1
+        if scheduler == "threads":
+            cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=":0")
+        elif scheduler in (None, "local", "processes"):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                   silence_logs=logging.ERROR)
+        else:
+            raise UserError(f"unknown --scheduler {scheduler!r}; use local, threads, synchronous or tcp://HOST:PORT")
+        client = Client(cluster)
+    try:
+        link = client.dashboard_link
+        echo(f"dask dashboard: {link}" + ("" if _has_bokeh() else " (pip install bokeh to enable it)"))
+        bar = new_bar()
+        search_f = {(b, layer): client.submit(_search_block, catalog, layer, block_bbox[b], opts, timeout_s, pure=False,
+                                              key=f"search-{layer}-{b.z}-{b.x}-{b.y}-{time.time_ns()}")
+                    for b in blocks for layer in LAYERS}
+        futures = {}
+        for mt in todo:
+            b = block_of[mt]
+            f = client.submit(cut_metatile, jobs[mt], search_f[(b, "s2")], search_f[(b, "s1")], search_f[(b, "naip")],
+                              pure=False, key=f"metatile-{_mt_name(mt)}-{time.time_ns()}")
+            futures[f] = mt
+        for f in as_completed(list(futures)):
+            mt = futures[f]
+            try:
+                records[mt] = f.result()
+            except faults as e:
+                failures.append(f"metatile {_mt_name(mt)}: {str(e)[:200]}")
+            bar.update(1)
+        bar.close()
+        items = {}
+        for (b, _layer), f in search_f.items():
+            try:
+                items.setdefault(b, []).extend(f.result())
+            except UserError:
+                raise
+            except Exception as e:
+                raise UserError(f"STAC search failed ({str(e)[:160]})") from None
+        return records, items
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _has_bokeh() -> bool:
+    try:
+        import bokeh  # noqa: F401
+
+        return True
+    except ImportError:
+        return False

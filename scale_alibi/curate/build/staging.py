@@ -1,0 +1,105 @@
+"""The staging/commit protocol on disk: staged files, their commit into the public tree, cleanup, the lock,
+and the confinement of every path the build writes or deletes to the output directory."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.release import fsync_paths, resolves_inside
+
+
+def _mt_name(mt: tuple[int, int, int]) -> str:
+    return f"{mt[0]}-{mt[1]}-{mt[2]}"
+
+
+def _confined(path: Path, root: Path) -> Path:
+    """`path`, once proven to resolve (symlinks followed) strictly inside `root`; the build writes or
+    deletes nothing that is not, so a crafted name or a planted symlink cannot reach other files."""
+    if not resolves_inside(path, root):
+        raise UserError(f"refusing to write {path}: it resolves outside {root}; remove the link or "
+                        "choose another --out")
+    return path
+
+
+def _dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
+    """Every directory from each file's parent up to `top`: new directories are entries to sync too."""
+    dirs: set[Path] = set()
+    for f in files:
+        d = Path(f).parent
+        while d not in dirs and d != top.parent:
+            dirs.add(d)
+            if d == top:
+                break
+            d = d.parent
+    return sorted(dirs)
+
+
+def commit_staging(release_dir: Path, metatile, record: dict) -> None:
+    """Move a recorded metatile's staged files into the public tree (idempotent; renames only)."""
+    staging = _confined(release_dir / ".build" / "staging" / _mt_name(metatile), release_dir.parent)
+    if not staging.exists():
+        return
+    moved = []
+    for rel in record["files"]:
+        src = staging / rel
+        if src.exists():
+            dst = _confined(release_dir / rel, release_dir.parent)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            moved.append(dst)
+    fsync_paths(_dirs_up_to(moved, release_dir))  # the renames are durable before a manifest names the files
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _clean_tmp(release_dir: Path, recorded: set[str]) -> None:
+    """Remove what an interrupted build left: staging of unrecorded metatiles and temp files."""
+    staging = _confined(release_dir / ".build" / "staging", release_dir.parent)
+    if staging.exists():
+        for d in staging.iterdir():
+            if d.name not in recorded:
+                shutil.rmtree(d, ignore_errors=True)
+    for d in (release_dir, _confined(release_dir / ".build" / "done", release_dir.parent)):
+        if d.exists():
+            for p in d.glob(".*.tmp"):
+                p.unlink(missing_ok=True)  # unlinks a planted symlink itself, never its target
+
+
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable ({e.strerror or e}); pass a writable --out") from None
+
+
+class _Lock:
+    """An exclusive flock on OUT/<release>/.lock (released by the kernel if the build is killed)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)  # never a planted link
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise UserError(f"another build is writing release {self.path.parent.name} "
+                            f"(lock {self.path}); wait for it or build another --release") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            try:
+                self.path.unlink(missing_ok=True)
+            finally:
+                os.close(self.fd)
