@@ -46,7 +46,7 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
     check_release_name(release)  # it becomes part of every request path
     import torch
 
-    from scale_alibi.model.data.loader import load_stats
+    from scale_alibi.model.data.transforms import load_stats
     from scale_alibi.model.train.data import PrepareBatch, StreamSource, collect_split, fetch_release_zoom, fetch_stats
     from scale_alibi.model.train.trainer import TrainConfig, Trainer, init_distributed, seed_everything
 
