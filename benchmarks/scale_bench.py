@@ -143,7 +143,8 @@ class ScaleRelease:
 
 def loader_rows(rel: ScaleRelease, triplets: int) -> np.ndarray:
     """Manifest rows of every shard the loader can open while yielding its first `triplets` (prefetch included)."""
-    from scale_alibi.model.data.loader import ShardPlan, TripletStream
+    from scale_alibi.model.data.loader import TripletStream
+    from scale_alibi.model.data.order import ShardPlan
 
     shuffle, prefetch = (TripletStream.__init__.__kwdefaults__[k] for k in ("shuffle_buffer", "prefetch"))
     plan = ShardPlan(len(rel.train_rows), SHARD_SIZE, SEED, 0, 1, LOADER_WORKERS, shuffle)

@@ -119,7 +119,8 @@ def trained(served, heldout, tmp_path_factory):
 
     from scale_alibi.model.eval.retrieval import retrieval_top1
     from scale_alibi.model.train.data import PrepareBatch, StreamSource
-    from scale_alibi.model.train.trainer import TrainConfig, Trainer
+    from scale_alibi.model.train.optim import TrainConfig
+    from scale_alibi.model.train.trainer import Trainer
 
     url, name, stats = served
     prepare = PrepareBatch(stats)

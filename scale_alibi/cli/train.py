@@ -46,9 +46,11 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
     check_release_name(release)  # it becomes part of every request path
     import torch
 
-    from scale_alibi.model.data.loader import load_stats
+    from scale_alibi.model.data.transforms import load_stats
     from scale_alibi.model.train.data import PrepareBatch, StreamSource, collect_split, fetch_release_zoom, fetch_stats
-    from scale_alibi.model.train.trainer import TrainConfig, Trainer, init_distributed, seed_everything
+    from scale_alibi.model.train.distributed import init_distributed, seed_everything
+    from scale_alibi.model.train.optim import TrainConfig
+    from scale_alibi.model.train.trainer import Trainer
 
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but torch sees no CUDA device; use --device cpu")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from scale_alibi.model.nn.config import get_config
 from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel
 from scale_alibi.model.train import checkpoint as ckpt
-from scale_alibi.model.train.trainer import TrainConfig, build_optimizer
+from scale_alibi.model.train.optim import TrainConfig, build_optimizer
 
 
 def _batch(n: int = 4) -> dict[str, torch.Tensor]:

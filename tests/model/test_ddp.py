@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from scale_alibi.model.nn.config import get_config
 from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel, random_mask
-from scale_alibi.model.train.trainer import TrainConfig, Trainer
+from scale_alibi.model.train.optim import TrainConfig
+from scale_alibi.model.train.trainer import Trainer
 
 WORLD = 2
 PER_RANK = 4

@@ -20,18 +20,10 @@ import torch
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import HIRES_NAMES, MODALITIES, Release, content_hash, write_manifest
 from scale_alibi.model.data.decode import decode_triplet
-from scale_alibi.model.data.loader import (
-    Normalize,
-    ShardPlan,
-    StreamBroken,
-    StreamProgress,
-    TripletStream,
-    buffer_order,
-    iter_samples,
-    iter_tar,
-    load_stats,
-    make_loader,
-)
+from scale_alibi.model.data.loader import StreamProgress, TripletStream, make_loader
+from scale_alibi.model.data.order import ShardPlan, buffer_order
+from scale_alibi.model.data.tar import StreamBroken, iter_samples, iter_tar
+from scale_alibi.model.data.transforms import Normalize, load_stats
 
 N_TRIPLETS = 40  # 32 train + 8 heldout
 

@@ -18,7 +18,8 @@ from scale_alibi.cli.main import main as cli
 from scale_alibi.contract.tiles import ground_size_at_lat_m
 from scale_alibi.model.eval.retrieval import top1_from_embeddings
 from scale_alibi.model.train.data import PrepareBatch, StreamSource
-from scale_alibi.model.train.trainer import TrainConfig, Trainer, lr_at
+from scale_alibi.model.train.optim import TrainConfig, lr_at
+from scale_alibi.model.train.trainer import Trainer
 from tests.conftest import BUDGET_S, LR, MIN_HELDOUT, STEPS
 from tests.conftest import tiny_model as _model
 

@@ -5,7 +5,7 @@ Use (the trainer wraps this in `scale_alibi.model.train.data.StreamSource`)::
     ds = TripletStream("http://127.0.0.1:8000", "small", split="train", shard_size=64, seed=0,
                        rank=rank, world_size=world)
     loader = make_loader(ds, batch_size=32, num_workers=4)
-    normalize = Normalize(load_stats(".../stats.json"))  # applied after the batch is on its device
+    normalize = Normalize(load_stats(".../stats.json"))  # model/data/transforms.py; on the batch's device
     progress = StreamProgress.for_loader(loader)
     for epoch in range(epochs):
         ds.set_epoch(epoch)
@@ -18,18 +18,12 @@ Use (the trainer wraps this in `scale_alibi.model.train.data.StreamSource`)::
     ds.load_state_dict(state); progress.load_state_dict(state)
     for batch in make_loader(ds, ...): ...   # continues with exactly the batch that came next
 
-**Order.** An epoch's order over the split's rows is `scale_alibi.contract.release.epoch_permutation(n, seed,
-epoch)`, cut into shards of `shard_size` by the server (`shard_rows`). Rank r takes shards r, r + R,
-r + 2R, ... (R = world_size) and its DataLoader worker w every num_workers-th of those, starting at
-its w-th: every shard goes to exactly one worker of one rank, none twice, none skipped, and a rank's
-share does not depend on the worker count. Each worker reads its shards in order and passes their
-samples through a shuffle buffer of ``shuffle_buffer`` samples whose random choices depend only on
-(seed, epoch, rank, worker) and on sample *positions* (shard, offset), never on timing. So a worker's
-output order is a pure function, computed up front (`ShardPlan.worker_order`), and the worker only
-holds back samples that are not yet due (at most ``shuffle_buffer`` of them, plus ``prefetch``
-parsed ones in flight). The DataLoader takes batches round-robin from its workers, skipping
-exhausted ones; that is deterministic too, so the whole batch sequence is a function of (seed,
-epoch, world_size, num_workers).
+**Order.** Which shards each rank and DataLoader worker reads, and the order in which a worker's
+shuffle buffer yields their samples, is `scale_alibi.model.data.order`: a pure function computed up
+front (`ShardPlan.worker_order`), so a worker only holds back samples that are not yet due (at most
+``shuffle_buffer`` of them, plus ``prefetch`` parsed ones in flight). The DataLoader takes batches
+round-robin from its workers, skipping exhausted ones; that is deterministic too, so the whole batch
+sequence is a function of (seed, epoch, world_size, num_workers).
 
 **Resume.** Every batch carries the logical worker that produced it (``batch["worker"]``: a
 DataLoader batch always comes from one worker), its ``batch["epoch"]``, and each sample its
@@ -48,13 +42,12 @@ continues into its next epoch; it drops each worker's last partial batch (docume
 scale_alibi/model/train/data.py). Alternatives for other trainers: DDP's uneven-input join
 (``with model.join(): ...``), or stopping every rank after `TripletStream.steps_per_epoch`.
 
-**Network.** One urllib3 pool per worker process (keep-alive connections reused across shards). A
-background thread per worker streams the WebDataset tar and parses it into samples held in a queue of
-``prefetch`` samples (bounded), so network I/O overlaps decoding. Connection errors, 5xx and truncated
-streams are retried with exponential backoff (``retries`` times, up to ``max_backoff_s``); a retry
-asks for ``start=`` the number of complete samples already received from that shard, so a server
-restart mid-epoch loses and repeats nothing. A server that cannot be reached when the dataset is
-created raises `scale_alibi.contract.errors.UserError` at once, naming the URL.
+**Network.** A background thread per worker streams the WebDataset tar through
+`scale_alibi.model.data.client.ShardClient` (one keep-alive pool per worker process; retries resume
+with ``start=``, so a server restart mid-epoch loses and repeats nothing) and parses it into samples
+held in a queue of ``prefetch`` samples (bounded), so network I/O overlaps decoding. A server that
+cannot be reached when the dataset is created raises `scale_alibi.contract.errors.UserError` at
+once, naming the URL.
 
 **Tensors.** uint8 (C, H, W): s1 (2: VV, VH), s2 (3), naip (3, 256 px), naip_hires (3, 512 px
 assembled from the four z+1 tiles); ``modalities=`` decodes only those a consumer reads (the trainer
@@ -66,330 +59,23 @@ host->GPU copy (4x fewer bytes than float32); `Normalize` (``curate stats`` ->
 
 from __future__ import annotations
 
-import http.client
-import io
 import json
-import logging
-import os
 import queue
 import threading
-import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import urllib3
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import CHANNELS, MODALITIES, TRIPLET_MEMBERS, shard_count
+from scale_alibi.contract.release import MODALITIES, TRIPLET_MEMBERS, shard_count
 from scale_alibi.contract.tiles import tile_ground_size_m
+from scale_alibi.model.data.client import ShardClient
 from scale_alibi.model.data.decode import decode_triplet
-
-log = logging.getLogger(__name__)
+from scale_alibi.model.data.order import ShardPlan, rank_shards, shard_length
 
 STATE_VERSION = 1
-
-
-# ------------------------------------------------------------------------------------- order
-
-def shard_length(n: int, shard_size: int, index: int) -> int:
-    """Number of rows in shard `index` (the last one may be short)."""
-    return max(0, min(shard_size, n - index * shard_size))
-
-
-def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
-    """The shards of `rank`: rank, rank + R, rank + 2R, ... (independent of the worker count)."""
-    return list(range(rank, num_shards, world_size))
-
-
-def worker_shards(num_shards: int, rank: int, world_size: int, worker: int, num_workers: int) -> list[int]:
-    """The shards logical `worker` of `rank` reads, in order: every num_workers-th of the rank's shards."""
-    return rank_shards(num_shards, rank, world_size)[worker::num_workers]
-
-
-def buffer_order(positions: Sequence[tuple[int, int]], buffer_size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """The output order of a shuffle buffer fed `positions` in order (fill, then emit a random slot and refill)."""
-    if buffer_size <= 1:
-        return list(positions)
-    buf: list[tuple[int, int]] = []
-    out: list[tuple[int, int]] = []
-    for pos in positions:
-        if len(buf) < buffer_size:
-            buf.append(pos)
-            continue
-        j = int(rng.integers(len(buf)))
-        out.append(buf[j])
-        buf[j] = pos
-    rng.shuffle(buf)  # drain the rest in random order
-    out.extend(buf)
-    return out
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    """Everything that fixes an epoch's order: the split's size, shard size, seed, epoch and the worker grid."""
-
-    n: int
-    shard_size: int
-    seed: int
-    epoch: int
-    world_size: int
-    num_workers: int
-    shuffle_buffer: int
-
-    @property
-    def num_shards(self) -> int:
-        return shard_count(self.n, self.shard_size)
-
-    @property
-    def total_workers(self) -> int:
-        return self.world_size * self.num_workers
-
-    def worker_order(self, rank: int, worker: int) -> list[tuple[int, int]]:
-        """(shard, offset) of every sample that logical `worker` of `rank` yields, in yield order."""
-        g = rank * self.num_workers + worker
-        positions = [
-            (s, o)
-            for s in worker_shards(self.num_shards, rank, self.world_size, worker, self.num_workers)
-            for o in range(shard_length(self.n, self.shard_size, s))
-        ]
-        rng = np.random.default_rng([int(self.seed), int(self.epoch), g, 0x5A11B1])
-        return buffer_order(positions, self.shuffle_buffer, rng)
-
-    def worker_samples(self, rank: int) -> list[int]:
-        """Samples per logical worker of `rank`."""
-        return [
-            sum(shard_length(self.n, self.shard_size, s) for s in worker_shards(self.num_shards, rank, self.world_size, w, self.num_workers))
-            for w in range(self.num_workers)
-        ]
-
-
-# ------------------------------------------------------------------------------------- tar stream
-
-class StreamBroken(Exception):
-    """The shard stream ended or failed before all its samples arrived (retriable)."""
-
-
-def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
-    chunks = []
-    while n > 0:
-        chunk = read(n)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _octal(field: bytes) -> int:
-    field = field.rstrip(b"\0 ").strip()
-    if field and field[0] & 0x80:  # GNU base-256
-        return int.from_bytes(field[1:], "big")
-    return int(field or b"0", 8)
-
-
-def _pax_path(data: bytes) -> str | None:
-    """The `path` record of a PAX extended header, if any."""
-    i = 0
-    while i < len(data):
-        space = data.index(b" ", i)
-        length = int(data[i:space])
-        key, _, value = data[space + 1 : i + length - 1].partition(b"=")
-        if key == b"path":
-            return value.decode()
-        i += length
-    return None
-
-
-def iter_tar(read: Callable[[int], bytes]) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular file in a tar stream; StreamBroken when it is cut short."""
-    long_name: str | None = None
-    while True:
-        header = _read_exact(read, 512)
-        if len(header) < 512:
-            raise StreamBroken("tar stream ended inside a header")
-        if header == b"\0" * 512:
-            return  # end-of-archive marker: a complete stream
-        name = header[0:100].split(b"\0", 1)[0].decode()
-        prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
-        if prefix:
-            name = f"{prefix}/{name}"
-        size = _octal(header[124:136])
-        kind = header[156:157]
-        data = _read_exact(read, size + (-size % 512))
-        if len(data) < size + (-size % 512):
-            raise StreamBroken(f"tar stream ended inside member {name!r}")
-        data = data[:size]
-        if kind in (b"x", b"g"):
-            if kind == b"x":
-                long_name = _pax_path(data)
-            continue
-        if kind == b"L":  # GNU long name
-            long_name = data.rstrip(b"\0").decode()
-            continue
-        if kind in (b"0", b"\0"):
-            yield (long_name or name), data
-        long_name = None
-
-
-def iter_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Group tar members `{key}.{member}.{ext}` into (key, {member: bytes}) in stream order."""
-    key: str | None = None
-    sample: dict[str, bytes] = {}
-    for name, data in members:
-        base = name.rsplit("/", 1)[-1]
-        k, _, rest = base.partition(".")
-        member = rest.rsplit(".", 1)[0] if rest.count(".") else rest
-        if k != key:
-            if key is not None:
-                yield key, sample
-            key, sample = k, {}
-        sample[member] = data
-    if key is not None:
-        yield key, sample
-
-
-# ------------------------------------------------------------------------------------- HTTP
-
-# connection refused/reset, timeouts, truncated bodies, 5xx: worth another try
-_RETRIABLE = (urllib3.exceptions.HTTPError, http.client.HTTPException, StreamBroken, OSError)
-
-class ShardClient:
-    """HTTP access to one server: release metadata and shard streams, with retries and backoff."""
-
-    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 10, backoff_s: float = 0.1, max_backoff_s: float = 5.0,
-                 on_retry: Callable[[str], None] | None = None):
-        self.url = url.rstrip("/")
-        self.on_retry = on_retry  # told about every retry (logs, tests); runs in the worker process
-        self.timeout = urllib3.Timeout(connect=min(timeout_s, 5.0), read=timeout_s)
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self._pool: urllib3.PoolManager | None = None
-        self._pid = 0
-        self.reconnects = 0  # how many times a request or stream was retried (for logs and tests)
-
-    @property
-    def pool(self) -> urllib3.PoolManager:
-        # one pool per process: a forked DataLoader worker must not share its parent's sockets
-        if self._pool is None or self._pid != os.getpid():
-            self._pool = urllib3.PoolManager(num_pools=4, maxsize=2, retries=False, timeout=self.timeout)
-            self._pid = os.getpid()
-        return self._pool
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_pool"] = None
-        return state
-
-    def _sleep(self, attempt: int) -> None:
-        time.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
-
-    def _request(self, path: str, params: Mapping[str, Any], stream: bool) -> urllib3.BaseHTTPResponse:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        resp = self.pool.request("GET", url, preload_content=not stream, decode_content=True)
-        if resp.status >= 500:
-            if stream:
-                resp.drain_conn()
-            raise StreamBroken(f"HTTP {resp.status} from {url}")
-        if resp.status != 200:
-            body = resp.data[:300].decode(errors="replace") if not stream else resp.read(300).decode(errors="replace")
-            raise UserError(f"the server refused {url}: HTTP {resp.status} {body}")
-        return resp
-
-    def release_info(self, release: str, shard_size: int, split: str, start_attempts: int = 3) -> dict[str, Any]:
-        """GET /releases/{release}/shards; UserError if the server cannot be reached (after a few quick tries)."""
-        params = {"shard_size": shard_size, "split": split}
-        last: Exception | None = None
-        for attempt in range(start_attempts):
-            try:
-                return json.loads(self._request(f"/releases/{urllib.parse.quote(release)}/shards", params, stream=False).data)
-            except _RETRIABLE as exc:
-                last = exc
-                if attempt + 1 < start_attempts:
-                    self._sleep(attempt)
-        reason = getattr(last, "reason", None) or last
-        raise UserError(
-            f"cannot reach the tile server at {self.url} ({type(reason).__name__}: {reason}); "
-            f"start it with `curate serve --data OUT` or pass the right URL"
-        )
-
-    def stream_shard(self, release: str, index: int, params: Mapping[str, Any], expected: int, start: int = 0) -> Iterator[tuple[int, str, dict[str, bytes]]]:
-        """(offset, key, members) of shard `index` from `start` on; reconnects with start= after failures."""
-        offset = start
-        failures = 0
-        path = f"/shards/{urllib.parse.quote(release)}/{index}.tar"
-        while offset < expected:
-            resp = None
-            try:
-                resp = self._request(path, {**params, "start": offset}, stream=True)
-                reader = io.BufferedReader(resp, buffer_size=1 << 20)  # few, large socket reads
-                for key, members in iter_samples(iter_tar(reader.read)):
-                    missing = [m for m in TRIPLET_MEMBERS if m not in members]
-                    if missing:
-                        # the last sample of a cut stream may be partial; anything else is a server bug
-                        raise StreamBroken(f"sample {key} of shard {index} lacks {missing}")
-                    if offset >= expected:
-                        raise UserError(f"shard {index} of {release} has more than the {expected} samples the server announced")
-                    yield offset, key, members
-                    offset += 1
-                    failures = 0
-                if offset < expected:
-                    raise StreamBroken(f"shard {index} ended after {offset} of {expected} samples")
-                resp.drain_conn()  # the tar's trailing zero blocks; then the connection is reused
-                resp.release_conn()
-            except _RETRIABLE as exc:
-                if resp is not None:
-                    resp.close()  # never hand a half-read connection back to the pool
-                    resp.release_conn()
-                if failures >= self.retries:
-                    raise UserError(f"shard {index} of {release} from {self.url} failed {failures + 1} times in a row: {exc}") from exc
-                log.warning("shard %s: %s; retrying from sample %s", index, exc, offset)
-                if self.on_retry is not None:
-                    self.on_retry(f"shard {index} from sample {offset}: {exc}")
-                self._sleep(failures)
-                failures += 1
-                self.reconnects += 1
-
-
-# ------------------------------------------------------------------------------------- stats
-
-def load_stats(path: str | Path) -> dict[str, dict[str, list[float]]]:
-    """Per-modality channel mean/std from a `curate stats` stats.json (values on the 0..255 scale)."""
-    data = json.loads(Path(path).read_text())
-    return data["modalities"]
-
-
-class Normalize:
-    """(x - mean) / std per channel with a release's stats (0..255 scale), on the batch's device.
-
-    Works on samples (C, H, W) and batches (B, C, H, W); modalities without stats pass through.
-    Runs after the uint8 batch has been moved to its device, so workers never ship floats.
-    """
-
-    def __init__(self, stats: Mapping[str, Mapping[str, Sequence[float]]]):
-        self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for m in MODALITIES:
-            if m not in stats:
-                continue
-            mean = torch.tensor(stats[m]["mean"], dtype=torch.float32).view(-1, 1, 1)
-            std = torch.tensor(stats[m]["std"], dtype=torch.float32).clamp_min(1e-6).view(-1, 1, 1)
-            if mean.shape[0] != CHANNELS[m]:
-                raise UserError(f"stats for {m} have {mean.shape[0]} channels, expected {CHANNELS[m]}; rerun `curate stats`")
-            self.stats[m] = (mean, std)
-
-    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
-        out = dict(sample)
-        for m, (mean, std) in self.stats.items():
-            if m in out:
-                x = out[m]
-                out[m] = (x.float() - mean.to(x.device)) / std.to(x.device)
-        return out
 
 
 # ------------------------------------------------------------------------------------- dataset
@@ -625,4 +311,3 @@ class StreamProgress:
         """A progress counter matching `loader` (its dataset must be a TripletStream)."""
         ds = loader.dataset
         return cls(loader.num_workers, epoch=ds.epoch, seed=ds.seed, world_size=ds.world_size)
-

@@ -6,7 +6,7 @@
 
 Values are on the 0..255 scale of the decoded uint8 tensors (the channels `scale_alibi.model.data.loader` yields:
 s1 is VV, VH). Only the train split by default, so held-out tiles do not leak into training.
-The loader reads it with `scale_alibi.model.data.loader.load_stats`.
+The loader reads it with `scale_alibi.model.data.transforms.load_stats`.
 """
 
 from __future__ import annotations

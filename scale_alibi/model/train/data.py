@@ -37,7 +37,7 @@ class PrepareBatch:
 
     def __init__(self, stats: Mapping[str, Any] | None = None):
         from scale_alibi.contract.release import CHANNELS
-        from scale_alibi.model.data.loader import Normalize
+        from scale_alibi.model.data.transforms import Normalize
 
         stats = dict(stats or {})
         for m in IMAGE_KEYS:  # a modality without stats gets the fixed constants, same mechanism

@@ -15,61 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from scale_alibi.model.train import checkpoint as ckpt
+from scale_alibi.model.train.distributed import current_dist, set_deterministic
 from scale_alibi.model.train.host_memory import retain_freed_memory
+from scale_alibi.model.train.optim import TrainConfig, build_optimizer, lr_at
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and run settings (model settings live in the model's own config)."""
-
-    steps: int = 1000
-    batch_size: int = 32  # per rank
-    lr: float = 1e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping
-    device: str = "cpu"
-    amp: bool = True  # bf16 autocast, only on CUDA
-    compile: bool = False
-    deterministic: bool = False
-    seed: int = 0
-    log_every: int = 10  # TensorBoard scalars every N steps (the bar updates every step)
-    checkpoint_every: int = 0  # 0: only at the end of the run
-    keep_checkpoints: int = 2
-    progress: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warmup to `lr`, then cosine to lr*min_lr_ratio."""
-    warmup = max(0, min(cfg.warmup_steps, cfg.steps - 1))
-    if step < warmup:
-        return cfg.lr * (step + 1) / (warmup + 1)
-    span = max(1, cfg.steps - warmup - 1)
-    progress = min(1.0, (step - warmup) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class BatchSource(Protocol):
@@ -86,56 +47,6 @@ class BatchSource(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state returned by `state_dict` (before calling `batches`)."""
-
-
-# ---------------------------------------------------------------- distributed helpers
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (no-op for a single process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    return info
-
-
-def current_dist() -> DistInfo:
-    """The rank/world of an already initialised process group (single process otherwise)."""
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    return DistInfo()
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and python's RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_deterministic(enabled: bool) -> None:
-    """Deterministic kernels (CPU: what exact resume needs; CUDA needs CUBLAS_WORKSPACE_CONFIG too)."""
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    # Filling every torch.empty with NaN (the default under deterministic mode) costs ~5x on CPU
-    # here and changes no result of a correct kernel.
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    torch.backends.cudnn.benchmark = not enabled
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -373,20 +284,6 @@ class Trainer:
             self._writer = None
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms, scalars (temperature) and other 1-D parameters."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas)}
-    if cfg.deterministic:
-        kwargs["foreach"] = False  # one fixed kernel order
-    return torch.optim.AdamW(groups, **kwargs)
-
-
 class _Rate:
     """Exponential moving average of samples per second (robust to one slow step)."""
 
@@ -396,41 +293,3 @@ class _Rate:
     def update(self, samples: int, seconds: float) -> None:
         rate = samples / max(seconds, 1e-9)
         self.value = rate if self.value == 0.0 else (1 - self.alpha) * self.value + self.alpha * rate
-
-
-class InMemorySource:
-    """A BatchSource over tensors held in memory (synthetic batches, benchmarks, tests).
-
-    Fixed-size batches of a per-(seed, epoch) permutation; the last partial batch of an epoch is
-    dropped (at most batch_size - 1 samples per epoch) so every step has the same shapes.
-    """
-
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int = 0) -> None:
-        self.tensors = tensors
-        self.n = batch_size_of(tensors)
-        if batch_size > self.n:
-            raise ValueError(f"batch size {batch_size} exceeds the {self.n} samples held")
-        self.batch_size, self.seed = batch_size, seed
-        self.epoch, self.index = 0, 0  # index: samples of this epoch consumed by the trainer
-
-    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch, index = self.epoch, self.index
-        while True:
-            order = torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(self.n))
-            while index + self.batch_size <= self.n:
-                rows = order[index : index + self.batch_size]
-                yield {k: v[rows] for k, v in self.tensors.items()}
-                index += self.batch_size
-            epoch, index = epoch + 1, 0
-
-    def consumed(self, batch: dict[str, torch.Tensor]) -> None:
-        self.index += batch_size_of(batch)
-        if self.index + self.batch_size > self.n:
-            self.epoch, self.index = self.epoch + 1, 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self.seed = int(state.get("seed", self.seed))
