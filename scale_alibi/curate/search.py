@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -113,7 +114,8 @@ def network_reason(err: Exception, timeout_s: float) -> str:
     if "timed out" in lowered or "timeout" in lowered:
         return f"no answer within {timeout_s:g} s, {TIMEOUT_RETRIES + 1} tries"
     if "too many" in lowered and "error responses" in lowered:  # urllib3: retries of 429/5xx used up
-        codes = [c for c in ("429", "500", "502", "503", "504") if c in text]
+        # the codes urllib3 names ("too many 503 error responses"), not digits of the URL's port
+        codes = sorted(set(re.findall(r"too many (\d{3}) error responses", text)))
         return f"HTTP {'/'.join(codes) or 'error'} on all {SEARCH_RETRIES + 1} tries"
     if "connection" in lowered or "resolve" in lowered:  # refused, reset, DNS
         return "connection failed"

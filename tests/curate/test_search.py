@@ -202,3 +202,9 @@ def test_dedupe_keeps_the_first_of_each_collection_and_id_sorted():
     b = {"collection": "a", "id": "9", "n": 3}
     c = {"collection": "b", "id": "0", "n": 4}
     assert dedupe([a1, b, a2, c]) == [b, c, a1]
+
+
+def test_a_used_up_retry_names_the_status_codes_not_digits_of_the_url():
+    text = ("HTTPConnectionPool(host='127.0.0.1', port=34291): Max retries exceeded with url: /search "
+            "(Caused by ResponseError('too many 503 error responses'))")
+    assert search.network_reason(Exception(text), 30.0) == f"HTTP 503 on all {search.SEARCH_RETRIES + 1} tries"
