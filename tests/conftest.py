@@ -142,3 +142,22 @@ def trained(served, heldout, tmp_path_factory):
     print("\ntraining figures:", json.dumps(figures))
     return {"losses": losses, "untrained": untrained, "after": after, "run_dir": run_dir, "figures": figures,
             "source": source, "model": model}
+
+
+# -- object storage (scale_alibi/contract/storage.py) -----------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server (moto_server, in-memory) on loopback, for the whole session."""
+    from tests.object_store import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch) -> str:
+    """`s3://<a new empty bucket>`, with this process's AWS environment pointing at the test server."""
+    from tests.object_store import apply_environment, new_bucket
+
+    apply_environment(s3_endpoint, monkeypatch.setenv)
+    return f"s3://{new_bucket(s3_endpoint)}"
