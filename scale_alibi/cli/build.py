@@ -42,7 +42,9 @@ def _bbox(value: str | None):
 @click.option("--zoom", type=int, help="Tile zoom Y (NAIP is also cut at Y+1). Default: the named release's zoom.")
 @click.option("--release", help="Release name: a release of paper Table 1 when no region is given (e.g. small), "
               "else the output subfolder.  [default: <region>-z<zoom>]")
-@click.option("--out", default="data", show_default=True, type=click.Path(file_okay=False), help="Data root.")
+@click.option("--out", default="data", show_default=True,
+              help="Data root: a directory, or an object-store URL such as s3://bucket/prefix (pip install "
+                   "'scale-alibi[s3]'; credentials and endpoint from the AWS_* variables).")
 @click.option("--catalog", default="https://planetarycomputer.microsoft.com/api/stac/v1", show_default=True,
               help="STAC API URL.")
 @click.option("--datetime", "datetime_", help="STAC interval of S1/S2 scene dates, e.g. 2022-01-01/2022-12-31 (NAIP: --naip-years).  [default: any]")
@@ -89,4 +91,4 @@ def build(region, bbox, zoom, release, out, catalog, datetime_, max_cloud, naip_
         signer=signer, scheduler=scheduler, workers=workers, progress=progress, echo=lambda m: click.echo(m, err=True),
         timeout_s=timeout_s, allow_empty=allow_empty,
     )
-    click.echo(str(result.release.path))
+    click.echo(result.location)

@@ -9,19 +9,19 @@ only the metatiles that hold damaged files (scale_alibi.curate.verify).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import TRIPLET_MEMBERS, Release, read_manifest
+from scale_alibi.contract.release import TRIPLET_MEMBERS, check_release_name
+from scale_alibi.curate.build.output import open_output
 from scale_alibi.curate.damage import find_damage
 from scale_alibi.curate.verify import repair
 
 
 @click.command("verify")
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Data directory (the OUT of `curate build`).")
+@click.option("--data", "data_dir", required=True,
+              help="Data directory or object-store URL (the OUT of `curate build`).")
 @click.option("--release", required=True, help="Release to check.")
 @click.option("--repair", "do_repair", is_flag=True,
               help="Re-cut the metatiles of damaged files from the catalog and replace those files.")
@@ -29,21 +29,21 @@ from scale_alibi.curate.verify import repair
 @click.option("--signer", default="planetary-computer", show_default=True,
               help="Href signer for --repair: planetary-computer, none, or module:function.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def verify(data_dir: Path, release: str, do_repair: bool, catalog: str | None, signer: str, progress: bool) -> None:
+def verify(data_dir: str, release: str, do_repair: bool, catalog: str | None, signer: str, progress: bool) -> None:
     """Re-hash every file of a release against its manifest; list damage; with --repair, re-cut it.
 
     Exit status: 0 when the release is intact (or was repaired), 1 when damage was found and not
     repaired."""
-    rel = Release(data_dir, release)
-    if not rel.is_finished:
+    output = open_output(data_dir, check_release_name(release))
+    if not output.is_finished():
         raise UserError(f"no finished release {release!r} under {data_dir} (no manifest.parquet); "
                         "build it with `curate build`")
     try:
-        table = read_manifest(rel.manifest_path)
+        table = output.read_manifest()
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise UserError(f"the manifest of {release} is unreadable ({str(e)[:120]}); it cannot be verified: "
                         "rebuild the release") from None
-    damage = find_damage(rel, table, deep=True, progress=progress)
+    damage = find_damage(output, table, deep=True, progress=progress)
     total = table.num_rows * len(TRIPLET_MEMBERS)
     for d in damage:
         click.echo(f"damaged: {d.path}: {d.problem}")
@@ -55,7 +55,7 @@ def verify(data_dir: Path, release: str, do_repair: bool, catalog: str | None, s
         click.echo(f"release {release}: {len(damage)} of {total} files damaged in {triplets} triplets; run "
                    f"`curate verify --data {data_dir} --release {release} --repair` to re-cut them")
         sys.exit(1)
-    left = repair(rel, damage, catalog, signer, progress, lambda m: click.echo(m, err=True))
+    left = repair(output, damage, catalog, signer, progress, lambda m: click.echo(m, err=True))
     if left:
         for line in left:
             click.echo(f"not repaired: {line}")

@@ -175,7 +175,7 @@ class Release:
         return self.manifest_path.is_file()
 
     def tile_path(self, layer: str, z: int, x: int, y: int) -> Path:
-        return self.path / layer / str(z) / str(x) / f"{y}.png"
+        return self.path / tile_name(layer, z, x, y)
 
     def triplet_paths(self, z: int, x: int, y: int) -> dict[str, Path]:
         """Every file of the triplet at (z, x, y), keyed by its member name (TRIPLET_MEMBERS)."""
@@ -185,20 +185,30 @@ class Release:
         return read_manifest(self.manifest_path)
 
 
+def tile_name(layer: str, z: int, x: int, y: int) -> str:
+    """The path of tile (layer, z, x, y) relative to its release ('/'-separated: also an object key)."""
+    return f"{layer}/{z}/{x}/{y}.png"
+
+
 HASH_COLUMNS: tuple[str, ...] = ("z", "x", "y", "hash_s1", "hash_s2", "hash_naip", "hash_naip_hires")
 
 
 def triplet_files(row: dict) -> list[tuple[str, str]]:
     """(path relative to the release, sha256) of every file of a manifest row, in TRIPLET_MEMBERS order."""
     z, x, y = int(row["z"]), int(row["x"]), int(row["y"])
-    out = [(f"{layer}/{z}/{x}/{y}.png", row[f"hash_{layer}"]) for layer in LAYERS]
+    out = [(tile_name(layer, z, x, y), row[f"hash_{layer}"]) for layer in LAYERS]
     for (dx, dy), digest in zip(HIRES_CHILDREN, row["hash_naip_hires"]):
-        out.append((f"naip/{z + 1}/{2 * x + dx}/{2 * y + dy}.png", digest))
+        out.append((tile_name("naip", z + 1, 2 * x + dx, 2 * y + dy), digest))
     return out
 
 
 def write_manifest(table: pa.Table, path: Path, metadata: dict[str, object]) -> None:
     """Validate and atomically write a manifest; `metadata` is stored as JSON in the file's key-value metadata."""
+    write_bytes_atomic(Path(path), manifest_bytes(table, metadata))
+
+
+def manifest_bytes(table: pa.Table, metadata: dict[str, object]) -> bytes:
+    """A validated manifest as Parquet bytes: rows sorted by (z, x, y), `metadata` as JSON in its key-value metadata."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"manifest lacks required columns {missing}")
@@ -208,7 +218,7 @@ def write_manifest(table: pa.Table, path: Path, metadata: dict[str, object]) -> 
     table = table.replace_schema_metadata(kv)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    write_bytes_atomic(Path(path), sink.getvalue().to_pybytes())
+    return sink.getvalue().to_pybytes()
 
 
 def read_manifest(path: Path) -> pa.Table:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -19,6 +20,12 @@ from scale_alibi.contract.release import HASH_COLUMNS, Release, triplet_files
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # every PNG ends with this empty IEND chunk
 _CHUNK = 1 << 20
+
+
+class ReleaseFiles(Protocol):
+    """A release's files wherever they are stored (scale_alibi.curate.build.output.ReleaseOutput)."""
+
+    def check_file(self, rel: str, digest: str, deep: bool) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ def check_file(path: Path, digest: str, deep: bool = True) -> str | None:
     return f"sha256 differs from the manifest ({size} bytes)"
 
 
-def find_damage(release: Release, rows: pa.Table | Iterable[dict], deep: bool = True,
+def find_damage(release: Release | ReleaseFiles, rows: pa.Table | Iterable[dict], deep: bool = True,
                 progress: bool = False) -> list[Damage]:
     """The damaged files among those the manifest rows `rows` name, in row order."""
     from tqdm import tqdm
@@ -63,12 +70,18 @@ def find_damage(release: Release, rows: pa.Table | Iterable[dict], deep: bool = 
     if isinstance(rows, pa.Table):
         rows = rows.select(list(HASH_COLUMNS)).to_pylist()
     files = [((int(r["z"]), int(r["x"]), int(r["y"])), rel, digest) for r in rows for rel, digest in triplet_files(r)]
-    root = release.path
-    # Hashing releases the GIL: a few threads keep a disk or a page cache busy.
+    if isinstance(release, Release):
+        root = release.path
+
+        def check(rel: str, digest: str, deep: bool) -> str | None:
+            return check_file(root / rel, digest, deep)
+    else:
+        check = release.check_file
+    # Hashing and store reads release the GIL: a few threads keep a disk or a store busy.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
             tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
         problems = []
-        for problem in pool.map(lambda f: check_file(root / f[1], f[2], deep), files, chunksize=64):
+        for problem in pool.map(lambda f: check(f[1], f[2], deep), files, chunksize=64):
             problems.append(problem)
             bar.update(1)
     return [Damage(t, rel, digest, p) for (t, rel, digest), p in zip(files, problems) if p is not None]

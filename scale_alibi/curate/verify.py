@@ -7,11 +7,14 @@ release as built, or the caller is told what could not be fixed. Finding damage:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import Release, manifest_metadata, read_manifest
+from scale_alibi.contract.release import manifest_metadata
 from scale_alibi.curate.damage import Damage
+
+if TYPE_CHECKING:
+    from scale_alibi.curate.build.output import ReleaseOutput
 
 
 def build_inputs(meta: dict[str, Any]):
@@ -45,13 +48,13 @@ def build_inputs(meta: dict[str, Any]):
     return params, load_region(label), None
 
 
-def repair(release: Release, damage: list[Damage], catalog: str | None, signer: Any, progress: bool,
+def repair(output: ReleaseOutput, damage: list[Damage], catalog: str | None, signer: Any, progress: bool,
            echo: Callable[[str], None]) -> list[str]:
     """Re-cut the metatiles holding `damage` and replace the damaged files; returns what stayed damaged."""
-    from scale_alibi.curate.build import _Lock, group_metatiles, plan_tiles, recut_files
+    from scale_alibi.curate.build import group_metatiles, plan_tiles, recut_files
 
-    with _Lock(release.path / ".lock"):
-        meta = manifest_metadata(read_manifest(release.manifest_path))
+    with output.lock():
+        meta = manifest_metadata(output.read_manifest())
         params, geometry, spec = build_inputs(meta)
         catalog = catalog or str(meta.get("catalog") or "")
         if not catalog:
@@ -61,4 +64,4 @@ def repair(release: Release, damage: list[Damage], catalog: str | None, signer: 
         open_catalog(catalog)
         tiles = plan_tiles(params, geometry=geometry, spec=spec)
         metatiles = group_metatiles(tiles, params.zoom, params.metatile_levels)
-        return recut_files(release, params, metatiles, damage, catalog, signer, progress, echo)
+        return recut_files(output, params, metatiles, damage, catalog, signer, progress, echo)

@@ -105,7 +105,7 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
     """Attempt 1 of a metatile writes its done record and dies half-way through its renames; Dask's
     retry (attempt 2) dies too, before staging anything; the rerun must still give every file."""
     import scale_alibi.curate.build as build
-    import scale_alibi.curate.build.metatile as metatile  # where cut_metatile looks up commit_staging
+    import scale_alibi.curate.build.output as output  # where a local output looks up commit_staging
     import scale_alibi.curate.encode as encode
     from scale_alibi.curate.search import SearchOptions, search_items
 
@@ -120,21 +120,20 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
         commit(release_dir, metatile, {**record, "files": record["files"][: len(record["files"]) // 2]})
         raise _Lost("worker lost while renaming")
 
-    monkeypatch.setattr(metatile, "commit_staging", commit_half_then_die)
+    monkeypatch.setattr(output, "commit_staging", commit_half_then_die)
     with pytest.raises(UserError, match="1 of"):
         build_release(tmp_path, region=region, catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
-    monkeypatch.setattr(metatile, "commit_staging", commit)
+    monkeypatch.setattr(output, "commit_staging", commit)
 
     # Attempt 2, on another worker: the same task, lost before it stages its first PNG.
     def lost_before_encoding(*args, **kwargs):
         raise _Lost("worker lost while encoding")
 
     monkeypatch.setattr(encode, "encode_hwc", lost_before_encoding)
-    release_dir = tmp_path / BUILD["release"]
     tiles = [(r["x"], r["y"], r["split"]) for r in lost["rows"]]
     bbox = build.lonlat_bounds(BUILD["zoom"], tiles)
     items = [search_items(world.stac_url, layer, bbox, SearchOptions()) for layer in ("s2", "s1", "naip")]
-    job = build.MetatileJob(str(release_dir), BUILD["zoom"], lost["metatile"], tiles, 0.99, 730.0, signer="none",
+    job = build.MetatileJob(output.LocalOutput(tmp_path, BUILD["release"]), BUILD["zoom"], lost["metatile"], tiles, 0.99, 730.0, signer="none",
                             catalog=world.stac_url)
     with pytest.raises(_Lost):
         build.cut_metatile(job, *items)

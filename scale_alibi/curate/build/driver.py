@@ -4,8 +4,6 @@ manifest last."""
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -16,18 +14,17 @@ from typing import Any
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import (
     LAYERS,
-    Release,
+    MANIFEST_NAME,
     check_release_name,
     manifest_metadata,
-    read_manifest,
-    write_manifest,
 )
 from scale_alibi.curate.build.executor import _run, search_blocks
 from scale_alibi.curate.build.manifest import _manifest_table, _params_meta, _versions
 from scale_alibi.curate.build.metatile import group_metatiles
+from scale_alibi.curate.build.output import ReleaseOutput, open_output
 from scale_alibi.curate.build.params import MAX_BUILD_ZOOM, BuildParams, _check_options, plan_tiles
 from scale_alibi.curate.build.repair import _drop_damaged, recut_files
-from scale_alibi.curate.build.staging import _check_out, _clean_tmp, _confined, _Lock, _mt_name, commit_staging
+from scale_alibi.curate.build.staging import _mt_name
 from scale_alibi.curate.search import TIMEOUT_S
 
 
@@ -35,7 +32,7 @@ from scale_alibi.curate.search import TIMEOUT_S
 class BuildResult:
     """What a build produced."""
 
-    release: Release
+    location: str  # the release's directory or URL
     triplets: int
     planned: int
     metatiles: int
@@ -123,42 +120,37 @@ def build_release(
 
         parse_interval(datetime)
 
-    out = Path(out)
-    _check_out(out)
-    rel = Release(out, release)
-    _confined(rel.path, out)
-    rel.path.mkdir(parents=True, exist_ok=True)
-    _confined(rel.path / ".build", out)
-    with _Lock(rel.path / ".lock"):
-        if rel.is_finished:
-            meta = manifest_metadata(read_manifest(rel.manifest_path))
-            if meta.get("params") != _params_meta(params):
+    output = open_output(out, release)
+    output.check_writable()
+    with output.lock():
+        if output.is_finished():
+            table = _read_manifest(output)
+            if manifest_metadata(table).get("params") != _params_meta(params):
                 raise UserError(f"release {release} in {out} was built with other parameters; "
                                 "choose another --release or remove it")
-            shutil.rmtree(rel.path / ".build", ignore_errors=True)
-            _clean_tmp(rel.path, set())
-            table = read_manifest(rel.manifest_path)
+            output.finish()
+            output.clean(set())
             n = table.num_rows
             from scale_alibi.curate.damage import find_damage
 
             # Cheap: presence and the PNG end chunk (finds deleted and truncated files);
             # `curate verify` re-hashes everything.
-            damage = find_damage(rel, table, deep=False, progress=progress)
+            damage = find_damage(output, table, deep=False, progress=progress)
             if not damage:
                 echo(f"release {release} is already complete ({n} triplets): nothing to do")
-                return BuildResult(rel, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
+                return BuildResult(output.location, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
             echo(f"release {release} is complete but {len(damage)} files are missing or truncated "
                  f"(first: {damage[0].path}); re-cutting them")
             from scale_alibi.curate.search import open_catalog
 
             open_catalog(catalog)
             metatiles = group_metatiles(plan_tiles(params, geometry=geometry, spec=spec), zoom, metatile_levels)
-            left = recut_files(rel, params, metatiles, damage, catalog, signer, progress, echo)
+            left = recut_files(output, params, metatiles, damage, catalog, signer, progress, echo)
             if left:
                 raise UserError(f"{len(left)} damaged files of release {release} could not be re-cut (first: "
                                 f"{left[0]}); see `curate verify --data {out} --release {release}`")
             echo(f"release {release}: repaired {len(damage)} files; {n} triplets complete")
-            return BuildResult(rel, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
+            return BuildResult(output.location, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
 
         from scale_alibi.curate.search import open_catalog
 
@@ -168,16 +160,11 @@ def build_release(
             raise UserError("the region covers no tiles at this zoom")
         metatiles = group_metatiles(tiles, zoom, metatile_levels)
 
-        done_dir = rel.path / ".build" / "done"
-        done_dir.mkdir(parents=True, exist_ok=True)
-        records: dict[tuple, dict] = {}
-        for mt in metatiles:
-            p = done_dir / f"{_mt_name(mt)}.json"
-            if p.exists():
-                records[mt] = json.loads(p.read_bytes())
-                commit_staging(rel.path, mt, records[mt])  # finish moves a kill interrupted
-        _drop_damaged(rel, records, metatile_levels, echo)
-        _clean_tmp(rel.path, {_mt_name(mt) for mt in records})
+        records = {mt: r for mt, r in output.records().items() if mt in metatiles}
+        for mt, record in records.items():
+            output.finish_record(mt, record)  # finish moves a kill interrupted
+        _drop_damaged(output, records, metatile_levels, echo)
+        output.clean({_mt_name(mt) for mt in records})
         todo = [mt for mt in metatiles if mt not in records]
         echo(f"release {release}: {len(tiles)} tiles at z{zoom} in {len(metatiles)} metatiles "
              f"({len(records)} already done)")
@@ -191,7 +178,7 @@ def build_release(
             blocks = search_blocks(metatiles)
             # Nothing left to cut (a resumed build that had finished its metatiles): search here,
             # without starting a cluster.
-            new_records, items_by_block = _run(rel, params, metatiles, todo, blocks, catalog, opts, signer,
+            new_records, items_by_block = _run(output, params, metatiles, todo, blocks, catalog, opts, signer,
                                                scheduler if todo else "synchronous", workers, progress, echo, failures,
                                                timeout_s)
             records.update(new_records)
@@ -219,15 +206,25 @@ def build_release(
             "planned_tiles": len(tiles),
         }
         try:
-            write_manifest(_manifest_table(rows), rel.manifest_path, metadata)
+            output.write_manifest(_manifest_table(rows), metadata)
         except OSError as e:  # disk full, quota, read-only: no manifest is left half-written
-            raise UserError(f"cannot write {rel.manifest_path} ({e.strerror or e}); free space under {out} and "
-                            "rerun the same command: finished metatiles are kept, not cut again") from None
-        shutil.rmtree(rel.path / ".build", ignore_errors=True)
-        _clean_tmp(rel.path, set())
+            raise UserError(f"cannot write {output.location}/{MANIFEST_NAME} ({e.strerror or e}); free space "
+                            f"under {out} and rerun the same command: finished metatiles are kept, not cut "
+                            "again") from None
+        output.finish()
+        output.clean(set())
     dt = time.time() - t0
-    echo(f"release {release}: {len(rows)} complete triplets of {len(tiles)} planned tiles in {dt:.1f}s -> {rel.path}")
-    return BuildResult(rel, len(rows), len(tiles), len(metatiles), len(metatiles) - len(todo), seconds=dt)
+    echo(f"release {release}: {len(rows)} complete triplets of {len(tiles)} planned tiles in {dt:.1f}s -> "
+         f"{output.location}")
+    return BuildResult(output.location, len(rows), len(tiles), len(metatiles), len(metatiles) - len(todo), seconds=dt)
+
+
+def _read_manifest(output: ReleaseOutput):
+    try:
+        return output.read_manifest()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(f"the manifest of release {output.name} at {output.location} is unreadable "
+                        f"({str(e)[:120]}); remove the release and build it again") from None
 
 
 def _empty_cause(items_by_block: dict, params: BuildParams) -> str:

@@ -14,6 +14,7 @@ import mercantile
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import LAYERS
 from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile, lonlat_bounds
+from scale_alibi.curate.build.output import ReleaseOutput
 from scale_alibi.curate.build.staging import _mt_name
 from scale_alibi.curate.search import TIMEOUT_S
 
@@ -50,14 +51,14 @@ def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float) -> lis
     return search_items(catalog, layer, bbox, opts, timeout_s)
 
 
-def _run(rel, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures,
+def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures,
          timeout_s: float = TIMEOUT_S, commit: bool = True):
     """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler (`commit`: see MetatileJob)."""
     from tqdm import tqdm
 
     block_of = {mt: b for b, mts in blocks.items() for mt in mts}
     block_bbox = {b: lonlat_bounds(params.zoom, [t[:2] for mt in mts for t in metatiles[mt]]) for b, mts in blocks.items()}
-    jobs = {mt: MetatileJob(str(rel.path), params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
+    jobs = {mt: MetatileJob(output, params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
                             signer=signer, catalog=catalog, timeout_s=timeout_s, commit=commit) for mt in todo}
     records: dict = {}
     faults = _faults(on_dask=scheduler != "synchronous")

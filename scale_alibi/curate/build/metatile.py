@@ -1,20 +1,16 @@
-"""Metatiles (blocks of tiles cut together) and their task, `cut_metatile`: read, choose, encode, stage,
-commit."""
+"""Metatiles (blocks of tiles cut together) and their task, `cut_metatile`: read, choose, encode, publish."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mercantile
 
-from scale_alibi.contract.release import HIRES_CHILDREN, Release, content_hash, fsync_paths, write_bytes_atomic
+from scale_alibi.contract.release import HIRES_CHILDREN, content_hash, tile_name
 from scale_alibi.curate.build.choose import _choose, _describe
-from scale_alibi.curate.build.staging import _confined, _dirs_up_to, _mt_name, commit_staging
+from scale_alibi.curate.build.output import ReleaseOutput
 from scale_alibi.curate.search import TIMEOUT_S
 
 
@@ -39,9 +35,9 @@ def lonlat_bounds(z: int, tiles: Iterable[tuple]) -> tuple[float, float, float, 
 
 @dataclass
 class MetatileJob:
-    """One task's input: a metatile's tiles and where to stage its output (plain data: picklable)."""
+    """One task's input: a metatile's tiles and where its output goes (plain data: picklable)."""
 
-    release_dir: str
+    output: ReleaseOutput
     z: int
     metatile: tuple[int, int, int]
     tiles: list[tuple[int, int, str]]
@@ -64,8 +60,8 @@ def _tile_lonlat(z: int, x: int, y: int):
 def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: list) -> dict:
     """Cut, validate, encode and stage every complete triplet of one metatile; returns its done record.
 
-    Pure in its inputs (items and job); its only effect is writing the metatile's staging
-    directory and done record under `job.release_dir/.build`."""
+    Pure in its inputs (items and job); its only effect is writing the metatile's files and done
+    record through `job.output`."""
     from scale_alibi.curate.encode import encode_hwc
     from scale_alibi.curate.reader import gdal_env, read_window
     from scale_alibi.curate.search import resolve_signer
@@ -108,49 +104,34 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             chosen[layer] = _choose(layer, have, ranked, lambda ts: block_grid(z, ts), read, job.min_valid)
             have = [t for t in have if t in chosen[layer]]
 
-    release = Release(Path(job.release_dir).parent, Path(job.release_dir).name)
-    release_dir = Path(job.release_dir)
-    staging = _confined(release_dir / ".build" / "staging" / _mt_name(job.metatile), release_dir.parent)
-    done = _confined(release_dir / ".build" / "done" / f"{_mt_name(job.metatile)}.json", release_dir.parent)
-    # A retry (Dask reruns a lost worker's task) replaces an earlier attempt's staging: drop that
-    # attempt's done record first, or a rerun would trust it over files this attempt removed.
-    done.unlink(missing_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    rows, files = [], []
+    output = job.output
+    output.begin(job.metatile)
+    rows, files = [], {}
     for t in have:
         x, y = t
         row: dict[str, Any] = {"z": z, "x": x, "y": y, "split": split[t]}
-        pngs: dict[Path, bytes] = {}
         for layer in ("s1", "s2"):
             g, data, frac = chosen[layer][t]
             png = encode_hwc(layer, data)
-            pngs[release.tile_path(layer, z, x, y)] = png
+            files[tile_name(layer, z, x, y)] = png
             row[f"hash_{layer}"] = content_hash(png)
             _describe(row, layer, g, frac, footprints[t])
         g, hires, frac = naip[t]
         png = encode_hwc("naip", box_down2(hires))
-        pngs[release.tile_path("naip", z, x, y)] = png
+        files[tile_name("naip", z, x, y)] = png
         row["hash_naip"] = content_hash(png)
         hashes = []
         for dx, dy in HIRES_CHILDREN:
             child = hires[dy * 256:(dy + 1) * 256, dx * 256:(dx + 1) * 256]
             png = encode_hwc("naip", child)
-            pngs[release.tile_path("naip", z + 1, 2 * x + dx, 2 * y + dy)] = png
+            files[tile_name("naip", z + 1, 2 * x + dx, 2 * y + dy)] = png
             hashes.append(content_hash(png))
         row["hash_naip_hires"] = hashes
         _describe(row, "naip", g, frac, footprints[t])
-        for path, data in pngs.items():
-            rel = path.relative_to(release.path)
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)  # private until the done record below commits it
-            files.append(str(rel))
         rows.append(row)
-    staged = [staging / f for f in files]
-    fsync_paths([*staged, *_dirs_up_to(staged, staging.parent)])  # durable before the record names them
-    record = {"metatile": list(job.metatile), "rows": rows, "files": files}
-    if not job.commit:
-        return record
-    write_bytes_atomic(done, json.dumps(record, sort_keys=True).encode())
-    commit_staging(release_dir, job.metatile, record)
+    record = {"metatile": list(job.metatile), "rows": rows, "files": list(files)}
+    if job.commit:
+        output.publish(job.metatile, files, record)
+    else:
+        output.stage(job.metatile, files)
     return record
