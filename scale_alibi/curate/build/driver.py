@@ -112,7 +112,7 @@ def build_release(
                    heldout_fraction=heldout_fraction, metatile_levels=metatile_levels, split_levels=split_levels,
                    workers=workers, timeout_s=timeout_s)
     params = BuildParams(release=release, zoom=zoom, region=region_label, datetime=datetime, max_cloud=max_cloud,
-                         naip_years=tuple(naip_years) if naip_years else None, max_gap_days=max_gap_days,
+                         naip_years=(naip_years[0], naip_years[1]) if naip_years else None, max_gap_days=max_gap_days,
                          min_valid=min_valid, metatile_levels=metatile_levels, heldout_fraction=heldout_fraction,
                          split_levels=split_levels)
     if datetime:

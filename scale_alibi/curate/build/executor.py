@@ -128,9 +128,9 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
             bar.update(1)
         bar.close()
         items = {}
-        for (b, _layer), f in search_f.items():
+        for (b, _layer), search in search_f.items():
             try:
-                items.setdefault(b, []).extend(f.result())
+                items.setdefault(b, []).extend(search.result())
             except UserError:
                 raise
             except Exception as e:

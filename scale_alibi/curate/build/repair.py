@@ -23,7 +23,8 @@ def recut_files(output: ReleaseOutput, params: BuildParams, metatiles: dict, dam
 
     wanted: dict[tuple, list] = {}
     for d in damage:
-        wanted.setdefault(metatile_key(*d.triplet, params.metatile_levels), []).append(d)
+        z, x, y = d.triplet
+        wanted.setdefault(metatile_key(z, x, y, params.metatile_levels), []).append(d)
     unplanned = [d for mt, ds in wanted.items() if mt not in metatiles for d in ds]
     todo = [mt for mt in metatiles if mt in wanted]
     # Whole blocks, as the build searched them: the same search bbox gives the same items.
@@ -59,7 +60,7 @@ def _drop_damaged(output: ReleaseOutput, records: dict, levels: int, echo: Calla
     from scale_alibi.curate.damage import find_damage
 
     damage = find_damage(output, [row for r in records.values() for row in r["rows"]], deep=output.resume_check_deep)
-    bad = sorted({metatile_key(*d.triplet, levels) for d in damage})
+    bad = sorted({metatile_key(z, x, y, levels) for d in damage for z, x, y in [d.triplet]})
     if bad:
         echo(f"release {output.name}: {len(damage)} files of {len(bad)} done metatiles are missing or damaged "
              f"(first: {damage[0].path}: {damage[0].problem}); cutting those metatiles again")
