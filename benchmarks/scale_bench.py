@@ -294,26 +294,32 @@ def conus_graph(region: str, zoom: int) -> dict:
             "max_tiles_per_metatile": max(len(v) for v in metatiles.values())}
 
 
+def manifest_row(i: int, hexes: list[str]) -> dict:
+    """Manifest row `i` shaped as cut_metatile returns it (scale_alibi/curate/build/choose.py `_describe`),
+    its seven hashes from `hexes[7 i: 7 i + 7]`; row i lies in column 6000 + i // 8 of a z15 block."""
+    h = hexes[7 * i: 7 * i + 7]
+    return {"z": 15, "x": 6000 + i // 8, "y": 12000 + i % 8, "split": "train", "hash_s1": h[0], "hash_s2": h[1],
+            "hash_naip": h[2], "hash_naip_hires": h[3:7],
+            "s2_group": "s2/2023-06-05", "s2_items": [f"S2A_MSIL2A_20230605T172901_R055_T13SGV_{i:08d}"],
+            "s2_datetime": "2023-06-05T17:29:01+00:00", "s2_valid": 1.0, "s2_cloud_cover": 3.2,
+            "s1_group": "s1/2023-06-07/ascending/78", "s1_items": [f"S1A_IW_GRDH_1SDV_20230607T004512_{i:08d}"],
+            "s1_datetime": "2023-06-07T00:45:12+00:00", "s1_valid": 1.0, "s1_orbit_state": "ascending",
+            "s1_relative_orbit": 78, "naip_group": "naip/2022/tx", "naip_items": [f"tx_m_3510101_ne_14_060_{i:08d}"],
+            "naip_datetime": "2022-08-01T00:00:00+00:00", "naip_valid": 1.0, "naip_year": "2022"}
+
+
+def hex_strings(n: int, seed: int = 3) -> list[str]:
+    """n distinct sha256-shaped hex strings."""
+    return [h.decode() for h in _hex_hashes(np.random.default_rng(seed), n)]
+
+
 def row_bytes(rows: int = 64_000) -> float:
-    """Python bytes per manifest row as the driver holds them: rows shaped as cut_metatile returns
-    them (scale_alibi/curate/build/choose.py `_describe`), unpickled one 64-row metatile at a time as results arrive."""
+    """Python bytes per manifest row held as objects, unpickled one 64-row metatile at a time as results
+    arrive: what a driver that kept every row until the end would hold (see benchmarks/manifest_bench.py)."""
     import tracemalloc
 
-    rng = np.random.default_rng(3)
-    hexes = [h.decode() for h in _hex_hashes(rng, rows * 7)]
-
-    def row(i: int) -> dict:
-        h = hexes[7 * i: 7 * i + 7]
-        return {"z": 15, "x": 6000 + i // 8, "y": 12000 + i % 8, "split": "train", "hash_s1": h[0], "hash_s2": h[1],
-                "hash_naip": h[2], "hash_naip_hires": h[3:7],
-                "s2_group": "s2/2023-06-05", "s2_items": [f"S2A_MSIL2A_20230605T172901_R055_T13SGV_{i:08d}"],
-                "s2_datetime": "2023-06-05T17:29:01+00:00", "s2_valid": 1.0, "s2_cloud_cover": 3.2,
-                "s1_group": "s1/2023-06-07/ascending/78", "s1_items": [f"S1A_IW_GRDH_1SDV_20230607T004512_{i:08d}"],
-                "s1_datetime": "2023-06-07T00:45:12+00:00", "s1_valid": 1.0, "s1_orbit_state": "ascending",
-                "s1_relative_orbit": 78, "naip_group": "naip/2022/tx", "naip_items": [f"tx_m_3510101_ne_14_060_{i:08d}"],
-                "naip_datetime": "2022-08-01T00:00:00+00:00", "naip_valid": 1.0, "naip_year": "2022"}
-
-    blobs = [pickle.dumps([row(i) for i in range(k, k + 64)]) for k in range(0, rows, 64)]
+    hexes = hex_strings(rows * 7)
+    blobs = [pickle.dumps([manifest_row(i, hexes) for i in range(k, k + 64)]) for k in range(0, rows, 64)]
     tracemalloc.start()
     held = [r for blob in blobs for r in pickle.loads(blob)]
     size = tracemalloc.get_traced_memory()[0]
@@ -386,8 +392,9 @@ def main() -> None:
               f"{(g['peak_rss'] - g['base_rss']) / g['tiles'] * 1e6 / 2**20:,.0f} MiB per million tiles")
         print(f"  planning {g['plan_s']:.1f}s, graph ready {g['seconds']:.1f}s")
         rows_gib = g["row_bytes"] * g["tiles"] / 2**30
-        print(f"  manifest rows held by the driver until it writes the manifest: {g['row_bytes']:,.0f} B per row "
-              f"(64,000 rows measured) -> {rows_gib:,.1f} GiB if every planned tile became a triplet")
+        print(f"  manifest rows, were a driver to hold them all until the end: {g['row_bytes']:,.0f} B per row "
+              f"(64,000 rows measured) -> {rows_gib:,.1f} GiB if every planned tile became a triplet; the build "
+              "streams them from its done records instead (benchmarks/manifest_bench.py)")
 
 
 if __name__ == "__main__":

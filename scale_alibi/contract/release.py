@@ -13,6 +13,7 @@ A release without ``manifest.parquet`` is unfinished: it is never served or trai
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -207,18 +208,55 @@ def write_manifest(table: pa.Table, path: Path, metadata: dict[str, object]) -> 
     write_bytes_atomic(Path(path), manifest_bytes(table, metadata))
 
 
-def manifest_bytes(table: pa.Table, metadata: dict[str, object]) -> bytes:
-    """A validated manifest as Parquet bytes: rows sorted by (z, x, y), `metadata` as JSON in its key-value metadata."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+MANIFEST_ROW_GROUP = 65_536  # rows per Parquet row group: few groups for a reader, bounded memory for a writer
+
+
+def manifest_schema(schema: pa.Schema, metadata: dict[str, object]) -> pa.Schema:
+    """`schema` checked for the REQUIRED_COLUMNS, with `metadata` as JSON in its key-value metadata."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     if missing:
         raise ValueError(f"manifest lacks required columns {missing}")
-    table = table.sort_by([("z", "ascending"), ("x", "ascending"), ("y", "ascending")])
-    kv = dict(table.schema.metadata or {})
+    kv = dict(schema.metadata or {})
     kv[b"scale_alibi"] = json.dumps(metadata, sort_keys=True, default=str).encode()
-    table = table.replace_schema_metadata(kv)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
+    return schema.with_metadata(kv)
+
+
+def write_manifest_batches(sink: BinaryIO, batches: Iterable[pa.Table], schema: pa.Schema,
+                           metadata: dict[str, object]) -> int:
+    """Write a manifest to `sink` from `batches` that come in (z, x, y) order (checked: a manifest is
+    sorted); memory is one row group, not the whole manifest. Returns the number of rows."""
+    schema = manifest_schema(schema, metadata)
+    rows, last = 0, None
+    pending: list[pa.Table] = []
+    with pq.ParquetWriter(sink, schema) as writer:
+        def flush() -> None:
+            if pending:
+                writer.write_table(pa.concat_tables(pending).replace_schema_metadata(schema.metadata))
+                pending.clear()
+
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            keys = list(zip(*(batch.column(c).to_pylist() for c in ("z", "x", "y"))))
+            if last is not None:
+                keys.insert(0, last)
+            if any(a >= b for a, b in zip(keys, keys[1:])):
+                raise ValueError("manifest batches are not in strictly increasing (z, x, y) order")
+            last = keys[-1]
+            pending.append(batch)
+            rows += batch.num_rows
+            if sum(t.num_rows for t in pending) >= MANIFEST_ROW_GROUP:
+                flush()
+        flush()
+    return rows
+
+
+def manifest_bytes(table: pa.Table, metadata: dict[str, object]) -> bytes:
+    """A validated manifest as Parquet bytes: rows sorted by (z, x, y), `metadata` as JSON in its key-value metadata."""
+    table = table.sort_by([("z", "ascending"), ("x", "ascending"), ("y", "ascending")])
+    sink = io.BytesIO()
+    write_manifest_batches(sink, [table], table.schema, metadata)
+    return sink.getvalue()
 
 
 def read_manifest(path: Path) -> pa.Table:

@@ -19,11 +19,11 @@ from scale_alibi.contract.release import (
     manifest_metadata,
 )
 from scale_alibi.curate.build.executor import _run, search_blocks
-from scale_alibi.curate.build.manifest import _manifest_table, _params_meta, _versions
+from scale_alibi.curate.build.manifest import _params_meta, _versions, manifest_batches, manifest_columns
 from scale_alibi.curate.build.metatile import group_metatiles
 from scale_alibi.curate.build.output import ReleaseOutput, open_output
 from scale_alibi.curate.build.params import MAX_BUILD_ZOOM, BuildParams, _check_options, plan_tiles
-from scale_alibi.curate.build.repair import _drop_damaged, recut_files
+from scale_alibi.curate.build.repair import recut_files, resume_done
 from scale_alibi.curate.build.staging import _mt_name
 from scale_alibi.curate.search import TIMEOUT_S
 
@@ -160,14 +160,11 @@ def build_release(
             raise UserError("the region covers no tiles at this zoom")
         metatiles = group_metatiles(tiles, zoom, metatile_levels)
 
-        records = {mt: r for mt, r in output.records().items() if mt in metatiles}
-        for mt, record in records.items():
-            output.finish_record(mt, record)  # finish moves a kill interrupted
-        _drop_damaged(output, records, metatile_levels, echo)
-        output.clean({_mt_name(mt) for mt in records})
-        todo = [mt for mt in metatiles if mt not in records]
+        done = resume_done(output, [mt for mt in output.done_metatiles() if mt in metatiles], metatile_levels, echo)
+        output.clean({_mt_name(mt) for mt in done})
+        todo = [mt for mt in metatiles if mt not in done]
         echo(f"release {release}: {len(tiles)} tiles at z{zoom} in {len(metatiles)} metatiles "
-             f"({len(records)} already done)")
+             f"({len(done)} already done)")
 
         failures: list[str] = []
         items_by_block: dict = {}
@@ -178,19 +175,19 @@ def build_release(
             blocks = search_blocks(metatiles)
             # Nothing left to cut (a resumed build that had finished its metatiles): search here,
             # without starting a cluster.
-            new_records, items_by_block = _run(output, params, metatiles, todo, blocks, catalog, opts, signer,
-                                               scheduler if todo else "synchronous", workers, progress, echo, failures,
-                                               timeout_s)
-            records.update(new_records)
+            cut, items_by_block = _run(output, params, metatiles, todo, blocks, catalog, opts, signer,
+                                       scheduler if todo else "synchronous", workers, progress, echo, failures,
+                                       timeout_s)
+            done.update(cut)
         if failures:
             raise UserError(f"{len(failures)} of {len(metatiles)} metatiles failed after retries "
                             f"(first: {failures[0]}); rerun the same command to resume")
 
-        rows = [row for mt in metatiles for row in records[mt]["rows"]]
-        if not rows and not allow_empty:
+        triplets = sum(summary.rows for summary in done.values())
+        if not triplets and not allow_empty:
             raise UserError(f"no tile of release {release} has a complete triplet: "
                             f"{_empty_cause(items_by_block, params)}; pass --allow-empty to seal an empty release anyway")
-        used = {i for row in rows for layer in ("s1", "s2", "naip") for i in row[f"{layer}_items"]}
+        used = set().union(*(summary.items for summary in done.values()))
         items_meta = {}
         for items in items_by_block.values():
             for it in items:
@@ -206,7 +203,8 @@ def build_release(
             "planned_tiles": len(tiles),
         }
         try:
-            output.write_manifest(_manifest_table(rows), metadata)
+            output.write_manifest(manifest_batches(output, [mt for mt in metatiles if done[mt].rows]),
+                                  manifest_columns(), metadata)
         except OSError as e:  # disk full, quota, read-only: no manifest is left half-written
             raise UserError(f"cannot write {output.location}/{MANIFEST_NAME} ({e.strerror or e}); free space "
                             f"under {out} and rerun the same command: finished metatiles are kept, not cut "
@@ -214,9 +212,9 @@ def build_release(
         output.finish()
         output.clean(set())
     dt = time.time() - t0
-    echo(f"release {release}: {len(rows)} complete triplets of {len(tiles)} planned tiles in {dt:.1f}s -> "
+    echo(f"release {release}: {triplets} complete triplets of {len(tiles)} planned tiles in {dt:.1f}s -> "
          f"{output.location}")
-    return BuildResult(output.location, len(rows), len(tiles), len(metatiles), len(metatiles) - len(todo), seconds=dt)
+    return BuildResult(output.location, triplets, len(tiles), len(metatiles), len(metatiles) - len(todo), seconds=dt)
 
 
 def _read_manifest(output: ReleaseOutput):

@@ -13,6 +13,7 @@ import mercantile
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import LAYERS
+from scale_alibi.curate.build.manifest import MetatileSummary, summarize
 from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile, lonlat_bounds
 from scale_alibi.curate.build.output import ReleaseOutput
 from scale_alibi.curate.build.staging import _mt_name
@@ -45,6 +46,11 @@ def _faults(on_dask: bool) -> tuple[type[BaseException], ...]:
     return TransientError, RasterioIOError, OSError
 
 
+def _item_meta(item: dict) -> dict:
+    """What the driver keeps of a searched item: what the manifest records and what explains an empty build."""
+    return {key: item.get(key) for key in ("id", "collection", "datetime", "updated", "layer")}
+
+
 def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float) -> list:
     from scale_alibi.curate.search import search_items
 
@@ -53,14 +59,15 @@ def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float) -> lis
 
 def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures,
          timeout_s: float = TIMEOUT_S, commit: bool = True):
-    """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler (`commit`: see MetatileJob)."""
+    """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler (`commit`: see MetatileJob).
+    Returns ({metatile: MetatileSummary} of the metatiles cut, {search block: items found (_item_meta)})."""
     from tqdm import tqdm
 
     block_of = {mt: b for b, mts in blocks.items() for mt in mts}
     block_bbox = {b: lonlat_bounds(params.zoom, [t[:2] for mt in mts for t in metatiles[mt]]) for b, mts in blocks.items()}
     jobs = {mt: MetatileJob(output, params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
                             signer=signer, catalog=catalog, timeout_s=timeout_s, commit=commit) for mt in todo}
-    records: dict = {}
+    records: dict[tuple[int, int, int], MetatileSummary] = {}
     faults = _faults(on_dask=scheduler != "synchronous")
 
     def new_bar():
@@ -75,12 +82,13 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
         for mt in todo:
             b = block_of[mt]
             try:
-                records[mt] = cut_metatile(jobs[mt], items[(b, "s2")], items[(b, "s1")], items[(b, "naip")])
+                records[mt] = summarize(cut_metatile(jobs[mt], items[(b, "s2")], items[(b, "s1")], items[(b, "naip")]))
             except faults as e:  # a scene kept failing: report, keep going, resume on rerun
                 failures.append(f"metatile {_mt_name(mt)}: {str(e)[:200]}")
             bar.update(1)
         bar.close()
-        return records, {b: items[(b, "s2")] + items[(b, "s1")] + items[(b, "naip")] for b in blocks}
+        return records, {b: [_item_meta(it) for layer in ("s2", "s1", "naip") for it in items[(b, layer)]]
+                         for b in blocks}
 
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -122,7 +130,7 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
         for f in as_completed(list(futures)):
             mt = futures[f]
             try:
-                records[mt] = f.result()
+                records[mt] = summarize(f.result())
             except faults as e:
                 failures.append(f"metatile {_mt_name(mt)}: {str(e)[:200]}")
             bar.update(1)
@@ -130,7 +138,7 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
         items = {}
         for (b, _layer), search in search_f.items():
             try:
-                items.setdefault(b, []).extend(search.result())
+                items.setdefault(b, []).extend(_item_meta(it) for it in search.result())
             except UserError:
                 raise
             except Exception as e:

@@ -23,10 +23,11 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -40,9 +41,10 @@ from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import (
     MANIFEST_NAME,
     Release,
+    atomic_file,
     fsync_paths,
-    manifest_bytes,
     write_bytes_atomic,
+    write_manifest_batches,
 )
 from scale_alibi.contract.storage import is_remote, join, local_path, remote_filesystem
 from scale_alibi.curate.build.staging import (
@@ -57,6 +59,15 @@ from scale_alibi.curate.build.staging import (
 
 Metatile = tuple[int, int, int]
 BUILD_DIR = ".build"  # the build's working state inside the release; removed once the manifest exists
+
+
+def _metatile_of(name: str) -> Metatile | None:
+    """The metatile a done record's file name stands for (None: not a record's name)."""
+    try:
+        k, x, y = (int(v) for v in name.removesuffix(".json").split("-"))
+    except ValueError:
+        return None
+    return k, x, y
 
 
 def _record_name(mt: Metatile) -> str:
@@ -81,6 +92,10 @@ class ReleaseOutput(ABC):
     @abstractmethod
     def read(self, rel: str) -> bytes | None:
         """The bytes of `rel`, or None when it does not exist."""
+
+    @abstractmethod
+    def read_size(self, rel: str) -> int | None:
+        """The size of file `rel` in bytes, or None when it does not exist."""
 
     @abstractmethod
     def write(self, rel: str, data: bytes) -> None:
@@ -131,32 +146,26 @@ class ReleaseOutput(ABC):
     def is_finished(self) -> bool:
         return self.read_size(MANIFEST_NAME) is not None
 
-    def read_size(self, rel: str) -> int | None:
-        data = self.read(rel)
-        return None if data is None else len(data)
-
     def read_manifest(self) -> pa.Table:
         data = self.read(MANIFEST_NAME)
         if data is None:
             raise FileNotFoundError(f"{self.location}/{MANIFEST_NAME}")
         return pq.read_table(pa.BufferReader(data))
 
-    def write_manifest(self, table: pa.Table, metadata: dict[str, object]) -> None:
-        """Validate and write the manifest: the last write of a build, which makes the release exist."""
-        self.write(MANIFEST_NAME, manifest_bytes(table, metadata))
+    @abstractmethod
+    def write_manifest(self, batches: Iterable[pa.Table], schema: pa.Schema, metadata: dict[str, object]) -> int:
+        """Write the manifest from `batches` in (z, x, y) order (contract.release.write_manifest_batches),
+        in one piece: the last write of a build, which makes the release exist. Returns its rows."""
 
-    def records(self) -> dict[Metatile, dict]:
-        """Done records of metatiles, keyed by metatile."""
-        out = {}
-        for name in self.names(f"{BUILD_DIR}/done"):
-            if not name.endswith(".json"):
-                continue
-            data = self.read(f"{BUILD_DIR}/done/{name}")
-            if data is None:
-                continue
-            record = json.loads(data)
-            out[tuple(record["metatile"])] = record
-        return out
+    def done_metatiles(self) -> list[Metatile]:
+        """Metatiles that have a done record."""
+        found = (_metatile_of(name) for name in self.names(f"{BUILD_DIR}/done") if name.endswith(".json"))
+        return [mt for mt in found if mt is not None]
+
+    def read_record(self, mt: Metatile) -> dict | None:
+        """The done record of `mt` (its manifest rows and files), or None."""
+        data = self.read(_record_name(mt))
+        return None if data is None else json.loads(data)
 
     def write_record(self, mt: Metatile, record: dict) -> None:
         self.write(_record_name(mt), json.dumps(record, sort_keys=True).encode())
@@ -230,6 +239,10 @@ class LocalOutput(ReleaseOutput):
 
     def lock(self) -> AbstractContextManager[Any]:
         return _Lock(self.path / ".lock")
+
+    def write_manifest(self, batches: Iterable[pa.Table], schema: pa.Schema, metadata: dict[str, object]) -> int:
+        with atomic_file(self._file(MANIFEST_NAME)) as f:
+            return write_manifest_batches(f, batches, schema, metadata)
 
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
         from scale_alibi.curate.damage import check_file
@@ -344,6 +357,16 @@ class ObjectOutput(ReleaseOutput):
 
     def lock(self) -> AbstractContextManager[Any]:
         return _lease(self)
+
+    def write_manifest(self, batches: Iterable[pa.Table], schema: pa.Schema, metadata: dict[str, object]) -> int:
+        # Written to a local file first: a store's multipart upload would make a half-written
+        # manifest public if the writer failed; put_file publishes it only once it is whole.
+        with tempfile.TemporaryDirectory(prefix="scale-alibi-manifest-") as tmp:
+            local = Path(tmp) / MANIFEST_NAME
+            with open(local, "wb") as f:
+                rows = write_manifest_batches(f, batches, schema, metadata)
+            self.fs.put_file(str(local), self._key(MANIFEST_NAME))
+        return rows
 
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
         from scale_alibi.curate.damage import PNG_END

@@ -1,15 +1,17 @@
-"""Repair of damaged files: re-cut the metatiles holding them, and forget done metatiles whose committed
-files were damaged before a resume."""
+"""Repair of damaged files: re-cut the metatiles holding them; and the resume check, which forgets done
+metatiles whose committed files were damaged since."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from scale_alibi.contract.release import content_hash
 from scale_alibi.curate.build.executor import _run, search_blocks
+from scale_alibi.curate.build.manifest import MetatileSummary, summarize
 from scale_alibi.curate.build.metatile import metatile_key
-from scale_alibi.curate.build.output import ReleaseOutput
+from scale_alibi.curate.build.output import Metatile, ReleaseOutput
 from scale_alibi.curate.build.params import BuildParams
 from scale_alibi.curate.build.staging import _mt_name
 
@@ -54,16 +56,32 @@ def recut_files(output: ReleaseOutput, params: BuildParams, metatiles: dict, dam
         output.finish()
 
 
-def _drop_damaged(output: ReleaseOutput, records: dict, levels: int, echo: Callable[[str], None]) -> None:
-    """Check the committed files of done metatiles (output.resume_check_deep); forget (and re-cut) those
-    with a damaged file."""
+def resume_done(output: ReleaseOutput, metatiles: Iterable[Metatile], levels: int,
+                echo: Callable[[str], None]) -> dict[Metatile, MetatileSummary]:
+    """Summaries of the planned metatiles whose done record a resumed build can trust: each record's
+    interrupted renames are finished and its files checked (output.resume_check_deep); a metatile
+    with a damaged file is forgotten, so it is cut again. Records are read a few at a time, never all."""
     from scale_alibi.curate.damage import find_damage
 
-    damage = find_damage(output, [row for r in records.values() for row in r["rows"]], deep=output.resume_check_deep)
-    bad = sorted({metatile_key(z, x, y, levels) for d in damage for z, x, y in [d.triplet]})
+    def check(mt: Metatile):
+        record = output.read_record(mt)
+        if record is None:
+            return mt, None, []
+        output.finish_record(mt, record)  # finish moves a kill interrupted
+        return mt, summarize(record), find_damage(output, record["rows"], deep=output.resume_check_deep)
+
+    trusted: dict[Metatile, MetatileSummary] = {}
+    bad, damaged = [], []
+    with ThreadPoolExecutor(4) as pool:
+        for mt, summary, damage in pool.map(check, [mt for mt in metatiles]):
+            if damage:
+                bad.append(mt)
+                damaged.extend(damage)
+            elif summary is not None:
+                trusted[mt] = summary
     if bad:
-        echo(f"release {output.name}: {len(damage)} files of {len(bad)} done metatiles are missing or damaged "
-             f"(first: {damage[0].path}: {damage[0].problem}); cutting those metatiles again")
+        echo(f"release {output.name}: {len(damaged)} files of {len(bad)} done metatiles are missing or damaged "
+             f"(first: {damaged[0].path}: {damaged[0].problem}); cutting those metatiles again")
     for mt in bad:
         output.forget(mt)
-        del records[mt]
+    return trusted
