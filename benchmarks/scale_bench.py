@@ -152,7 +152,7 @@ def loader_rows(rel: ScaleRelease, triplets: int) -> np.ndarray:
     reach = triplets // LOADER_WORKERS + 3 * BATCH + shuffle + prefetch + 2 * SHARD_SIZE
     shards: set[int] = set()
     for w in range(LOADER_WORKERS):
-        order = plan.worker_order(0, w)
+        order = list(plan.worker_order(0, w))
         last = max(s for s, _ in order[:reach])
         mine = sorted({s for s, _ in order})
         shards.update(s for s in mine[: mine.index(last) + 3])

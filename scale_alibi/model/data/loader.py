@@ -19,8 +19,8 @@ Use (the trainer wraps this in `scale_alibi.model.train.data.StreamSource`)::
     for batch in make_loader(ds, ...): ...   # continues with exactly the batch that came next
 
 **Order.** Which shards each rank and DataLoader worker reads, and the order in which a worker's
-shuffle buffer yields their samples, is `scale_alibi.model.data.order`: a pure function computed up
-front (`ShardPlan.worker_order`), so a worker only holds back samples that are not yet due (at most
+shuffle buffer yields their samples, is `scale_alibi.model.data.order`: a pure function, computed lazily
+as samples are due (`ShardPlan.worker_order`), so a worker only holds back samples that are not yet due (at most
 ``shuffle_buffer`` of them, plus ``prefetch`` parsed ones in flight). The DataLoader takes batches
 round-robin from its workers, skipping exhausted ones; that is deterministic too, so the whole batch
 sequence is a function of (seed, epoch, world_size, num_workers).
@@ -59,6 +59,7 @@ host->GPU copy (4x fewer bytes than float32); `Normalize` (``curate stats`` ->
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import threading
@@ -165,14 +166,17 @@ class TripletStream(IterableDataset):
         worker = (physical + rotate) % num_workers
         if self._resume is not None:
             consumed = self._resume["consumed"][worker]
-        order = self.plan(num_workers).worker_order(self.rank, worker)[consumed:]
-        yield from self._yield_in_order(order, worker)
+        plan = self.plan(num_workers)
+        order = plan.worker_order(self.rank, worker)
+        done = set(itertools.islice(order, consumed))  # yielded before the state was saved: skipped
+        yield from self._yield_in_order(order, plan.worker_shards(self.rank, worker), done, worker)
 
     def _shard_params(self) -> dict[str, Any]:
         return {"shard_size": self.shard_size, "seed": self.seed, "epoch": self.epoch, "split": self.split}
 
-    def _fetch(self, order: list[tuple[int, int]], out: queue.Queue, stop: threading.Event) -> None:
-        """Background thread: stream the needed part of each shard, in shard order, into the bounded queue."""
+    def _fetch(self, shards: list[int], done: set[tuple[int, int]], out: queue.Queue, stop: threading.Event) -> None:
+        """Background thread: stream each of `shards` in order, from its first sample not in `done`,
+        into the bounded queue (samples in `done` are skipped)."""
 
         def put(item: object) -> bool:
             while not stop.is_set():
@@ -184,14 +188,13 @@ class TripletStream(IterableDataset):
             return False
 
         try:
-            first: dict[int, int] = {}
-            needed = set(order)
-            for s, o in order:
-                first[s] = min(o, first.get(s, o))
-            for s in sorted(first):
+            for s in shards:
                 expected = shard_length(self.n, self.shard_size, s)
-                for offset, key, members in self.client.stream_shard(self.release, s, self._shard_params(), expected, start=first[s]):
-                    if (s, offset) not in needed:
+                start = next((o for o in range(expected) if (s, o) not in done), None)
+                if start is None:
+                    continue  # wholly consumed before a resume
+                for offset, key, members in self.client.stream_shard(self.release, s, self._shard_params(), expected, start=start):
+                    if (s, offset) in done:
                         continue  # consumed before a resume; only re-read because it sits between needed ones
                     if not put(((s, offset), key, members)):
                         return
@@ -199,12 +202,17 @@ class TripletStream(IterableDataset):
         except BaseException as exc:  # hand every failure to the consuming thread
             put(exc)
 
-    def _yield_in_order(self, order: list[tuple[int, int]], worker: int) -> Iterator[dict[str, Any]]:
-        if not order:
+    def _yield_in_order(self, order: Iterator[tuple[int, int]], shards: list[int], done: set[tuple[int, int]],
+                        worker: int) -> Iterator[dict[str, Any]]:
+        """The samples of `order` (the rest of the worker's epoch), fetched from `shards` minus `done`."""
+        first = next(order, None)
+        if first is None:
             return
+        order = itertools.chain([first], order)
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
-        thread = threading.Thread(target=self._fetch, args=(order, q, stop), daemon=True, name=f"shard-fetch-{worker}")
+        thread = threading.Thread(target=self._fetch, args=(shards, done, q, stop), daemon=True,
+                                  name=f"shard-fetch-{worker}")
         thread.start()
         held: dict[tuple[int, int], tuple[str, dict[str, bytes]]] = {}
         try:

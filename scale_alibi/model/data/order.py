@@ -12,7 +12,7 @@ share does not depend on the worker count. The shuffle buffer's random choices d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,22 +35,23 @@ def worker_shards(num_shards: int, rank: int, world_size: int, worker: int, num_
     return rank_shards(num_shards, rank, world_size)[worker::num_workers]
 
 
-def buffer_order(positions: Sequence[tuple[int, int]], buffer_size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """The output order of a shuffle buffer fed `positions` in order (fill, then emit a random slot and refill)."""
+def buffer_order(positions: Iterable[tuple[int, int]], buffer_size: int,
+                 rng: np.random.Generator) -> Iterator[tuple[int, int]]:
+    """The output order of a shuffle buffer fed `positions` in order (fill, then emit a random slot and
+    refill), lazily: the first sample is known after `buffer_size` inputs, not after the whole epoch."""
     if buffer_size <= 1:
-        return list(positions)
+        yield from positions
+        return
     buf: list[tuple[int, int]] = []
-    out: list[tuple[int, int]] = []
     for pos in positions:
         if len(buf) < buffer_size:
             buf.append(pos)
             continue
         j = int(rng.integers(len(buf)))
-        out.append(buf[j])
+        yield buf[j]
         buf[j] = pos
     rng.shuffle(buf)  # drain the rest in random order
-    out.extend(buf)
-    return out
+    yield from buf
 
 
 @dataclass(frozen=True)
@@ -73,16 +74,21 @@ class ShardPlan:
     def total_workers(self) -> int:
         return self.world_size * self.num_workers
 
-    def worker_order(self, rank: int, worker: int) -> list[tuple[int, int]]:
-        """(shard, offset) of every sample that logical `worker` of `rank` yields, in yield order."""
+    def worker_order(self, rank: int, worker: int) -> Iterator[tuple[int, int]]:
+        """(shard, offset) of every sample that logical `worker` of `rank` yields, in yield order, lazily
+        (an epoch of a 10^6-triplet release is not walked before the first sample)."""
         g = rank * self.num_workers + worker
-        positions = [
+        positions = (
             (s, o)
-            for s in worker_shards(self.num_shards, rank, self.world_size, worker, self.num_workers)
+            for s in self.worker_shards(rank, worker)
             for o in range(shard_length(self.n, self.shard_size, s))
-        ]
+        )
         rng = np.random.default_rng([int(self.seed), int(self.epoch), g, 0x5A11B1])
         return buffer_order(positions, self.shuffle_buffer, rng)
+
+    def worker_shards(self, rank: int, worker: int) -> list[int]:
+        """The shards logical `worker` of `rank` reads, in order."""
+        return worker_shards(self.num_shards, rank, self.world_size, worker, self.num_workers)
 
     def worker_samples(self, rank: int) -> list[int]:
         """Samples per logical worker of `rank`."""
