@@ -57,6 +57,22 @@ def built_release_info(world, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def z16(world, tmp_path_factory):
+    """A z16 build of the whole world with 2x2-tile metatiles, in this process (many metatiles: the
+    kill test's reference), and the bytes and requests it fetched: (Release, stats)."""
+    from shapely.geometry import box
+
+    from scale_alibi.contract.release import Release
+    from scale_alibi.curate.build import build_release
+
+    root = tmp_path_factory.mktemp("z16")
+    world.files.reset_stats()
+    build_release(root, zoom=16, region=box(*world.bbox), release="w16", catalog=world.stac_url,
+                  metatile_levels=1, scheduler="synchronous", signer="none", progress=False, echo=lambda m: None)
+    return Release(root, "w16"), world.files.stats()
+
+
+@pytest.fixture(scope="session")
 def built_release(built_release_info):
     """(data_root, release_name) of a finished z17 release of the whole default world (~240 triplets)."""
     return built_release_info["root"], built_release_info["name"]
