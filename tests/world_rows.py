@@ -1,5 +1,5 @@
 """What the default world's scenes imply a build's manifest must hold: the rows a build at a zoom
-must (and may) produce, and the UTM zone edge that the hard cases straddle."""
+must (and may) produce, and the UTM zone edge that the hard cases straddle; and its items, searched."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ from shapely.geometry import box, shape
 from shapely.ops import unary_union
 
 
-def world_items(world) -> dict[str, list]:
+def search(world, collection: str, **kw) -> list:
+    """The world's STAC items of `collection` over its bbox (pystac Items), through its real STAC API."""
     import pystac_client
 
     client = pystac_client.Client.open(world.stac_url)
-    out = {}
-    for layer, coll in (("s2", "sentinel-2-l2a"), ("s1", "sentinel-1-rtc"), ("naip", "naip")):
-        out[layer] = [it.to_dict() for it in client.search(collections=[coll], bbox=list(world.bbox)).items()]
-    return out
+    return list(client.search(collections=[collection], bbox=list(world.bbox), **kw).items())
+
+
+def world_items(world) -> dict[str, list]:
+    """Every item of the world per layer, as dicts."""
+    return {layer: [it.to_dict() for it in search(world, coll)]
+            for layer, coll in (("s2", "sentinel-2-l2a"), ("s1", "sentinel-1-rtc"), ("naip", "naip"))}
 
 
 def expected_rows(world, z: int, min_valid: float = 0.99, datetime_window=None):
