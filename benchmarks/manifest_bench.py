@@ -74,28 +74,34 @@ def streamed(output: LocalOutput, done: list, sink: Path) -> None:
     assert n == sum(s.rows for s in summaries.values())
 
 
-def measure(mode: str, root: Path) -> dict:
-    """Run `mode` in this (fresh) process: peak Python heap (tracemalloc) + peak Arrow pool, seconds."""
+def measure(mode: str, root: Path, trace: bool) -> dict:
+    """Run `mode` in this (fresh) process: with `trace`, its peak memory (Python heap by tracemalloc +
+    the Arrow pool's peak); without, its seconds (tracemalloc slows every allocation several-fold)."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     output = LocalOutput(root, "bench")
     done = sorted(output.done_metatiles())
     sink = root / f"{mode}.parquet"
-    tracemalloc.start()
+    if trace:
+        tracemalloc.start()
     t0 = time.perf_counter()
     {"held": held, "streamed": streamed}[mode](output, done, sink)
     seconds = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory()
+    peak = tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory() if trace else 0
     tracemalloc.stop()
-    import pyarrow.parquet as pq
-
-    return {"peak": peak, "seconds": seconds, "bytes": sink.stat().st_size, "rows": pq.read_metadata(sink).num_rows}
+    return {"peak": peak, "seconds": seconds, "rows": pq.read_metadata(sink).num_rows}
 
 
 def in_child(mode: str, root: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", mode, "--root", str(root)], capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout)
+    """Seconds from one fresh process, peak memory from another."""
+    def run(*extra: str) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--measure", mode, "--root", str(root), *extra],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    timed, traced = run(), run("--trace")
+    return {**traced, "seconds": timed["seconds"]}
 
 
 def main() -> None:
@@ -104,20 +110,22 @@ def main() -> None:
     ap.add_argument("--column", type=int, default=1024, help="rows per column of metatiles")
     ap.add_argument("--measure", choices=["held", "streamed"], help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.root)))
+        print(json.dumps(measure(args.measure, args.root, args.trace)))
         return
-    print("peak memory to seal the manifest (Python heap + Arrow pool), each in a fresh process:")
+    print("sealing the manifest: peak memory (Python heap + Arrow pool) and seconds, each from a fresh process")
     print(f"{'rows':>8} {'held (anchor) MiB':>18} {'streamed MiB':>13} {'ratio':>8} {'B/row held':>11} "
           f"{'B/row streamed':>15} {'manifest MiB':>13} {'s held/streamed':>16}")
     for n in args.rows:
         with tempfile.TemporaryDirectory() as tmp:
             make_records(Path(tmp), n, args.column)
             h, s = in_child("held", Path(tmp)), in_child("streamed", Path(tmp))
+            manifest = (Path(tmp) / "streamed.parquet").stat().st_size
         assert h["rows"] == s["rows"] == n, (h, s)
         print(f"{n:>8,} {h['peak'] / 2**20:>18,.1f} {s['peak'] / 2**20:>13,.1f} {s['peak'] / h['peak']:>7.3f}x "
-              f"{h['peak'] / n:>11,.0f} {s['peak'] / n:>15,.0f} {s['bytes'] / 2**20:>13,.1f} "
+              f"{h['peak'] / n:>11,.0f} {s['peak'] / n:>15,.0f} {manifest / 2**20:>13,.1f} "
               f"{h['seconds']:>7.1f}/{s['seconds']:<7.1f}")
 
 
