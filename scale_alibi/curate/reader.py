@@ -163,14 +163,16 @@ def _probe_status(url: str, timeout_s: float) -> int | None:
         return None
 
 
-# Whole numbers only: GDAL's messages carry offsets such as "row 4294967295".
+# Whole numbers only: GDAL's messages carry offsets such as "row 4294967295"; and never inside a
+# URL, whose path or query may hold any digits ("/403/", "?port=5030").
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 _HTTP_403 = re.compile(r"(?<!\d)403(?!\d)")
 _HTTP_RETRYABLE = re.compile(r"(?<!\d)(429|500|502|503|504)(?!\d)")
 
 
 def _classify(err: Exception, url: str, timeout_s: float) -> str:
     """"auth" (403: re-sign), "timeout", "transient" (429/5xx, connection) or "fatal"."""
-    msg = _error_text(err)
+    msg = _URL.sub("<url>", _error_text(err))
     lowered = msg.lower()
     if _HTTP_403.search(msg):
         return "auth"

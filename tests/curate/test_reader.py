@@ -101,3 +101,18 @@ def test_every_overview_level_is_georeferenced_by_its_own_size(odd_cog):
         assert worst < 0.05, f"decimation {f}: {worst:.3f} source px off at the far corner"
         assert px == pytest.approx(f, rel=0.01)
         assert corner == pytest.approx((WIDTH, HEIGHT), abs=1e-6)  # the read reached the far corner
+
+
+def test_a_403_inside_a_url_is_not_read_as_an_http_403(tmp_path):
+    """Only a status in GDAL's own words counts: digits in the URL's path are not a status."""
+    from scale_alibi.curate.reader import _classify
+
+    server = FileServer(tmp_path)
+    try:
+        missing = f"{server.url}/naip/403/m_3510101_ne_14_060.tif"  # answers 404
+        refused = RuntimeError(f"'/vsicurl/{missing}' not recognized as being in a supported file format")
+        assert _classify(refused, missing, 5.0) == "fatal"
+        expired = RuntimeError(f"HTTP response code: 403 for '/vsicurl/{missing}'")
+        assert _classify(expired, missing, 5.0) == "auth"
+    finally:
+        server.close()
