@@ -83,3 +83,12 @@ def test_row_groups_are_bounded(tmp_path, monkeypatch):
     assert write_manifest_batches(sink, batches, schema, {}) == 48
     groups = pq.ParquetFile(io.BytesIO(sink.getvalue())).metadata
     assert groups.num_row_groups == 4 and max(groups.row_group(i).num_rows for i in range(4)) == 12
+
+
+def test_a_done_record_that_vanished_before_the_seal_is_one_error_naming_the_rerun(tmp_path):
+    from scale_alibi.contract.errors import UserError
+
+    output, done, rows = _records(tmp_path)
+    output.forget(done[4])
+    with pytest.raises(UserError, match=r"vanished .* rerun the same command"):
+        write_manifest_batches(io.BytesIO(), manifest_batches(output, done), manifest_columns(), {})

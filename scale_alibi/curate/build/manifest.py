@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import LAYERS, REQUIRED_COLUMNS
 from scale_alibi.curate.build.output import Metatile, ReleaseOutput
 from scale_alibi.curate.build.params import BuildParams
@@ -74,8 +75,10 @@ def manifest_batches(output: ReleaseOutput, done: Iterable[Metatile]) -> Iterato
         for x in sorted(columns):
             rows = []
             for mt, record in zip(columns[x], pool.map(output.read_record, columns[x])):
-                if record is None:
-                    raise OSError(f"the done record of metatile {mt} vanished from {output.location}")
+                if record is None:  # removed since its task reported: a lost worker's late retry, or a person
+                    raise UserError(f"the done record of metatile {'-'.join(map(str, mt))} vanished from "
+                                    f"{output.location} before the manifest was written; rerun the same command "
+                                    "(it cuts that metatile again)")
                 rows.extend(record["rows"])
             rows.sort(key=lambda r: (r["z"], r["x"], r["y"]))
             yield _manifest_table(rows)
