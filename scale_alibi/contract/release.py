@@ -211,8 +211,8 @@ def write_manifest(table: pa.Table, path: Path, metadata: dict[str, object]) -> 
     write_bytes_atomic(Path(path), sink.getvalue().to_pybytes())
 
 
-def read_manifest(path: Path) -> pa.Table:
-    """Read a manifest written by `write_manifest`."""
+def read_manifest(path: Path | pa.NativeFile) -> pa.Table:
+    """Read a manifest written by `write_manifest` (from a path, or from its bytes in a pa.BufferReader)."""
     return pq.read_table(path)
 
 

@@ -1,12 +1,13 @@
-"""The finished releases under a data directory, each indexed once per process from its manifest.
+"""The finished releases under a data root, each indexed once per process from its manifest.
 
-Releases are immutable once their manifest exists, so an index is built once and re-read only
-when the manifest file changes (mtime, size or inode: a repaired or rebuilt release); a release
-that finishes after start-up is picked up on a later look-up (directory scans are rate limited
-to one per RESCAN_SECONDS). Every file path the server opens is built
-here from a release directory found by listing and from integers found in a manifest: never
-from request text.
-"""
+The data root is a local directory or a bucket prefix (scale_alibi.serve.stores). Releases are
+immutable once their manifest exists, so an index is built once and re-read only when the
+manifest changes (its signature: mtime, size and inode on disk; ETag, size and modification time
+in a bucket: a repaired or rebuilt release); a release that finishes after start-up is picked up
+on a later look-up (scans are rate limited to one per RESCAN_SECONDS, and a bucket is scanned in
+the background so that no request waits for a listing). Every file path or object key the server
+reads is built from a release location found by listing and from integers found in a manifest:
+never from request text."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,9 @@ from scale_alibi.contract.release import (
     read_manifest,
 )
 from scale_alibi.contract.tiles import tile_bounds
+
+if TYPE_CHECKING:
+    from scale_alibi.serve.stores import ReleaseStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,8 @@ class ReleaseIndex:
     """One finished release: its manifest table and the look-ups the endpoints need."""
 
     name: str
-    path: Path  # real path, inside the data directory
+    path: str  # the release's real path inside the data directory, or its key prefix in the bucket
+    store: ReleaseStore  # where its files are read from
     table: pa.Table
     metadata: dict[str, object]
     keys: np.ndarray  # packed (z, x, y) of each manifest row, sorted
@@ -73,18 +78,18 @@ class ReleaseIndex:
     zooms: list[int]
     bounds: list[float]  # west, south, east, north
     etag_seed: str  # sha256 of the manifest bytes: identifies the release's content
-    mtime: int  # the manifest's modification time: the mtime of members in served tars
     _coverage: dict | None = field(default=None, repr=False)
     # Per file slot (manifest row * 7 + member, TRIPLET_MEMBERS order): a fingerprint of the file
     # (size, mtime, inode) as it was when its sha256 last matched the manifest; 0: never checked.
     _intact: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, name: str, path: Path) -> ReleaseIndex:
-        """Read and index the manifest of the release at `path`."""
-        manifest = path / MANIFEST_NAME
-        raw = manifest.read_bytes()
-        table = read_manifest(manifest)
+    def load(cls, name: str, path: str, store: ReleaseStore) -> ReleaseIndex:
+        """Read and index the manifest of the release at `path` of `store`."""
+        raw = store.read_file(path, MANIFEST_NAME)
+        if raw is None:
+            raise ValueError(f"{MANIFEST_NAME} is gone or links out of the release")
+        table = read_manifest(pa.BufferReader(raw))
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"manifest lacks columns {missing}")
@@ -116,6 +121,7 @@ class ReleaseIndex:
         return cls(
             name=name,
             path=path,
+            store=store,
             table=table,
             metadata=manifest_metadata(table),
             keys=keys[order],
@@ -125,17 +131,13 @@ class ReleaseIndex:
             zooms=sorted({int(v) for v in np.unique(z)}),
             bounds=bounds,
             etag_seed=hashlib.sha256(raw).hexdigest(),
-            mtime=int(manifest.stat().st_mtime),
         )
 
     def stats(self) -> dict | None:
         """The release's `curate stats` document, read at each call (a new one is served at once);
         None when there is none, or when it is a link out of the release. ValueError if corrupt."""
-        real = os.path.realpath(self.path / STATS_NAME)
-        if not is_inside(real, str(self.path)) or not os.path.isfile(real):
-            return None
-        with open(real, "rb") as f:
-            return json.loads(f.read())  # json.JSONDecodeError is a ValueError
+        raw = self.store.read_file(self.path, STATS_NAME)
+        return None if raw is None else json.loads(raw)  # json.JSONDecodeError is a ValueError
 
     @property
     def triplets(self) -> int:
@@ -166,9 +168,10 @@ class ReleaseIndex:
                 return self.table.column("hash_naip_hires")[parent][i].as_py(), parent * MEMBERS + len(LAYERS) + i
         return None
 
-    def is_intact(self, slot: int, st: os.stat_result) -> bool:
-        """Whether the file in `slot`, as `st` describes it now, already hashed to the manifest's sha256."""
-        return self._intact is not None and int(self._intact[slot]) == _fingerprint(st)
+    def is_intact(self, slot: int, st: os.stat_result | None) -> bool:
+        """Whether the file in `slot`, as `st` describes it now, already hashed to the manifest's sha256
+        (never for fetched bytes, `st` None: an object can be replaced without a trace here)."""
+        return st is not None and self._intact is not None and int(self._intact[slot]) == _fingerprint(st)
 
     def mark_intact(self, slot: int, st: os.stat_result) -> None:
         """Remember that the file in `slot`, as `st` describes it, hashed to the manifest's sha256."""
@@ -177,8 +180,8 @@ class ReleaseIndex:
         self._intact[slot] = _fingerprint(st)
 
     def tile_path(self, layer: str, z: int, x: int, y: int) -> str:
-        """Where tile (layer, z, x, y) lives (built from integers only)."""
-        return os.path.join(self.path, layer, str(z), str(x), f"{y}.png")
+        """Where tile (layer, z, x, y) lives: a path or object key, built from integers only."""
+        return f"{self.path}/{layer}/{z}/{x}/{y}.png"
 
     def rows(self, rows: np.ndarray | list[int]) -> list[dict]:
         """Manifest rows as JSON-ready dicts."""
@@ -225,26 +228,17 @@ class ReleaseIndex:
         }
 
 
-def _manifest_signature(release_dir: str) -> tuple[int, int, int] | None:
-    """(mtime_ns, size, inode) of a release's manifest, or None when it has none (unfinished)."""
-    try:
-        st = os.stat(os.path.join(release_dir, MANIFEST_NAME))
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
 class Catalog:
-    """The finished releases under one data directory, looked up by name."""
+    """The finished releases under one data root (a directory or a bucket prefix), looked up by name."""
 
     RESCAN_SECONDS = 2.0
 
-    def __init__(self, data_dir: str | os.PathLike[str]):
-        self.root = os.path.realpath(data_dir)
-        if not os.path.isdir(self.root):
-            raise FileNotFoundError(f"data directory {data_dir} does not exist")
+    def __init__(self, data: str | os.PathLike[str] | ReleaseStore):
+        from scale_alibi.serve.stores import ReleaseStore, open_store  # stores builds on this module
+
+        self.store = data if isinstance(data, ReleaseStore) else open_store(data)
         self._releases: dict[str, ReleaseIndex] = {}
-        self._signatures: dict[str, tuple] = {}  # name -> manifest signature when last read (good or bad)
+        self._signatures: dict[str, object] = {}  # name -> manifest signature when last read (good or bad)
         self._refused_names: set[str] = set()  # directories whose names are not release names
         self._lock = threading.Lock()
         self._scanned = 0.0
@@ -253,24 +247,28 @@ class Catalog:
 
     def rescan(self, force: bool = False) -> None:
         """Index releases that finished, and re-read manifests that changed (e.g. one that was corrupt
-        and got repaired), since the last scan; rate limited unless forced."""
+        and got repaired), since the last scan; rate limited unless forced. A bucket is scanned in a
+        background thread unless forced: look-ups meanwhile see the releases as last scanned."""
         now = time.monotonic()
         if not force and now - self._scanned < self.RESCAN_SECONDS:
             return
+        self._scanned = now
+        if force or not self.store.remote:
+            self._scan()
+        elif not self._lock.locked():
+            threading.Thread(target=self._scan_logged, name="catalog-rescan", daemon=True).start()
+
+    def _scan_logged(self) -> None:
+        try:
+            self._scan()
+        except Exception as exc:  # a store that is briefly unreachable: keep serving what is known
+            log.error("could not list releases under %s (%s); serving the releases listed before",
+                      self.store.location, exc)
+
+    def _scan(self) -> None:
         with self._lock:
-            self._scanned = now
             seen = set()
-            for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                real = os.path.realpath(entry.path)
-                # A release directory (or a symlink to one) must resolve inside the data directory.
-                if not is_inside(real, self.root) or not os.path.isdir(real):
-                    continue
-                signature = _manifest_signature(real)
-                if signature is None:
-                    continue  # unfinished: no manifest yet; look again on a later scan
+            for name, path, signature in self.store.finished():
                 if not is_release_name(name):
                     if name not in self._refused_names:  # said once, not on every scan
                         log.error("release %r not served: its name is not a release name (letters, digits, -_.)", name)
@@ -281,7 +279,7 @@ class Catalog:
                     continue  # unchanged since it was read (served, or refused as broken)
                 self._signatures[name] = signature
                 try:
-                    index = ReleaseIndex.load(name, Path(real))
+                    index = ReleaseIndex.load(name, path, self.store)
                 except Exception as exc:  # a broken manifest must not take the server down
                     log.error("release %s not served: %s", name, exc)
                     self._withdraw(name)
