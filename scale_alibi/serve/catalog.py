@@ -228,6 +228,14 @@ class ReleaseIndex:
         }
 
 
+@dataclass(frozen=True)
+class Survey:
+    """What one look at the data root found (see Catalog._survey)."""
+
+    signatures: dict[str, object]
+    loaded: dict[str, ReleaseIndex | None]
+
+
 class Catalog:
     """The finished releases under one data root (a directory or a bucket prefix), looked up by name."""
 
@@ -242,55 +250,73 @@ class Catalog:
         self._refused_names: set[str] = set()  # directories whose names are not release names
         self._lock = threading.Lock()
         self._scanned = 0.0
+        self._surveying = False  # a background survey of a bucket is running
+        self._surveyed: Survey | None = None  # its result, applied by the next look-up
         self.on_change: list = []  # callables(name) told when a served release is re-read or withdrawn
         self.rescan(force=True)
 
     def rescan(self, force: bool = False) -> None:
         """Index releases that finished, and re-read manifests that changed (e.g. one that was corrupt
-        and got repaired), since the last scan; rate limited unless forced. A bucket is scanned in a
-        background thread unless forced: look-ups meanwhile see the releases as last scanned."""
+        and got repaired), since the last scan; rate limited unless forced. A bucket is surveyed in a
+        background thread unless forced, and what it found is applied here, by the look-up after it:
+        the served state only ever changes on the thread that looks up."""
+        surveyed, self._surveyed = self._surveyed, None
+        if surveyed is not None:
+            with self._lock:
+                self._apply(surveyed)
         now = time.monotonic()
         if not force and now - self._scanned < self.RESCAN_SECONDS:
             return
         self._scanned = now
         if force or not self.store.remote:
-            self._scan()
-        elif not self._lock.locked():
-            threading.Thread(target=self._scan_logged, name="catalog-rescan", daemon=True).start()
+            with self._lock:
+                self._apply(self._survey())
+        elif not self._surveying:
+            self._surveying = True
+            threading.Thread(target=self._survey_in_background, name="catalog-survey", daemon=True).start()
 
-    def _scan_logged(self) -> None:
+    def _survey_in_background(self) -> None:
         try:
-            self._scan()
+            self._surveyed = self._survey()
         except Exception as exc:  # a store that is briefly unreachable: keep serving what is known
             log.error("could not list releases under %s (%s); serving the releases listed before",
                       self.store.location, exc)
+        finally:
+            self._surveying = False
 
-    def _scan(self) -> None:
-        with self._lock:
-            seen = set()
-            for name, path, signature in self.store.finished():
-                if not is_release_name(name):
-                    if name not in self._refused_names:  # said once, not on every scan
-                        log.error("release %r not served: its name is not a release name (letters, digits, -_.)", name)
-                        self._refused_names.add(name)
-                    continue
-                seen.add(name)
-                if self._signatures.get(name) == signature:
-                    continue  # unchanged since it was read (served, or refused as broken)
-                self._signatures[name] = signature
-                try:
-                    index = ReleaseIndex.load(name, path, self.store)
-                except Exception as exc:  # a broken manifest must not take the server down
-                    log.error("release %s not served: %s", name, exc)
-                    self._withdraw(name)
-                    continue
-                replaced = name in self._releases
-                self._releases[name] = index
-                if replaced:
-                    self._notify(name)
-            for name in [n for n in self._signatures if n not in seen]:
-                del self._signatures[name]
+    def _survey(self) -> Survey:
+        """The manifest signature of every finished release, and a new index (None: broken) of each
+        whose manifest changed since it was last read."""
+        signatures: dict[str, object] = {}
+        loaded: dict[str, ReleaseIndex | None] = {}
+        for name, path, signature in self.store.finished():
+            if not is_release_name(name):
+                if name not in self._refused_names:  # said once, not on every scan
+                    log.error("release %r not served: its name is not a release name (letters, digits, -_.)", name)
+                    self._refused_names.add(name)
+                continue
+            signatures[name] = signature
+            if self._signatures.get(name) == signature:
+                continue  # unchanged since it was read (served, or refused as broken)
+            try:
+                loaded[name] = ReleaseIndex.load(name, path, self.store)
+            except Exception as exc:  # a broken manifest must not take the server down
+                log.error("release %s not served: %s", name, exc)
+                loaded[name] = None
+        return Survey(signatures, loaded)
+
+    def _apply(self, survey: Survey) -> None:
+        for name, index in survey.loaded.items():
+            if index is None:
                 self._withdraw(name)
+                continue
+            replaced = name in self._releases
+            self._releases[name] = index
+            if replaced:
+                self._notify(name)
+        for name in [n for n in self._signatures if n not in survey.signatures]:
+            self._withdraw(name)
+        self._signatures = survey.signatures
 
     def _withdraw(self, name: str) -> None:
         if self._releases.pop(name, None) is not None:
