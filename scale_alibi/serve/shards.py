@@ -43,11 +43,14 @@ def build_batch(index: ReleaseIndex, sources, rows: list[int], metas: list[dict]
     return pack_samples(index, sources, [(r, m, sample_key(m) + ".") for r, m in zip(rows, metas)], "json")
 
 
-def first_batch(index: ReleaseIndex, sources, rows: np.ndarray, size: int) -> tuple[list[dict], bytearray]:
-    """All manifest rows of the shard (one Arrow take) and the tar bytes of its first `size` triplets."""
+def first_batch(index: ReleaseIndex, sources, rows: np.ndarray) -> tuple[list[dict], bytearray, int]:
+    """All manifest rows of the shard (one Arrow take), the tar bytes of its first batch, and the
+    triplets per batch: one from a disk (~1 MB: cache-sized copies beat fewer thread hops, measured),
+    more from a bucket, whose tiles of a batch are fetched concurrently."""
+    size = sources.of(index).batch_triplets  # here, in a thread: opening a bucket's source lists it
     metas = index.rows(rows)
     head = rows[:size].tolist()
-    return metas, build_batch(index, sources, head, metas[:size]) if head else bytearray()
+    return metas, build_batch(index, sources, head, metas[:size]) if head else bytearray(), size
 
 
 def _failure(exc: Exception) -> tuple[int, str]:
@@ -87,12 +90,9 @@ class ShardStream(Response):
                 return
         loop = asyncio.get_running_loop()
         rows = self.rows.tolist()
-        # Triplets per chunk sent: one from a disk (~1 MB: cache-sized copies beat fewer thread hops,
-        # measured); more from a bucket, whose tiles of a chunk are fetched concurrently.
-        batch = self.sources.of(self.index).batch_triplets
         # The first batch is read before the status line, so a broken shard still gets a JSON 404 (500: damaged).
         try:
-            metas, first = await loop.run_in_executor(None, first_batch, self.index, self.sources, self.rows, batch)
+            metas, first, batch = await loop.run_in_executor(None, first_batch, self.index, self.sources, self.rows)
         except (MissingFile, DamagedFile, StoreUnavailable) as exc:
             status, detail = _failure(exc)
             body = json.dumps({"detail": detail}).encode()

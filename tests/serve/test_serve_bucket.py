@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from scale_alibi.cli.main import main
 from scale_alibi.contract.release import MANIFEST_NAME, STATS_NAME, Release, triplet_files
 from scale_alibi.contract.storage import remote_filesystem
 from scale_alibi.serve.process import ServerProcess
@@ -35,8 +37,8 @@ def upload(local_dir: Path, url: str, skip: tuple[str, ...] = ()) -> None:
 
 @pytest.fixture(scope="module")
 def served(s3_endpoint, tmp_path_factory):
-    """(local server, bucket server, bucket URL, local data directory) over the same two releases,
-    plus one without its manifest in the bucket."""
+    """(local server, bucket server, bucket URL, local data directory) over the same releases: small
+    (a tile tree), packed (small as PMTiles archives), victim, and unfinished (no manifest)."""
     with pytest.MonkeyPatch.context() as mp:
         for key, value in s3_environment(s3_endpoint).items():
             mp.setenv(key, value)
@@ -44,6 +46,10 @@ def served(s3_endpoint, tmp_path_factory):
         data = tmp_path_factory.mktemp("bucket-serve") / "data"
         small = make_release(data, "small", nx=4, ny=3)
         (small.path / STATS_NAME).write_text(json.dumps({"release": "small", "s2": {"mean": [0.1, 0.2, 0.3]}}))
+        packed = tmp_path_factory.mktemp("bucket-pack")
+        result = CliRunner().invoke(main, ["pack", "--data", str(data), "--release", "small", "--out", str(packed)])
+        assert result.exit_code == 0, result.output
+        (packed / "small").rename(data / "packed")  # archives, manifest and stats.json; no tree
         make_release(data, "victim", nx=2, ny=2, seed=7)
         make_release(data, "unfinished", nx=1, ny=1, seed=2, finished=False)
         url = f"s3://{new_bucket(s3_endpoint)}/{PREFIX}"
@@ -63,38 +69,38 @@ def _same(local: ServerProcess, bucket: ServerProcess, target: str, headers: dic
     return b[2]
 
 
-def test_a_release_in_a_bucket_is_served_with_the_same_bytes_as_from_its_directory(served):
+@pytest.mark.parametrize("release", ["small", "packed"])
+def test_a_release_in_a_bucket_is_served_with_the_same_bytes_as_from_its_directory(served, release):
     local, bucket, _, data = served
     tiles = [("s1", Z, X0, Y0), ("s2", Z, X0 + 3, Y0 + 2), ("naip", Z, X0 + 1, Y0),
              ("naip", Z + 1, 2 * X0 + 1, 2 * Y0 + 1)]
     for layer, z, x, y in tiles:
-        body = _same(local, bucket, f"/tiles/small/{layer}/{z}/{x}/{y}.png")
+        body = _same(local, bucket, f"/tiles/{release}/{layer}/{z}/{x}/{y}.png")
         assert body == (data / "small" / layer / str(z) / str(x) / f"{y}.png").read_bytes()
-        _same(local, bucket, f"/tiles/small/{layer}/{z}/{x}/{y}.png")  # again, from the tile cache
-    tile = f"/tiles/small/s2/{Z}/{X0}/{Y0 + 1}.png"
+        _same(local, bucket, f"/tiles/{release}/{layer}/{z}/{x}/{y}.png")  # again, from the tile cache
+    tile = f"/tiles/{release}/s2/{Z}/{X0}/{Y0 + 1}.png"
     etag = raw_get(local.url, tile)[1]["etag"]
     _same(local, bucket, tile, {"range": "bytes=10-99"})
     _same(local, bucket, tile, {"if-none-match": etag})
-    _same(local, bucket, f"/tiles/small/s2/0{Z}/{X0}/{Y0}.png")  # not canonical: through the full route
-    _same(local, bucket, f"/tiles/small/s2/{Z}/{X0 + 9}/{Y0}.png")  # 404: not in the manifest
-    assert len(_same(local, bucket, f"/triplets/small/{Z}/{X0 + 2}/{Y0 + 1}")) > 7 * 512
-    for shard in ("/shards/small/0.tar?shard_size=5&seed=3", "/shards/small/1.tar?shard_size=5&seed=3&start=2",
-                  "/shards/small/0.tar?shard_size=20&split=heldout"):
-        assert len(_same(local, bucket, shard)) > 7 * 512
-    for doc in ("/releases", "/releases/small", "/releases/small/stats.json", "/releases/small/triplets",
-                "/releases/small/shards?shard_size=5", "/releases/small/coverage.geojson"):
-        _same(local, bucket, doc)
-    tilejson = [json.loads(raw_get(s.url, "/tiles/small/naip/tilejson.json")[2]) for s in (local, bucket)]
+    _same(local, bucket, f"/tiles/{release}/s2/0{Z}/{X0}/{Y0}.png")  # not canonical: through the full route
+    _same(local, bucket, f"/tiles/{release}/s2/{Z}/{X0 + 9}/{Y0}.png")  # 404: not in the manifest
+    assert len(_same(local, bucket, f"/triplets/{release}/{Z}/{X0 + 2}/{Y0 + 1}")) > 7 * 512
+    for shard in ("0.tar?shard_size=5&seed=3", "1.tar?shard_size=5&seed=3&start=2", "0.tar?shard_size=20&split=heldout"):
+        assert len(_same(local, bucket, f"/shards/{release}/{shard}")) > 7 * 512
+    for doc in ("", "/stats.json", "/triplets", "/shards?shard_size=5", "/coverage.geojson"):
+        _same(local, bucket, f"/releases/{release}{doc}")
+    _same(local, bucket, "/releases")
+    tilejson = [json.loads(raw_get(s.url, f"/tiles/{release}/naip/tilejson.json")[2]) for s in (local, bucket)]
     for doc in tilejson:
         doc["tiles"] = [t.split("/tiles/", 1)[1] for t in doc["tiles"]]  # the servers' own URLs differ
     assert tilejson[0] == tilejson[1]
-    assert raw_get(bucket.url, "/")[0] == 200  # the viewer
+    assert raw_get(bucket.url, f"/?release={release}")[0] == 200  # the viewer
 
 
 def test_a_release_without_its_manifest_in_the_bucket_is_not_served_until_the_manifest_arrives(served):
     _, bucket, url, data = served
     names = lambda: [r["name"] for r in json.loads(raw_get(bucket.url, "/releases")[2])["releases"]]  # noqa: E731
-    assert names() == ["small", "victim"]
+    assert names() == ["packed", "small", "victim"]
     assert raw_get(bucket.url, "/releases/unfinished")[0] == 404
     late = make_release(data.parent / "late", "late", nx=1, ny=1, seed=9)
     upload(late.root, url, skip=(MANIFEST_NAME,))
@@ -104,7 +110,7 @@ def test_a_release_without_its_manifest_in_the_bucket_is_not_served_until_the_ma
     deadline = time.monotonic() + 10
     while "late" not in names() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert names() == ["late", "small", "victim"]
+    assert names() == ["late", "packed", "small", "victim"]
     status, _, body = raw_get(bucket.url, f"/tiles/late/s1/{Z}/{X0}/{Y0}.png")
     assert status == 200 and body == late.tile_path("s1", Z, X0, Y0).read_bytes()
 
