@@ -11,23 +11,31 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import pytest
 from click.testing import CliRunner
 
 from scale_alibi.cli.main import main
 from scale_alibi.contract.release import MANIFEST_NAME, STATS_NAME, Release, triplet_files
-from scale_alibi.contract.storage import remote_filesystem
 from scale_alibi.serve.process import ServerProcess
-from tests.object_store import new_bucket, s3_environment
+from tests.object_store import new_bucket, s3_environment, s3_server
 from tests.release_factory import X0, Y0, Z, make_release
 from tests.serve_fixtures import raw_get
+from tests.stac_server import free_port
 
 PREFIX = "releases"
 
 
+def bucket_fs(url: str):
+    """(filesystem, root) of `url` for the S3 server the environment names now (fsspec caches
+    instances by arguments, not by environment, and tests here use two servers)."""
+    fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True)
+    return fs, root.rstrip("/")
+
+
 def upload(local_dir: Path, url: str, skip: tuple[str, ...] = ()) -> None:
     """Copy every file under `local_dir` to the same relative keys under `url`, except names in `skip`."""
-    fs, root = remote_filesystem(url)
+    fs, root = bucket_fs(url)
     files = {
         f"{root}/{p.relative_to(local_dir).as_posix()}": p.read_bytes()
         for p in sorted(local_dir.rglob("*")) if p.is_file() and p.name not in skip
@@ -117,7 +125,7 @@ def test_a_release_without_its_manifest_in_the_bucket_is_not_served_until_the_ma
 
 def test_a_vanished_tile_object_is_a_404_and_replaced_bytes_are_a_500_never_served(served):
     _, bucket, url, data = served
-    fs, root = remote_filesystem(url)
+    fs, root = bucket_fs(url)
     rows = Release(data, "victim").read_manifest().to_pylist()
     files = [[path for path, _ in triplet_files(row)] for row in rows]
     gone, bad, replaced = files[0][0], files[1][1], files[2][2]
@@ -139,9 +147,37 @@ def test_a_vanished_tile_object_is_a_404_and_replaced_bytes_are_a_500_never_serv
     assert status == 404 and "missing" in json.loads(body)["detail"]
 
 
+def test_a_store_that_stops_answering_is_a_503_while_cached_tiles_and_the_catalog_stay_served(tmp_path, monkeypatch):
+    release = make_release(tmp_path / "data", "small", nx=1, ny=1)
+    cached, uncached = f"/tiles/small/s1/{Z}/{X0}/{Y0}.png", f"/tiles/small/s2/{Z}/{X0}/{Y0}.png"
+    with s3_server() as endpoint:
+        for key, value in {**s3_environment(endpoint), "AWS_MAX_ATTEMPTS": "1"}.items():
+            monkeypatch.setenv(key, value)
+        url = f"s3://{new_bucket(endpoint)}/{PREFIX}"
+        upload(release.root, url)
+        server = ServerProcess(url).start()
+        assert raw_get(server.url, cached)[0] == 200
+    try:  # the store is gone
+        status, headers, body = raw_get(server.url, uncached)
+        assert status == 503 and headers["retry-after"] == "1" and "did not answer" in json.loads(body)["detail"]
+        status, _, body = raw_get(server.url, "/shards/small/0.tar?shard_size=1")
+        assert status == 503 and "did not answer" in json.loads(body)["detail"]
+        assert raw_get(server.url, cached)[2] == release.tile_path("s1", Z, X0, Y0).read_bytes()
+        time.sleep(2.5)  # past the rescan interval: this look-up starts a survey, which fails
+        raw_get(server.url, "/releases")
+        deadline = time.monotonic() + 10
+        while "could not list releases" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "could not list releases" in server.output()
+        assert [r["name"] for r in json.loads(raw_get(server.url, "/releases")[2])["releases"]] == ["small"]
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("case, mentions", [
     ("missing bucket", "does not exist"),
     ("no credentials", "Unable to locate credentials"),
+    ("unreachable endpoint", "Could not connect to the endpoint"),
     ("no library", "pip install gcsfs"),
 ])
 def test_serve_from_a_bucket_it_cannot_read_exits_2_with_one_error_line(s3_endpoint, tmp_path, case, mentions):
@@ -152,6 +188,8 @@ def test_serve_from_a_bucket_it_cannot_read_exits_2_with_one_error_line(s3_endpo
         url = f"s3://no-such-bucket-here/{PREFIX}"
     elif case == "no credentials":
         del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    elif case == "unreachable endpoint":
+        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_MAX_ATTEMPTS="1")  # nothing listens there
     elif importlib.util.find_spec("gcsfs") is not None:
         pytest.skip("gcsfs is installed here")
     else:
