@@ -41,7 +41,8 @@ def serve(data_dir: str, host: str, port: int, workers: int, cache_mb: int, head
 
 def _finished_releases(data_dir: str) -> list[str]:
     """Names of the entries under `data_dir` that have a manifest; UserError when a bucket cannot be read."""
-    from scale_alibi.serve.stores import StoreUnavailable, open_store
+    from scale_alibi.serve.app import open_store
+    from scale_alibi.serve.stores import StoreUnavailable
 
     try:
         return [name for name, _, _ in open_store(data_dir).finished()]

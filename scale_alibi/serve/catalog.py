@@ -17,8 +17,9 @@ import logging
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -36,9 +37,6 @@ from scale_alibi.contract.release import (
     read_manifest,
 )
 from scale_alibi.contract.tiles import tile_bounds
-
-if TYPE_CHECKING:
-    from scale_alibi.serve.stores import ReleaseStore
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +60,32 @@ def is_inside(path: str, root: str) -> bool:
     return path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+class ReleaseFiles(ABC):
+    """What the catalog reads of a data root: which releases have a manifest, and their small files
+    (the stores of scale_alibi.serve.stores)."""
+
+    # Listing costs network round trips: the catalog rescans in the background, off the request path.
+    remote = False
+
+    def __init__(self, location: str):
+        self.location = location  # as the user gave it, for messages
+
+    @abstractmethod
+    def finished(self) -> Iterator[tuple[str, str, Hashable]]:
+        """(name, location, manifest signature) of each entry under the root that has a manifest."""
+
+    @abstractmethod
+    def read_file(self, release: str, name: str) -> bytes | None:
+        """The bytes of file `name` of the release at `release`, or None when it is missing (or unsafe)."""
+
+
 @dataclass
 class ReleaseIndex:
     """One finished release: its manifest table and the look-ups the endpoints need."""
 
     name: str
     path: str  # the release's real path inside the data directory, or its key prefix in the bucket
-    store: ReleaseStore  # where its files are read from
+    store: ReleaseFiles  # where its files are read from
     table: pa.Table
     metadata: dict[str, object]
     keys: np.ndarray  # packed (z, x, y) of each manifest row, sorted
@@ -84,7 +101,7 @@ class ReleaseIndex:
     _intact: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, name: str, path: str, store: ReleaseStore) -> ReleaseIndex:
+    def load(cls, name: str, path: str, store: ReleaseFiles) -> ReleaseIndex:
         """Read and index the manifest of the release at `path` of `store`."""
         raw = store.read_file(path, MANIFEST_NAME)
         if raw is None:
@@ -241,10 +258,8 @@ class Catalog:
 
     RESCAN_SECONDS = 2.0
 
-    def __init__(self, data: str | os.PathLike[str] | ReleaseStore):
-        from scale_alibi.serve.stores import ReleaseStore, open_store  # stores builds on this module
-
-        self.store = data if isinstance(data, ReleaseStore) else open_store(data)
+    def __init__(self, store: ReleaseFiles):
+        self.store = store
         self._releases: dict[str, ReleaseIndex] = {}
         self._signatures: dict[str, object] = {}  # name -> manifest signature when last read (good or bad)
         self._refused_names: set[str] = set()  # directories whose names are not release names

@@ -9,40 +9,22 @@ Release locations come from listings, file names from the release contract: neve
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Hashable, Iterator
-from typing import TYPE_CHECKING
 
 from scale_alibi.contract.release import MANIFEST_NAME
-from scale_alibi.contract.storage import is_remote, local_path
-from scale_alibi.serve.catalog import is_inside
+from scale_alibi.contract.storage import local_path
+from scale_alibi.serve.catalog import ReleaseFiles, ReleaseIndex, is_inside
 from scale_alibi.serve.files import SafeReader
 from scale_alibi.serve.tilesource import TileSource, open_source
-
-if TYPE_CHECKING:
-    from scale_alibi.serve.catalog import ReleaseIndex
 
 
 class StoreUnavailable(OSError):
     """The object store did not answer, or refused (credentials, permissions): a 503, or exit 2 at start-up."""
 
 
-class ReleaseStore(ABC):
+class ReleaseStore(ReleaseFiles):
     """The releases under one data root, as the catalog and the tile sources read them."""
-
-    # Listing costs network round trips: the catalog rescans in the background, off the request path.
-    remote = False
-
-    def __init__(self, location: str):
-        self.location = location  # as the user gave it, for messages
-
-    @abstractmethod
-    def finished(self) -> Iterator[tuple[str, str, Hashable]]:
-        """(name, location, manifest signature) of each entry under the root that has a manifest."""
-
-    @abstractmethod
-    def read_file(self, release: str, name: str) -> bytes | None:
-        """The bytes of file `name` of the release at `release`, or None when it is missing (or unsafe)."""
 
     @abstractmethod
     def tile_source(self, index: ReleaseIndex) -> TileSource:
@@ -82,12 +64,3 @@ class DirectoryStore(ReleaseStore):
 
     def tile_source(self, index: ReleaseIndex) -> TileSource:
         return open_source(index, self.reader)
-
-
-def open_store(data: str | os.PathLike[str]) -> ReleaseStore:
-    """The store named by `data`: an fsspec URL (``s3://bucket/prefix``) or a local directory."""
-    if is_remote(data):
-        from scale_alibi.serve.bucket import BucketStore
-
-        return BucketStore(os.fspath(data))
-    return DirectoryStore(data)
