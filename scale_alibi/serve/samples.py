@@ -36,16 +36,16 @@ def pack_samples(
 ) -> bytearray:
     """Tar bytes of triplets given as (manifest row, metadata with z/x/y, member prefix): PNGs, then metadata."""
     tiles = sources.of(index)
-    addresses = [[tile for _, tile in triplet_tiles(int(m["z"]), int(m["x"]), int(m["y"]))] for _, m, _ in samples]
+    members = [triplet_tiles(int(m["z"]), int(m["x"]), int(m["y"])) for _, m, _ in samples]
     # All tiles of the batch at once: a bucket fetches them concurrently.
-    spans = tiles.locate_many([tile for triplet in addresses for tile in triplet])
+    spans = tiles.locate_many([tile for triplet in members for _, tile in triplet])
     try:
         # (member name, tile span or bytes, size, (sha256, file slot, stat, description) of a tile or None)
         plan: list[tuple[str, TileSpan | bytes, int, tuple | None]] = []
         found = iter(spans)
-        for row, metadata, prefix in samples:
+        for (row, metadata, prefix), triplet in zip(samples, members):
             z, x, y = int(metadata["z"]), int(metadata["x"]), int(metadata["y"])
-            for i, ((name, _), (_, digest)) in enumerate(zip(triplet_tiles(z, x, y), triplet_files(metadata))):
+            for i, ((name, _), (_, digest)) in enumerate(zip(triplet, triplet_files(metadata))):
                 span = next(found)
                 if span is None:
                     raise MissingFile(f"{index.name}: {name} of row {row} is not readable")
