@@ -6,13 +6,16 @@ One synthetic release is written to a temporary directory and uploaded to moto_s
 S3, one Python process) on loopback; `curate serve` (one worker, pinned to core 1) serves it
 from the directory and from the bucket. Tiles: wrk (core 0) requests every tile of the release
 in random order, with the tile cache off (`--cache-mb 0`: each request reads the file, or GETs
-the object), then from the bucket with the cache on (after one warming pass). Shards: curl
+the object, or a range of the release's PMTiles archive: `curate pack` of the same release, also
+uploaded), then from the bucket with the cache on (after one warming pass). Shards: curl
 (core 0) downloads one shard holding every triplet, best of --repeats.
 
-moto answers a GET in milliseconds on loopback; a cloud store in the same region takes ~10-50 ms
-per GET, so from a real bucket the uncached figures are lower, and latency-bound rather than
-CPU-bound: the shard figure scales with the GETs in flight (serve/bucket.py: FETCH_THREADS).
-Needs `wrk` and `curl`.
+The store's own rate is printed first (the same GETs straight from a client, as many in flight as
+the server's fetch pool): it bounds the server's uncached figures. moto answers a GET in
+milliseconds on loopback, but a range of a large object (an archive here) costs it more than a
+whole small object (compare the two lines); a store across a network answers each
+GET later, so there the uncached figures are lower and bound by latency: the shard figure then
+scales with the GETs in flight (serve/bucket.py: FETCH_THREADS). Needs `wrk` and `curl`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +37,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from scale_bench import wrk_random  # noqa: E402
 from serve_bench import CLIENT_CORE, SERVER_CORE, curl_mbps  # noqa: E402
 
-from scale_alibi.contract.release import triplet_files  # noqa: E402
+from scale_alibi.contract.archive import Archive, archive_name  # noqa: E402
+from scale_alibi.contract.release import LAYERS, triplet_files, triplet_tiles  # noqa: E402
 from scale_alibi.contract.storage import remote_filesystem  # noqa: E402
 from scale_alibi.serve.bucket import FETCH_THREADS  # noqa: E402
 from scale_alibi.serve.process import ServerProcess  # noqa: E402
@@ -49,19 +54,30 @@ def upload(local_dir: Path, url: str) -> None:
     fs.pipe_file(f"{root}/{files[-1].relative_to(local_dir).as_posix()}", files[-1].read_bytes())
 
 
-def store_rate(url: str, rows: list[dict], repeats: int) -> tuple[float, float]:
-    """GETs/s and MB/s of fetching every tile of the release straight from the store, as the server's
-    fetch pool does (the ceiling the store puts on the server's uncached figures)."""
+def store_rate(url: str, reads: list[tuple[str, int | None, int | None]], repeats: int) -> tuple[float, float]:
+    """GETs/s and MB/s of `reads` ((key below `url`, first byte, end byte) or the whole object when
+    None) made straight to the store, as the server's fetch pool makes them: the ceiling the store
+    puts on the server's uncached figures."""
     fs, root = remote_filesystem(url)
-    keys = [f"{root}/bench/{path}" for row in rows for path, _ in triplet_files(row)]
     best = (0.0, 0.0)
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
         for _ in range(repeats):
             t0 = time.perf_counter()
-            size = sum(map(len, pool.map(fs.cat_file, keys)))
+            size = sum(map(len, pool.map(lambda r: fs.cat_file(f"{root}/{r[0]}", start=r[1], end=r[2]), reads)))
             seconds = time.perf_counter() - t0
-            best = max(best, (len(keys) / seconds, size / seconds / 1e6))
+            best = max(best, (len(reads) / seconds, size / seconds / 1e6))
     return best
+
+
+def archive_reads(packed: Path, rows: list[dict]) -> list[tuple[str, int, int]]:
+    """(archive key, first byte, end byte) of every tile of the release in its PMTiles archives."""
+    archives = {layer: Archive.open(packed / "bench" / archive_name(layer)) for layer in LAYERS}
+    reads = []
+    for row in rows:
+        for _, (layer, z, x, y) in triplet_tiles(row["z"], row["x"], row["y"]):
+            offset, length = archives[layer].locate(z, x, y)
+            reads.append((f"bench/{archive_name(layer)}", offset, offset + length))
+    return reads
 
 
 def main() -> None:
@@ -82,14 +98,23 @@ def main() -> None:
         mb = sum(p.stat().st_size for p in release.path.rglob("*.png")) / 1e6
         url = f"s3://{new_bucket(endpoint)}/releases"
         upload(data, url)
+        packed = Path(tmp) / "packed"  # the same release as PMTiles archives (no tree), in another prefix
+        subprocess.run([sys.executable, "-m", "scale_alibi", "pack", "--data", str(data), "--release", "bench",
+                        "--out", str(packed)], check=True, capture_output=True, cwd=ROOT)
+        packed_url = url.replace("/releases", "/packed")
+        upload(packed, packed_url)
         print(f"release: {len(rows)} triplets, {len(urls)} tiles, {mb:.1f} MB; bucket: moto_server on {endpoint}")
-        gets, store_mbps = store_rate(url, rows, args.repeats)
-        print(f"the store alone (every tile, {FETCH_THREADS} GETs in flight, best of {args.repeats}): "
-              f"{gets:.0f} GETs/s, {store_mbps:.1f} MB/s")
+        tree_reads = [(f"bench/{path}", None, None) for row in rows for path, _ in triplet_files(row)]
+        for what, where, reads in (("tile objects", url, tree_reads),
+                                   ("ranges of the PMTiles archives", packed_url, archive_reads(packed, rows))):
+            gets, store_mbps = store_rate(where, reads, args.repeats)
+            print(f"the store alone, every tile as {what} ({FETCH_THREADS} GETs in flight, best of "
+                  f"{args.repeats}): {gets:.0f} GETs/s, {store_mbps:.1f} MB/s")
         shard = f"/shards/bench/0.tar?shard_size={len(rows)}"
         pin = ["taskset", "-c", SERVER_CORE]
         print(f"{'served from':<24} {'tiles req/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'shard MB/s':>11}")
         for label, where, cache_mb in (("directory, no cache", data, 0), ("bucket, no cache", url, 0),
+                                       ("bucket PMTiles, no cache", packed_url, 0),
                                        ("bucket, tile cache on", url, 256)):
             with ServerProcess(where, cache_mb=cache_mb, command_prefix=pin) as server, \
                     tempfile.TemporaryDirectory() as work:

@@ -43,6 +43,11 @@ def fetch_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def basename(entry: dict) -> str:
+    """The last part of the path of a listing entry (a "directory" or an object)."""
+    return entry["name"].rstrip("/").rsplit("/", 1)[-1]
+
+
 class BucketStore(ReleaseStore):
     """Releases under a prefix of an object store; credentials and endpoint come from the environment."""
 
@@ -80,7 +85,7 @@ class BucketStore(ReleaseStore):
 
     def finished(self) -> Iterator[tuple[str, str, Hashable]]:
         for entry in self._entries():
-            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            name = basename(entry)
             if entry.get("type") != "directory" or name.startswith("."):
                 continue
             path = join(self.root, name)
@@ -103,7 +108,7 @@ class BucketStore(ReleaseStore):
             listing = self._call(self.fs.ls, index.path, detail=True)
         except FileNotFoundError:
             listing = []  # deleted since it was listed
-        entries = {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry for entry in listing}
+        entries = {basename(entry): entry for entry in listing}
         if not any(entries.get(layer, {}).get("type") == "directory" for layer in LAYERS):
             names = {layer: archive_name(layer) for layer in LAYERS if archive_name(layer) in entries}
             try:

@@ -1,12 +1,13 @@
-"""Where a release's tile bytes come from: its XYZ directory tree, its PMTiles archives, or the
-objects of its tree in a bucket (scale_alibi.serve.bucket).
+"""Where a release's tile bytes come from: its XYZ directory tree or its PMTiles archives, on a
+local disk here, or in a bucket (scale_alibi.serve.bucket).
 
 All are behind one interface, `TileSource.locate(layer, z, x, y) -> TileSpan`. On a local disk a
 span is `size` bytes at `offset` of an open file (a tile file, or the layer's archive), read with
-pread/preadv so archives are never loaded in memory; from a bucket it is
-the bytes one GET fetched. A release directory with the tile tree is served from the tree; one
-with the manifest and `s1.pmtiles`, `s2.pmtiles`, `naip.pmtiles` but no tree (what `curate pack`
-or `curate import-pmtiles` leave) is served from the archives, with the same bytes."""
+pread/preadv so archives are never loaded in memory; from a bucket it is the bytes one GET (of an
+object, or of a range of an archive) fetched. A release directory with the tile tree is served from
+the tree; one with the manifest and `s1.pmtiles`, `s2.pmtiles`, `naip.pmtiles` but no tree (what
+`curate pack` or `curate import-pmtiles` leave) is served from the archives, with the same bytes.
+"""
 
 from __future__ import annotations
 
