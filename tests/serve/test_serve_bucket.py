@@ -105,20 +105,25 @@ def test_a_release_in_a_bucket_is_served_with_the_same_bytes_as_from_its_directo
     assert raw_get(bucket.url, f"/?release={release}")[0] == 200  # the viewer
 
 
-def test_a_release_without_its_manifest_in_the_bucket_is_not_served_until_the_manifest_arrives(served):
+def test_only_finished_validly_named_releases_in_the_bucket_are_served_and_a_manifest_arriving_last_adds_one(served):
     _, bucket, url, data = served
     names = lambda: [r["name"] for r in json.loads(raw_get(bucket.url, "/releases")[2])["releases"]]  # noqa: E731
+    fs, root = bucket_fs(url)
+    manifest = (data / "small" / MANIFEST_NAME).read_bytes()
     assert names() == ["packed", "small", "victim"]
+    fs.pipe({f"{root}/not a name!/{MANIFEST_NAME}": manifest, f"{root}/.staging/{MANIFEST_NAME}": manifest})
     assert raw_get(bucket.url, "/releases/unfinished")[0] == 404
     late = make_release(data.parent / "late", "late", nx=1, ny=1, seed=9)
     upload(late.root, url, skip=(MANIFEST_NAME,))
-    time.sleep(2.5)  # past the rescan interval: the tiles alone do not make a release
-    assert "late" not in names()
+    time.sleep(2.5)  # past the rescan interval: this look-up starts a survey, the one after applies it
+    names()
+    time.sleep(1)
+    assert "late" not in names()  # the tiles alone do not make a release
     upload(late.root, url)  # the manifest, last, as a build writes it
     deadline = time.monotonic() + 10
     while "late" not in names() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert names() == ["late", "packed", "small", "victim"]
+    assert names() == ["late", "packed", "small", "victim"]  # not the bad name, nor the hidden prefix
     status, _, body = raw_get(bucket.url, f"/tiles/late/s1/{Z}/{X0}/{Y0}.png")
     assert status == 200 and body == late.tile_path("s1", Z, X0, Y0).read_bytes()
 
