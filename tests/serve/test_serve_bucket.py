@@ -105,7 +105,7 @@ def test_a_release_in_a_bucket_is_served_with_the_same_bytes_as_from_its_directo
     assert raw_get(bucket.url, f"/?release={release}")[0] == 200  # the viewer
 
 
-def test_only_finished_validly_named_releases_in_the_bucket_are_served_and_a_manifest_arriving_last_adds_one(served):
+def test_only_finished_validly_named_releases_in_the_bucket_are_served_and_a_new_manifest_object_is_read(served):
     _, bucket, url, data = served
     names = lambda: [r["name"] for r in json.loads(raw_get(bucket.url, "/releases")[2])["releases"]]  # noqa: E731
     fs, root = bucket_fs(url)
@@ -126,6 +126,14 @@ def test_only_finished_validly_named_releases_in_the_bucket_are_served_and_a_man
     assert names() == ["late", "packed", "small", "victim"]  # not the bad name, nor the hidden prefix
     status, _, body = raw_get(bucket.url, f"/tiles/late/s1/{Z}/{X0}/{Y0}.png")
     assert status == 200 and body == late.tile_path("s1", Z, X0, Y0).read_bytes()
+    # A rebuilt release (a new manifest object: another ETag) is re-read.
+    rebuilt = make_release(data.parent / "rebuilt", "late", nx=2, ny=1, seed=9)
+    upload(rebuilt.root, url)
+    triplets = lambda: json.loads(raw_get(bucket.url, "/releases/late")[2])["triplets"]  # noqa: E731
+    deadline = time.monotonic() + 10
+    while triplets() != 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert triplets() == 2
 
 
 def test_a_vanished_tile_object_is_a_404_and_replaced_bytes_are_a_500_never_served(served):
