@@ -317,7 +317,12 @@ class Archive:
         """Take ownership of `fd`, open for reading; `name` is used in messages."""
         self.fd = fd
         self.name = name
-        self.stat = os.fstat(fd)
+        self.stat: os.stat_result | None = os.fstat(fd)  # None: an archive read by range requests
+        self._load(self.stat.st_size)
+
+    def _load(self, size: int) -> None:
+        """Read the header and the root directory of an archive of `size` bytes (read with `pread`)."""
+        name = self.name
         try:
             head = self.pread(0, HEADER_SIZE)
             if len(head) < HEADER_SIZE or not head.startswith(b"PMTiles"):
@@ -332,8 +337,8 @@ class Archive:
             end = max(h["root_offset"] + h["root_length"], h["metadata_offset"] + h["metadata_length"],
                       h["leaf_directory_offset"] + h["leaf_directory_length"],
                       h["tile_data_offset"] + h["tile_data_length"])
-            if end > self.stat.st_size:
-                raise ArchiveError(f"{name} is truncated: its header addresses {end} bytes, the file has {self.stat.st_size}")
+            if end > size:
+                raise ArchiveError(f"{name} is truncated: its header addresses {end} bytes, the file has {size}")
             self.root = self._directory(h["root_offset"], h["root_length"])
         except BaseException:
             self.close()

@@ -259,8 +259,8 @@ def manifest_bytes(table: pa.Table, metadata: dict[str, object]) -> bytes:
     return sink.getvalue()
 
 
-def read_manifest(path: Path) -> pa.Table:
-    """Read a manifest written by `write_manifest`."""
+def read_manifest(path: Path | pa.NativeFile) -> pa.Table:
+    """Read a manifest written by `write_manifest` (from a path, or from its bytes in a pa.BufferReader)."""
     return pq.read_table(path)
 
 

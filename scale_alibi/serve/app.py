@@ -9,16 +9,18 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from scale_alibi import __version__
+from scale_alibi.contract.storage import is_remote
 from scale_alibi.serve import errors
 from scale_alibi.serve.catalog import Catalog
 from scale_alibi.serve.fastpath import TileFastPath
-from scale_alibi.serve.files import BlobCache, SafeReader
+from scale_alibi.serve.files import BlobCache
 from scale_alibi.serve.routers.health import health_router
 from scale_alibi.serve.routers.releases import releases_router
 from scale_alibi.serve.routers.shards import shards_router
 from scale_alibi.serve.routers.tiles import tiles_router
 from scale_alibi.serve.routers.triplets import triplets_router
 from scale_alibi.serve.routers.viewer import static_files, viewer_router
+from scale_alibi.serve.stores import DirectoryStore, ReleaseStore
 from scale_alibi.serve.tiles import TileStore
 from scale_alibi.serve.tilesource import TileSources
 
@@ -44,10 +46,19 @@ class ServeApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def open_store(data: str | os.PathLike[str]) -> ReleaseStore:
+    """The store named by `data`: an fsspec URL (``s3://bucket/prefix``) or a local directory."""
+    if is_remote(data):
+        from scale_alibi.serve.bucket import BucketStore  # the store's library is imported only here
+
+        return BucketStore(os.fspath(data))
+    return DirectoryStore(data)
+
+
 def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) -> FastAPI:
-    """The service for the releases under `data_dir` (indexed once, here, per process)."""
-    catalog = Catalog(data_dir)
-    sources = TileSources(SafeReader(catalog.root))  # each release's tree or PMTiles archives
+    """The service for the releases under `data_dir`, a directory or a bucket URL (indexed once, here, per process)."""
+    catalog = Catalog(open_store(data_dir))
+    sources = TileSources(catalog.store.tile_source)  # each release's tree, PMTiles archives or bucket objects
     mb = cache_mb if cache_mb is not None else int(os.environ.get(CACHE_ENV, DEFAULT_CACHE_MB))
     store = TileStore(catalog, sources, BlobCache(mb * 2**20))
     catalog.on_change.append(lambda name: store.cache.drop_prefix(f"/tiles/{name}/"))
@@ -77,7 +88,7 @@ def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) ->
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory for worker processes: the data directory comes from $SCALE_ALIBI_DATA."""
+    """uvicorn factory for worker processes: the data directory (or bucket URL) comes from $SCALE_ALIBI_DATA."""
     app = create_app(os.environ[DATA_ENV])
     # Everything built so far lives as long as the worker: keep the cyclic GC from rescanning it
     # (full collections over the manifest index and the framework show up as tail latency).

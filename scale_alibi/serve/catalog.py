@@ -1,12 +1,13 @@
-"""The finished releases under a data directory, each indexed once per process from its manifest.
+"""The finished releases under a data root, each indexed once per process from its manifest.
 
-Releases are immutable once their manifest exists, so an index is built once and re-read only
-when the manifest file changes (mtime, size or inode: a repaired or rebuilt release); a release
-that finishes after start-up is picked up on a later look-up (directory scans are rate limited
-to one per RESCAN_SECONDS). Every file path the server opens is built
-here from a release directory found by listing and from integers found in a manifest: never
-from request text.
-"""
+The data root is a local directory or a bucket prefix (scale_alibi.serve.stores). Releases are
+immutable once their manifest exists, so an index is built once and re-read only when the
+manifest changes (its signature: mtime, size and inode on disk; ETag, size and modification time
+in a bucket: a repaired or rebuilt release); a release that finishes after start-up is picked up
+on a later look-up (scans are rate limited to one per RESCAN_SECONDS, and a bucket is scanned in
+the background so that no request waits for a listing). Every file path or object key the server
+reads is built from a release location found by listing and from integers found in a manifest:
+never from request text."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import logging
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -58,12 +60,32 @@ def is_inside(path: str, root: str) -> bool:
     return path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+class ReleaseFiles(ABC):
+    """What the catalog reads of a data root: which releases have a manifest, and their small files
+    (the stores of scale_alibi.serve.stores)."""
+
+    # Listing costs network round trips: the catalog rescans in the background, off the request path.
+    remote = False
+
+    def __init__(self, location: str):
+        self.location = location  # as the user gave it, for messages
+
+    @abstractmethod
+    def finished(self) -> Iterator[tuple[str, str, Hashable]]:
+        """(name, location, manifest signature) of each entry under the root that has a manifest."""
+
+    @abstractmethod
+    def read_file(self, release: str, name: str) -> bytes | None:
+        """The bytes of file `name` of the release at `release`, or None when it is missing (or unsafe)."""
+
+
 @dataclass
 class ReleaseIndex:
     """One finished release: its manifest table and the look-ups the endpoints need."""
 
     name: str
-    path: Path  # real path, inside the data directory
+    path: str  # the release's real path inside the data directory, or its key prefix in the bucket
+    store: ReleaseFiles  # where its files are read from
     table: pa.Table
     metadata: dict[str, object]
     keys: np.ndarray  # packed (z, x, y) of each manifest row, sorted
@@ -73,18 +95,18 @@ class ReleaseIndex:
     zooms: list[int]
     bounds: list[float]  # west, south, east, north
     etag_seed: str  # sha256 of the manifest bytes: identifies the release's content
-    mtime: int  # the manifest's modification time: the mtime of members in served tars
     _coverage: dict | None = field(default=None, repr=False)
     # Per file slot (manifest row * 7 + member, TRIPLET_MEMBERS order): a fingerprint of the file
     # (size, mtime, inode) as it was when its sha256 last matched the manifest; 0: never checked.
     _intact: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, name: str, path: Path) -> ReleaseIndex:
-        """Read and index the manifest of the release at `path`."""
-        manifest = path / MANIFEST_NAME
-        raw = manifest.read_bytes()
-        table = read_manifest(manifest)
+    def load(cls, name: str, path: str, store: ReleaseFiles) -> ReleaseIndex:
+        """Read and index the manifest of the release at `path` of `store`."""
+        raw = store.read_file(path, MANIFEST_NAME)
+        if raw is None:
+            raise ValueError(f"{MANIFEST_NAME} is gone or links out of the release")
+        table = read_manifest(pa.BufferReader(raw))
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"manifest lacks columns {missing}")
@@ -116,6 +138,7 @@ class ReleaseIndex:
         return cls(
             name=name,
             path=path,
+            store=store,
             table=table,
             metadata=manifest_metadata(table),
             keys=keys[order],
@@ -125,17 +148,13 @@ class ReleaseIndex:
             zooms=sorted({int(v) for v in np.unique(z)}),
             bounds=bounds,
             etag_seed=hashlib.sha256(raw).hexdigest(),
-            mtime=int(manifest.stat().st_mtime),
         )
 
     def stats(self) -> dict | None:
         """The release's `curate stats` document, read at each call (a new one is served at once);
         None when there is none, or when it is a link out of the release. ValueError if corrupt."""
-        real = os.path.realpath(self.path / STATS_NAME)
-        if not is_inside(real, str(self.path)) or not os.path.isfile(real):
-            return None
-        with open(real, "rb") as f:
-            return json.loads(f.read())  # json.JSONDecodeError is a ValueError
+        raw = self.store.read_file(self.path, STATS_NAME)
+        return None if raw is None else json.loads(raw)  # json.JSONDecodeError is a ValueError
 
     @property
     def triplets(self) -> int:
@@ -166,9 +185,10 @@ class ReleaseIndex:
                 return self.table.column("hash_naip_hires")[parent][i].as_py(), parent * MEMBERS + len(LAYERS) + i
         return None
 
-    def is_intact(self, slot: int, st: os.stat_result) -> bool:
-        """Whether the file in `slot`, as `st` describes it now, already hashed to the manifest's sha256."""
-        return self._intact is not None and int(self._intact[slot]) == _fingerprint(st)
+    def is_intact(self, slot: int, st: os.stat_result | None) -> bool:
+        """Whether the file in `slot`, as `st` describes it now, already hashed to the manifest's sha256
+        (never for fetched bytes, `st` None: an object can be replaced without a trace here)."""
+        return st is not None and self._intact is not None and int(self._intact[slot]) == _fingerprint(st)
 
     def mark_intact(self, slot: int, st: os.stat_result) -> None:
         """Remember that the file in `slot`, as `st` describes it, hashed to the manifest's sha256."""
@@ -177,8 +197,8 @@ class ReleaseIndex:
         self._intact[slot] = _fingerprint(st)
 
     def tile_path(self, layer: str, z: int, x: int, y: int) -> str:
-        """Where tile (layer, z, x, y) lives (built from integers only)."""
-        return os.path.join(self.path, layer, str(z), str(x), f"{y}.png")
+        """Where tile (layer, z, x, y) lives: a path or object key, built from integers only."""
+        return f"{self.path}/{layer}/{z}/{x}/{y}.png"
 
     def rows(self, rows: np.ndarray | list[int]) -> list[dict]:
         """Manifest rows as JSON-ready dicts."""
@@ -225,74 +245,93 @@ class ReleaseIndex:
         }
 
 
-def _manifest_signature(release_dir: str) -> tuple[int, int, int] | None:
-    """(mtime_ns, size, inode) of a release's manifest, or None when it has none (unfinished)."""
-    try:
-        st = os.stat(os.path.join(release_dir, MANIFEST_NAME))
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
+@dataclass(frozen=True)
+class Survey:
+    """What one look at the data root found (see Catalog._survey)."""
+
+    signatures: dict[str, object]
+    loaded: dict[str, ReleaseIndex | None]
 
 
 class Catalog:
-    """The finished releases under one data directory, looked up by name."""
+    """The finished releases under one data root (a directory or a bucket prefix), looked up by name."""
 
     RESCAN_SECONDS = 2.0
 
-    def __init__(self, data_dir: str | os.PathLike[str]):
-        self.root = os.path.realpath(data_dir)
-        if not os.path.isdir(self.root):
-            raise FileNotFoundError(f"data directory {data_dir} does not exist")
+    def __init__(self, store: ReleaseFiles):
+        self.store = store
         self._releases: dict[str, ReleaseIndex] = {}
-        self._signatures: dict[str, tuple] = {}  # name -> manifest signature when last read (good or bad)
+        self._signatures: dict[str, object] = {}  # name -> manifest signature when last read (good or bad)
         self._refused_names: set[str] = set()  # directories whose names are not release names
         self._lock = threading.Lock()
         self._scanned = 0.0
+        self._surveying = False  # a background survey of a bucket is running
+        self._surveyed: Survey | None = None  # its result, applied by the next look-up
         self.on_change: list = []  # callables(name) told when a served release is re-read or withdrawn
         self.rescan(force=True)
 
     def rescan(self, force: bool = False) -> None:
         """Index releases that finished, and re-read manifests that changed (e.g. one that was corrupt
-        and got repaired), since the last scan; rate limited unless forced."""
+        and got repaired), since the last scan; rate limited unless forced. A bucket is surveyed in a
+        background thread unless forced, and what it found is applied here, by the look-up after it:
+        the served state only ever changes on the thread that looks up."""
+        surveyed, self._surveyed = self._surveyed, None
+        if surveyed is not None:
+            with self._lock:
+                self._apply(surveyed)
         now = time.monotonic()
         if not force and now - self._scanned < self.RESCAN_SECONDS:
             return
-        with self._lock:
-            self._scanned = now
-            seen = set()
-            for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                real = os.path.realpath(entry.path)
-                # A release directory (or a symlink to one) must resolve inside the data directory.
-                if not is_inside(real, self.root) or not os.path.isdir(real):
-                    continue
-                signature = _manifest_signature(real)
-                if signature is None:
-                    continue  # unfinished: no manifest yet; look again on a later scan
-                if not is_release_name(name):
-                    if name not in self._refused_names:  # said once, not on every scan
-                        log.error("release %r not served: its name is not a release name (letters, digits, -_.)", name)
-                        self._refused_names.add(name)
-                    continue
-                seen.add(name)
-                if self._signatures.get(name) == signature:
-                    continue  # unchanged since it was read (served, or refused as broken)
-                self._signatures[name] = signature
-                try:
-                    index = ReleaseIndex.load(name, Path(real))
-                except Exception as exc:  # a broken manifest must not take the server down
-                    log.error("release %s not served: %s", name, exc)
-                    self._withdraw(name)
-                    continue
-                replaced = name in self._releases
-                self._releases[name] = index
-                if replaced:
-                    self._notify(name)
-            for name in [n for n in self._signatures if n not in seen]:
-                del self._signatures[name]
+        self._scanned = now
+        if force or not self.store.remote:
+            with self._lock:
+                self._apply(self._survey())
+        elif not self._surveying:
+            self._surveying = True
+            threading.Thread(target=self._survey_in_background, name="catalog-survey", daemon=True).start()
+
+    def _survey_in_background(self) -> None:
+        try:
+            self._surveyed = self._survey()
+        except Exception as exc:  # a store that is briefly unreachable: keep serving what is known
+            log.error("could not list releases under %s (%s); serving the releases listed before",
+                      self.store.location, exc)
+        finally:
+            self._surveying = False
+
+    def _survey(self) -> Survey:
+        """The manifest signature of every finished release, and a new index (None: broken) of each
+        whose manifest changed since it was last read."""
+        signatures: dict[str, object] = {}
+        loaded: dict[str, ReleaseIndex | None] = {}
+        for name, path, signature in self.store.finished():
+            if not is_release_name(name):
+                if name not in self._refused_names:  # said once, not on every scan
+                    log.error("release %r not served: its name is not a release name (letters, digits, -_.)", name)
+                    self._refused_names.add(name)
+                continue
+            signatures[name] = signature
+            if self._signatures.get(name) == signature:
+                continue  # unchanged since it was read (served, or refused as broken)
+            try:
+                loaded[name] = ReleaseIndex.load(name, path, self.store)
+            except Exception as exc:  # a broken manifest must not take the server down
+                log.error("release %s not served: %s", name, exc)
+                loaded[name] = None
+        return Survey(signatures, loaded)
+
+    def _apply(self, survey: Survey) -> None:
+        for name, index in survey.loaded.items():
+            if index is None:
                 self._withdraw(name)
+                continue
+            replaced = name in self._releases
+            self._releases[name] = index
+            if replaced:
+                self._notify(name)
+        for name in [n for n in self._signatures if n not in survey.signatures]:
+            self._withdraw(name)
+        self._signatures = survey.signatures
 
     def _withdraw(self, name: str) -> None:
         if self._releases.pop(name, None) is not None:

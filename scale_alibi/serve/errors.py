@@ -7,7 +7,11 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from scale_alibi.serve.stores import StoreUnavailable
+
 log = logging.getLogger(__name__)
+
+STORE_UNAVAILABLE = "the object store holding the releases did not answer; try again shortly"
 
 
 class ApiError(Exception):
@@ -25,6 +29,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.error("%s: %s", request.url.path, exc)  # the endpoint and bucket are for the operator only
+        return JSONResponse({"detail": STORE_UNAVAILABLE}, status_code=503, headers={"retry-after": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,6 +1,6 @@
 """Run the service in a subprocess on a free loopback port: for tests, benchmarks and loaders.
 
-    with ServerProcess(data_dir, workers=1) as server:
+    with ServerProcess(data_dir, workers=1) as server:    # or ServerProcess("s3://bucket/prefix")
         httpx.get(server.url + "/releases")
         server.kill()       # abrupt, like a crash (SIGKILL to the whole process group)
         server.restart()    # same port, so clients keep their URL
@@ -32,7 +32,7 @@ class ServerProcess:
     def __init__(self, data_dir: str | os.PathLike[str], workers: int = 1, port: int | None = None,
                  cache_mb: int | None = None, startup_timeout: float = 30.0, env: dict[str, str] | None = None,
                  command_prefix: list[str] | None = None, args: list[str] | None = None):
-        self.data_dir = Path(data_dir)
+        self.data_dir = os.fspath(data_dir)  # a directory or a bucket URL (s3://bucket/prefix)
         self.workers = workers
         self.port = port or free_port()
         self.cache_mb = cache_mb
@@ -52,7 +52,7 @@ class ServerProcess:
         """Start the server and wait until /health answers 200."""
         if self.proc is not None and self.proc.poll() is None:
             return self
-        cmd = [*self.command_prefix, sys.executable, "-m", "scale_alibi", "serve", "--data", str(self.data_dir), "--host", "127.0.0.1",
+        cmd = [*self.command_prefix, sys.executable, "-m", "scale_alibi", "serve", "--data", self.data_dir, "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", str(self.workers)]
         if self.cache_mb is not None:
             cmd += ["--cache-mb", str(self.cache_mb)]

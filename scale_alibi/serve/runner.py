@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
+from scale_alibi.contract.storage import is_remote, local_path
 from scale_alibi.serve.app import CACHE_ENV, DATA_ENV
 
 HEADER_TIMEOUT_ENV = "SCALE_ALIBI_HEADER_TIMEOUT"  # read by scale_alibi.serve.protocol in each worker
@@ -21,12 +21,12 @@ def _have(module: str) -> bool:
 def run(data_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         cache_mb: int | None = None, log_level: str = "warning", keep_alive_timeout: float = 5.0,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
-    """Serve `data_dir` until interrupted; workers > 1 forks stateless worker processes.
+    """Serve `data_dir` (a directory or a bucket URL) until interrupted; workers > 1 forks stateless worker processes.
 
     A connection is closed when it sends no complete request head within `header_timeout` seconds
     (of connecting or of its previous response), or stays idle `keep_alive_timeout` seconds after one."""
     # Worker processes build their own app (and protocol) from the environment (uvicorn's factory mode).
-    os.environ[DATA_ENV] = str(Path(data_dir).resolve())
+    os.environ[DATA_ENV] = str(data_dir) if is_remote(data_dir) else str(local_path(data_dir).resolve())
     os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)
     if cache_mb is not None:
         os.environ[CACHE_ENV] = str(cache_mb)

@@ -2,7 +2,7 @@
 
 Members are packed straight into one preallocated buffer: each tile is read once (from its file
 or its archive, see scale_alibi.serve.tilesource), from the page cache into its place in the tar (no
-intermediate bytes objects, no join).
+intermediate bytes objects, no join); from a bucket, the tiles of a batch are fetched concurrently.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ from scale_alibi.contract.release import triplet_files, triplet_tiles
 from scale_alibi.serve import tarstream
 from scale_alibi.serve.catalog import MEMBERS, ReleaseIndex
 from scale_alibi.serve.integrity import ensure_intact
-from scale_alibi.serve.tilesource import TileSources, TileSpan
+from scale_alibi.serve.tilesource import TileSources, TileSpan, close_all
+
+# Members carry a fixed mtime (the epoch, as reproducible archives do), so that a tar's bytes
+# depend on the release's content alone: its ETag names the same bytes from any copy of the
+# release, on any disk or in a bucket.
+MEMBER_MTIME = 0
 
 
 class MissingFile(Exception):
@@ -31,14 +36,17 @@ def pack_samples(
 ) -> bytearray:
     """Tar bytes of triplets given as (manifest row, metadata with z/x/y, member prefix): PNGs, then metadata."""
     tiles = sources.of(index)
-    # (member name, tile span or bytes, size, (sha256, file slot, stat, description) of a tile or None)
-    plan: list[tuple[str, TileSpan | bytes, int, tuple | None]] = []
+    members = [triplet_tiles(int(m["z"]), int(m["x"]), int(m["y"])) for _, m, _ in samples]
+    # All tiles of the batch at once: a bucket fetches them concurrently.
+    spans = tiles.locate_many([tile for triplet in members for _, tile in triplet])
     try:
-        for row, metadata, prefix in samples:
+        # (member name, tile span or bytes, size, (sha256, file slot, stat, description) of a tile or None)
+        plan: list[tuple[str, TileSpan | bytes, int, tuple | None]] = []
+        found = iter(spans)
+        for (row, metadata, prefix), triplet in zip(samples, members):
             z, x, y = int(metadata["z"]), int(metadata["x"]), int(metadata["y"])
-            digests = [digest for _, digest in triplet_files(metadata)]
-            for i, ((name, tile), digest) in enumerate(zip(triplet_tiles(z, x, y), digests)):
-                span = tiles.locate(*tile)
+            for i, ((name, _), (_, digest)) in enumerate(zip(triplet, triplet_files(metadata))):
+                span = next(found)
                 if span is None:
                     raise MissingFile(f"{index.name}: {name} of row {row} is not readable")
                 check = (digest, row * MEMBERS + i, span.st, f"{name} of {z}/{x}/{y}")
@@ -50,7 +58,7 @@ def pack_samples(
         view = memoryview(buf)
         off = 0
         for name, content, size, check in plan:
-            head = tarstream.header(name, size, index.mtime)
+            head = tarstream.header(name, size, MEMBER_MTIME)
             view[off : off + len(head)] = head
             off += len(head)
             if isinstance(content, bytes):
@@ -63,9 +71,7 @@ def pack_samples(
             off += tarstream.padded(size)
         return buf
     finally:
-        for _, content, _, _ in plan:
-            if not isinstance(content, bytes):
-                content.close()
+        close_all(spans)
 
 
 def triplet_tar(index: ReleaseIndex, sources: TileSources, row: int) -> bytes:

@@ -18,13 +18,13 @@ from starlette.responses import Response
 
 from scale_alibi.serve import tarstream
 from scale_alibi.serve.catalog import ReleaseIndex
+from scale_alibi.serve.errors import STORE_UNAVAILABLE
 from scale_alibi.serve.files import CACHE_IMMUTABLE, CORS, JSON, TAR, etag_matches
 from scale_alibi.serve.integrity import DamagedFile
 from scale_alibi.serve.samples import MissingFile, pack_samples
+from scale_alibi.serve.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-BATCH = 1  # triplets per chunk sent (~1 MB): cache-sized copies beat fewer thread hops (measured)
 
 
 def sample_key(row: dict) -> str:
@@ -43,11 +43,24 @@ def build_batch(index: ReleaseIndex, sources, rows: list[int], metas: list[dict]
     return pack_samples(index, sources, [(r, m, sample_key(m) + ".") for r, m in zip(rows, metas)], "json")
 
 
-def first_batch(index: ReleaseIndex, sources, rows: np.ndarray, size: int) -> tuple[list[dict], bytearray]:
-    """All manifest rows of the shard (one Arrow take) and the tar bytes of its first `size` triplets."""
+def first_batch(index: ReleaseIndex, sources, rows: np.ndarray) -> tuple[list[dict], bytearray, int]:
+    """All manifest rows of the shard (one Arrow take), the tar bytes of its first batch, and the
+    triplets per batch: one from a disk (~1 MB: cache-sized copies beat fewer thread hops, measured),
+    more from a bucket, whose tiles of a batch are fetched concurrently."""
+    size = sources.of(index).batch_triplets  # here, in a thread: opening a bucket's source lists it
     metas = index.rows(rows)
     head = rows[:size].tolist()
-    return metas, build_batch(index, sources, head, metas[:size]) if head else bytearray()
+    return metas, build_batch(index, sources, head, metas[:size]) if head else bytearray(), size
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    """The status and reason of a shard whose first batch could not be read."""
+    if isinstance(exc, MissingFile):
+        return 404, f"shard has files missing on disk: {exc}"
+    if isinstance(exc, StoreUnavailable):
+        log.error("shard: %s", exc)  # the endpoint and bucket are for the operator only
+        return 503, STORE_UNAVAILABLE
+    return 500, str(exc)
 
 
 class ShardStream(Response):
@@ -79,15 +92,15 @@ class ShardStream(Response):
         rows = self.rows.tolist()
         # The first batch is read before the status line, so a broken shard still gets a JSON 404 (500: damaged).
         try:
-            metas, first = await loop.run_in_executor(None, first_batch, self.index, self.sources, self.rows, BATCH)
-        except (MissingFile, DamagedFile) as exc:
-            missing = isinstance(exc, MissingFile)
-            body = json.dumps({"detail": f"shard has files missing on disk: {exc}" if missing else str(exc)}).encode()
+            metas, first, batch = await loop.run_in_executor(None, first_batch, self.index, self.sources, self.rows)
+        except (MissingFile, DamagedFile, StoreUnavailable) as exc:
+            status, detail = _failure(exc)
+            body = json.dumps({"detail": detail}).encode()
             headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), CORS]
-            await send({"type": "http.response.start", "status": 404 if missing else 500, "headers": headers})
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
-        batches = [(rows[i : i + BATCH], metas[i : i + BATCH]) for i in range(0, len(rows), BATCH)]
+        batches = [(rows[i : i + batch], metas[i : i + batch]) for i in range(0, len(rows), batch)]
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})

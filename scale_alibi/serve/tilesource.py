@@ -1,8 +1,10 @@
-"""Where a release's tile bytes come from: its XYZ directory tree or its PMTiles archives.
+"""Where a release's tile bytes come from: its XYZ directory tree or its PMTiles archives, on a
+local disk here, or in a bucket (scale_alibi.serve.bucket).
 
-Both are behind one interface, `TileSource.locate(layer, z, x, y) -> TileSpan`: a span is `size`
-bytes at `offset` of an open file (a tile file, or the layer's archive), read with pread/preadv
-so archives are never loaded in memory. A release directory with the tile tree is served from
+All are behind one interface, `TileSource.locate(layer, z, x, y) -> TileSpan`. On a local disk a
+span is `size` bytes at `offset` of an open file (a tile file, or the layer's archive), read with
+pread/preadv so archives are never loaded in memory; from a bucket it is the bytes one GET (of an
+object, or of a range of an archive) fetched. A release directory with the tile tree is served from
 the tree; one with the manifest and `s1.pmtiles`, `s2.pmtiles`, `naip.pmtiles` but no tree (what
 `curate pack` or `curate import-pmtiles` leave) is served from the archives, with the same bytes.
 """
@@ -13,6 +15,7 @@ import logging
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from scale_alibi.contract.archive import Archive, ArchiveError, release_archives
@@ -22,9 +25,29 @@ from scale_alibi.serve.files import SafeReader
 log = logging.getLogger(__name__)
 
 
+class TileSpan(ABC):
+    """One tile's bytes, `size` of them; `st` describes the file holding them (None: bytes fetched
+    from an object store, which are checked against the manifest at every fetch)."""
+
+    size: int
+    st: os.stat_result | None
+
+    @abstractmethod
+    def read(self) -> bytes:
+        """The tile's bytes (fewer than `size` when the file turned out shorter)."""
+
+    @abstractmethod
+    def read_into(self, view: memoryview) -> bool:
+        """Fill `view` (of length `size`); False when the file turned out shorter."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the span holds open (a file it opened for itself)."""
+
+
 @dataclass(frozen=True)
-class TileSpan:
-    """One tile's bytes: `size` bytes at `offset` of open file `fd`."""
+class FileSpan(TileSpan):
+    """`size` bytes at `offset` of open file `fd`, read with pread/preadv (never loaded whole)."""
 
     fd: int
     offset: int
@@ -37,7 +60,6 @@ class TileSpan:
         return os.pread(self.fd, self.size, self.offset)
 
     def read_into(self, view: memoryview) -> bool:
-        """Fill `view` (of length `size`); False when the file turned out shorter."""
         got = 0
         while got < self.size:
             n = os.preadv(self.fd, [view[got:]], self.offset + got)
@@ -51,15 +73,52 @@ class TileSpan:
             os.close(self.fd)
 
 
+@dataclass(frozen=True)
+class FetchedSpan(TileSpan):
+    """A tile's bytes already fetched (from an object store): in memory, so nothing to close."""
+
+    data: bytes
+    st: None = None
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return len(self.data)
+
+    def read(self) -> bytes:
+        return self.data
+
+    def read_into(self, view: memoryview) -> bool:
+        view[:] = self.data
+        return True
+
+    def close(self) -> None:
+        pass  # nothing held open
+
+
 class TileSource(ABC):
     """A release's tiles by address; safe to use from several threads."""
+
+    # Triplets a shard reads per batch: one keeps copies cache-sized on a local disk; a store that
+    # answers in round trips gets more, so that each batch fetches many tiles at once.
+    batch_triplets = 1
 
     @abstractmethod
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
         """The span of tile (layer, z, x, y), or None when it is missing or unsafe to read; `close` it after use."""
 
-    def read(self, layer: str, z: int, x: int, y: int) -> tuple[bytes, os.stat_result] | None:
-        """The bytes of tile (layer, z, x, y) and the stat of the file holding them, or None."""
+    def locate_many(self, tiles: list[tuple[str, int, int, int]]) -> list[TileSpan | None]:
+        """`locate` of each (layer, z, x, y), in order; spans that are not None must be closed."""
+        spans: list[TileSpan | None] = []
+        try:
+            for tile in tiles:
+                spans.append(self.locate(*tile))
+        except BaseException:
+            close_all(spans)
+            raise
+        return spans
+
+    def read(self, layer: str, z: int, x: int, y: int) -> tuple[bytes, os.stat_result | None] | None:
+        """The bytes of tile (layer, z, x, y) and the stat of the file holding them (None: fetched), or None."""
         span = self.locate(layer, z, x, y)
         if span is None:
             return None
@@ -68,6 +127,13 @@ class TileSource(ABC):
         finally:
             span.close()
         return (data, span.st) if len(data) == span.size else None
+
+
+def close_all(spans: list[TileSpan | None]) -> None:
+    """Close every span in `spans` that is not None."""
+    for span in spans:
+        if span is not None:
+            span.close()
 
 
 class DirectorySource(TileSource):
@@ -82,7 +148,7 @@ class DirectorySource(TileSource):
         if opened is None:
             return None
         fd, st = opened
-        return TileSpan(fd, 0, st.st_size, st, owned=True)
+        return FileSpan(fd, 0, st.st_size, st, owned=True)
 
 
 class PMTilesSource(TileSource):
@@ -96,7 +162,7 @@ class PMTilesSource(TileSource):
         found = archive.locate(z, x, y) if archive is not None else None
         if found is None:
             return None
-        return TileSpan(archive.fd, found[0], found[1], archive.stat, owned=False, keep=archive)
+        return FileSpan(archive.fd, found[0], found[1], archive.stat, owned=False, keep=archive)
 
 
 def open_source(index: ReleaseIndex, reader: SafeReader) -> TileSource:
@@ -116,10 +182,10 @@ def open_source(index: ReleaseIndex, reader: SafeReader) -> TileSource:
 
 
 class TileSources:
-    """The tile source of each release the catalog serves, opened on first use."""
+    """The tile source of each release the catalog serves, opened on first use by `open`."""
 
-    def __init__(self, reader: SafeReader):
-        self.reader = reader
+    def __init__(self, open: Callable[[ReleaseIndex], TileSource]):
+        self.open = open
         self._sources: dict[str, tuple[ReleaseIndex, TileSource]] = {}
         self._lock = threading.Lock()
 
@@ -132,6 +198,6 @@ class TileSources:
             found = self._sources.get(index.name)
             if found is None or found[0] is not index:
                 # A replaced source's archives close when the last span reading them is gone (Archive.__del__).
-                found = (index, open_source(index, self.reader))
+                found = (index, self.open(index))
                 self._sources[index.name] = found
         return found[1]

@@ -82,10 +82,11 @@ def test_stats_and_train_refuse_a_release_name_that_is_a_path(tmp_path):
 
 def test_the_server_does_not_serve_a_release_whose_directory_name_is_not_a_release_name(tmp_path):
     from scale_alibi.serve.catalog import Catalog
+    from scale_alibi.serve.stores import DirectoryStore
 
     make_release(tmp_path, "good", nx=1, ny=1)
     make_release(tmp_path, "bad name", nx=1, ny=1)
-    catalog = Catalog(tmp_path)
+    catalog = Catalog(DirectoryStore(tmp_path))
     assert catalog.names() == ["good"] and catalog.get("bad name") is None
 
 
