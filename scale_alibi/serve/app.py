@@ -57,8 +57,9 @@ def open_store(data: str | os.PathLike[str]) -> ReleaseStore:
 
 def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) -> FastAPI:
     """The service for the releases under `data_dir`, a directory or a bucket URL (indexed once, here, per process)."""
-    catalog = Catalog(open_store(data_dir))
-    sources = TileSources(catalog.store.tile_source)  # each release's tree, PMTiles archives or bucket objects
+    releases = open_store(data_dir)
+    catalog = Catalog(releases)
+    sources = TileSources(releases.tile_source)  # each release's tree, PMTiles archives or bucket objects
     mb = cache_mb if cache_mb is not None else int(os.environ.get(CACHE_ENV, DEFAULT_CACHE_MB))
     store = TileStore(catalog, sources, BlobCache(mb * 2**20))
     catalog.on_change.append(lambda name: store.cache.drop_prefix(f"/tiles/{name}/"))

@@ -176,7 +176,7 @@ class ArchiveSource(FetchingSource):
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
         archive = self.archives.get(layer)
         found = archive.locate(z, x, y) if archive is not None else None
-        if found is None:
+        if archive is None or found is None:
             return None
         data = archive.pread(*found)
         return FetchedSpan(data) if len(data) == found[1] else None

@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -41,7 +42,7 @@ class ServerProcess:
         self.command_prefix = list(command_prefix or [])  # e.g. ["taskset", "-c", "1"] for benchmarks
         self.args = list(args or [])  # more `curate serve` options, e.g. ["--header-timeout", "1"]
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -63,14 +64,14 @@ class ServerProcess:
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)  # own group: kill() reaches every worker
-        self._wait_ready()
+        self._wait_ready(self.proc)
         return self
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, proc: subprocess.Popen) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{self.output()}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
                     if r.status == 200:
@@ -89,6 +90,8 @@ class ServerProcess:
         return self._log.read().decode(errors="replace")[-20000:]
 
     def _signal_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
         try:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:

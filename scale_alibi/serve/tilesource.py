@@ -160,7 +160,7 @@ class PMTilesSource(TileSource):
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
         archive = self.archives.get(layer)
         found = archive.locate(z, x, y) if archive is not None else None
-        if found is None:
+        if archive is None or archive.stat is None or found is None:  # stat: set for an archive opened as a file
             return None
         return FileSpan(archive.fd, found[0], found[1], archive.stat, owned=False, keep=archive)
 
