@@ -89,6 +89,13 @@ def test_croma_draws_independent_radar_and_optical_masks():
     assert torch.equal(shared["masks"]["s1"], shared["masks"]["s2"])
 
 
+def test_per_modality_masks_inside_the_batch_are_refused_not_ignored():
+    n = (PX // 16) ** 2
+    masks = {"s1": random_mask(2, n, 0.75, "cpu"), "s2": random_mask(2, n, 0.75, "cpu")}
+    with pytest.raises(ValueError, match="masks="), torch.no_grad():
+        _model("croma")({**_batch(2), "masks": masks})
+
+
 def test_croma_reconstructs_each_modality_on_its_own_masked_patches():
     model = _model("croma")
     batch = _batch(2)

@@ -225,6 +225,8 @@ class ScaleAlibiModel(nn.Module):
         """The low-res MAE mask per low-res modality: `per_modality` ({"s1", "s2"}, under
         independent_masks) or the batch's "mask" (for all), else random (one shared draw, or one
         per modality under independent_masks)."""
+        if "masks" in batch:  # where they were once passed: refuse rather than silently draw new ones
+            raise ValueError("pass per-modality masks as forward(batch, masks=...), not in the batch")
         if per_modality is not None:
             if not self.cfg.independent_masks:
                 raise ValueError("per-modality masks need a config with independent_masks")
