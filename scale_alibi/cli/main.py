@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -30,7 +33,20 @@ COMMANDS: dict[str, str] = {
 
 
 class LazyGroup(click.Group):
-    """A click group that imports a subcommand's module only when that subcommand is used."""
+    """A click group that imports a subcommand's module only when that subcommand is used, and
+    reports a UserError from anywhere below it as one line."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """click's `main`; a UserError (raised by a command, an option's callback or type) prints
+        `error: <message>` on stderr and exits with its code, as click does for its own errors."""
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        except UserError as e:
+            if not standalone_mode:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

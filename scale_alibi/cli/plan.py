@@ -8,6 +8,7 @@ import click
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.curate.plan import plan_region, plan_release, scene_summary
+from scale_alibi.regions import load_region, load_release
 
 
 def _print_plan(plan: dict) -> None:
@@ -39,23 +40,24 @@ def _print_plan(plan: dict) -> None:
 def plan(release: str | None, region: str | None, zoom: int | None, as_json: bool,
          scenes: bool, catalog: str | None, interval: str | None) -> None:
     """Count the tiles a release or region covers (offline, geometry only; --scenes asks a catalog)."""
-    if (release is None) == (region is None):
-        raise UserError("give exactly one of --release NAME or --region NAME|PATH")
     if (catalog or interval) and not scenes:
         raise UserError("--catalog and --datetime only apply with --scenes")
-    if release is not None:
-        if zoom is not None:
-            raise UserError(f"--zoom applies to --region only; release {release!r} has its own zoom")
-        result = plan_release(release)
-    else:
-        if zoom is None:
-            raise UserError("--region needs --zoom (0-22), e.g. --zoom 15")
-        result = plan_region(region, zoom)
+    match release, region:
+        case str(), None:
+            if zoom is not None:
+                raise UserError(f"--zoom applies to --region only; release {release!r} has its own zoom")
+            result = plan_release(release)
+            areas = [s.geometry for s in load_release(release).subregions] if scenes else []
+        case None, str():
+            if zoom is None:
+                raise UserError("--region needs --zoom (0-22), e.g. --zoom 15")
+            result = plan_region(region, zoom)
+            areas = [load_region(region)] if scenes else []
+        case _:
+            raise UserError("give exactly one of --release NAME or --region NAME|PATH")
     if scenes:
         from scale_alibi.curate.search import PLANETARY_COMPUTER
-        from scale_alibi.regions import load_region, load_release
 
-        areas = [s.geometry for s in load_release(release).subregions] if release else [load_region(region)]
         result["scenes"] = scene_summary(catalog or PLANETARY_COMPUTER, areas, interval)
         result["bytes"] = sum(layer["bytes"] for layer in result["scenes"].values())
     if as_json:

@@ -104,7 +104,7 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
         from scale_alibi.model.eval.retrieval import retrieval_top1
 
         heldout = collect_split(url, release, "heldout", limit=eval_tiles)
-        r = retrieval_top1(trainer.module, heldout, device=dev, prepare=prepare)
+        r = retrieval_top1(model, heldout, device=dev, prepare=prepare)  # trainer.module: the same module, moved
         click.echo(f"heldout s1->s2 retrieval top-1 {r.top1:.3f} over {r.n} tiles (chance {r.chance:.4f}, {r.over_chance:.1f}x)")
     if info.world_size > 1:
         import torch.distributed as dist

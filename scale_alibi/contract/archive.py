@@ -25,11 +25,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypedDict
 
 import numpy as np
 from pmtiles.tile import (
     Compression,
+    HeaderDict,
     TileType,
     deserialize_header,
     serialize_header,
@@ -243,6 +244,21 @@ def _split_directories(d: Directory) -> tuple[bytes, bytes]:
 
 # ---------------------------------------------------------------------------------- writing
 
+class ArchiveExtent(TypedDict):
+    """The header fields an archive's writer cannot know from its tiles alone: zooms, bounds and
+    center, in the header's own units (degrees times 1e7, rounded to int)."""
+
+    min_zoom: int
+    max_zoom: int
+    min_lon_e7: int
+    min_lat_e7: int
+    max_lon_e7: int
+    max_lat_e7: int
+    center_zoom: int
+    center_lon_e7: int
+    center_lat_e7: int
+
+
 class ArchiveWriter:
     """Writes PNG tiles, given in increasing tile-id order, into an open binary file."""
 
@@ -262,8 +278,8 @@ class ArchiveWriter:
         self._lengths.append(len(data))
         self.f.write(data)
 
-    def finish(self, header: dict, metadata: dict) -> None:
-        """Write metadata, directories and the header. `header`: zooms, bounds and center (e7 ints)."""
+    def finish(self, header: ArchiveExtent, metadata: dict) -> None:
+        """Write metadata, directories and the header; `header` gives the archive's zooms, bounds and center."""
         if not self._ids:
             raise ValueError("an archive needs at least one tile")
         ids = np.frombuffer(self._ids, dtype=np.uint64)
@@ -277,8 +293,9 @@ class ArchiveWriter:
         self.f.seek(meta_offset)
         self.f.write(meta)
         self.f.write(leaves)
-        full = {
+        full: HeaderDict = {
             **header,
+            "version": 3,
             "root_offset": HEADER_SIZE, "root_length": len(root),
             "metadata_offset": meta_offset, "metadata_length": len(meta),
             "leaf_directory_offset": meta_offset + len(meta), "leaf_directory_length": len(leaves),

@@ -159,7 +159,7 @@ def import_release(out: Path, name: str, paths: dict[str, Path | None], zoom: in
             "release": name, "zoom": zoom, "layout": "tree" if unpack else "pmtiles",
             "params": {"heldout_fraction": heldout_fraction, "split_levels": split_levels},
             "software": {"scale-alibi": __version__},
-            "imported_from": {layer: _describe(a, paths[layer]) for layer, a in archives.items()},
+            "imported_from": {layer: _describe(a) for layer, a in archives.items()},
         }
         write_manifest(table, release.manifest_path, metadata)
     finally:
@@ -169,9 +169,9 @@ def import_release(out: Path, name: str, paths: dict[str, Path | None], zoom: in
     return release
 
 
-def _describe(archive: Archive, path: Path | None) -> dict:
+def _describe(archive: Archive) -> dict:
     meta = archive.metadata()
-    return {"file": Path(path).name, "bytes": archive.stat.st_size,
+    return {"file": Path(archive.name).name, "bytes": archive.stat.st_size,
             "tiles": archive.header["addressed_tiles_count"],
             **{k: meta[k] for k in ("name", "attribution") if isinstance(meta.get(k), str)}}
 

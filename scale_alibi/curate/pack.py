@@ -20,7 +20,7 @@ import mercantile
 import numpy as np
 import pyarrow as pa
 
-from scale_alibi.contract.archive import archive_name, e7, has_tree, tile_ids, write_archive
+from scale_alibi.contract.archive import ArchiveExtent, archive_name, e7, has_tree, tile_ids, write_archive
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import (
     ATTRIBUTION,
@@ -66,7 +66,7 @@ def tile_id_order(z: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarr
     return ids, order
 
 
-def archive_header(tile_z: np.ndarray, z: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict:
+def archive_header(tile_z: np.ndarray, z: np.ndarray, x: np.ndarray, y: np.ndarray) -> ArchiveExtent:
     """Header fields of an archive: zooms of its tiles (`tile_z`), bounds and center of triplets (z, x, y)."""
     zoom = int(z.min())
     at = z == zoom

@@ -142,8 +142,8 @@ def plan_release(name: str) -> dict:
     spec = load_release(name)
     counts = [RegionCount(s.name, count_tiles(s.geometry, spec.zoom), s.state, s.split) for s in spec.subregions]
     splits: dict[str, int] = {}
-    for c in counts:
-        splits[c.split] = splits.get(c.split, 0) + c.tiles
+    for sub, c in zip(spec.subregions, counts):
+        splits[sub.split] = splits.get(sub.split, 0) + c.tiles
     # Sub-regions never share a tile (tests check it), so the total is the sum.
     return {
         "release": spec.name,

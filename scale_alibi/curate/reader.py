@@ -141,10 +141,11 @@ def clear_http_cache() -> None:
 
 def _error_text(err: BaseException) -> str:
     """The messages of an error and of the GDAL errors rasterio chained to it, as one line."""
-    parts = []
-    while err is not None and len(parts) < 8:
-        parts.append(str(err))
-        err = err.__cause__ or err.__context__
+    parts: list[str] = []
+    link: BaseException | None = err
+    while link is not None and len(parts) < 8:
+        parts.append(str(link))
+        link = link.__cause__ or link.__context__
     return " | ".join(parts)
 
 
@@ -220,7 +221,7 @@ def transformer_from_3857(src_crs_wkt: str) -> Transformer:
     return Transformer.from_crs("EPSG:3857", CRS.from_user_input(src_crs_wkt), always_xy=True)
 
 
-def _read(ds, bounds_3857, target_res_3857: float, indexes, margin_px: int) -> Source | None:
+def _read(ds, bounds_3857: tuple[float, float, float, float], target_res_3857: float, indexes, margin_px: int) -> Source | None:
     # a cached transformer: rasterio's transform_bounds would build one per call
     bounds = transformer_from_3857(ds.crs.to_wkt()).transform_bounds(*bounds_3857, densify_pts=21)
     # Mercator metres are 1/cos(lat) ground metres: compare resolutions in the file's units.
@@ -254,7 +255,7 @@ def _read_level(ds, level, bounds, indexes, margin_px: int) -> Source | None:
     return Source(data, level.window_transform(window), ds.crs, ds.nodata, abs(level.res[0]))
 
 
-def read_window(href: str, signer, bounds_3857, target_res_3857: float, indexes=None,
+def read_window(href: str, signer, bounds_3857: tuple[float, float, float, float], target_res_3857: float, indexes=None,
                 margin_px: int = 3, timeout_s: float = TIMEOUT_S) -> Source | None:
     """Read the part of the COG at `href` covering `bounds_3857` (plus a margin for the resampling kernel)
     at the overview level that fits `target_res_3857`; None if it does not overlap.

@@ -161,8 +161,9 @@ def parse_interval(interval: str | None) -> tuple[datetime | None, datetime | No
             if end is not None and len(b) == 10:  # a bare end date includes that whole day
                 end = end.replace(hour=23, minute=59, second=59)
         else:
-            start = _parse_dt(interval)
-            end = start.replace(hour=23, minute=59, second=59) if len(interval) == 10 else start
+            start = end = _parse_dt(interval)
+            if start is not None and len(interval) == 10:  # a bare date means that whole day
+                end = start.replace(hour=23, minute=59, second=59)
     except ValueError:
         raise UserError(f"--datetime {interval!r} is not a STAC interval like 2022-01-01/2022-12-31") from None
     if start and end and end < start:

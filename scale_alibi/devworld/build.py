@@ -215,8 +215,8 @@ def _s1(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
     xs, ys = warp_transform("EPSG:4326", scene.crs, [t[0] for t in targets], [t[1] for t in targets])
     inv = ~scene.transform
     for (_lon, _lat, vv, vh), x, y in zip(targets, xs, ys):
-        c, r = pixel_to_xy(inv, x, y)
-        c, r = int(math.floor(c)), int(math.floor(r))
+        col, row = pixel_to_xy(inv, x, y)
+        c, r = int(math.floor(col)), int(math.floor(row))
         if 0 <= r < scene.height and 0 <= c < scene.width:
             g[0, r, c], g[1, r, c] = vv, vh
     for i, pol in enumerate(("vv", "vh")):

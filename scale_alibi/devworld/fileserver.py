@@ -108,7 +108,9 @@ class FileServer:
         # stderr to a file, never a pipe: an unread pipe fills up and blocks the server.
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, preexec_fn=_child_setup())
-        line = self.proc.stdout.readline().decode().strip()
+        assert self.proc.stdout is not None  # stdout=PIPE above
+        self._stdout = self.proc.stdout
+        line = self._stdout.readline().decode().strip()
         if not line.startswith("PORT "):
             self.proc.kill()
             self.proc.wait()
@@ -178,7 +180,7 @@ class FileServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        self.proc.stdout.close()
+        self._stdout.close()
         self._log.close()
 
 

@@ -75,9 +75,9 @@ def _render(truth: Truth, sensor: str, crs: CRS, transform: Affine, height: int,
     # Five points per block: centre, +/- half a block along columns and rows (pixel coordinates).
     cols, rows = [], []
     for r0, c0, h, w in blocks:
-        rc, cc = r0 + h / 2, c0 + w / 2
-        cols += [cc, cc + w / 2, cc - w / 2, cc, cc]
-        rows += [rc, rc, rc, rc + h / 2, rc - h / 2]
+        r_mid, c_mid = r0 + h / 2, c0 + w / 2
+        cols += [c_mid, c_mid + w / 2, c_mid - w / 2, c_mid, c_mid]
+        rows += [r_mid, r_mid, r_mid, r_mid + h / 2, r_mid - h / 2]
     xs, ys = pixel_to_xy(transform, cols, rows)
     lon, lat = warp_transform(crs, "EPSG:4326", list(xs), list(ys))
     lx, ly = truth.to_local(np.array(lon), np.array(lat))

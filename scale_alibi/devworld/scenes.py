@@ -138,13 +138,14 @@ def s2_scenes(cfg: WorldConfig) -> list[Scene]:
             tile = mgrs_tile((box[0] + box[2]) / 2, lat_c)
             t = f"{d}T17{39 + di:02d}{11 + zone % 40:02d}"
             sid = f"{sat}_MSIL2A_{t}_R098_T{tile}_{d}T2{di}1530"
-            quirks = {}
+            quirks: dict[str, bool | float] = {}
             if date == cfg.s2_cloudy_date:
                 quirks["clouds"] = True
             if date == cfg.s2_swath_date and zone == _zones(cfg)[-1]:
                 quirks["swath_edge"] = 0.6  # fraction of the width where nodata starts
+            when = f"{date}T17:{39 + di:02d}:{11 + zone % 40:02d}.024000Z"
             props = {
-                "datetime": f"{date}T17:{39 + di:02d}:{11 + zone % 40:02d}.024000Z",
+                "datetime": when,
                 "platform": "Sentinel-2A" if sat == "S2A" else "Sentinel-2B",
                 "constellation": "Sentinel 2",
                 "instruments": ["msi"],
@@ -159,7 +160,7 @@ def s2_scenes(cfg: WorldConfig) -> list[Scene]:
                 "proj:epsg": epsg,
                 "proj:code": f"EPSG:{epsg}",
             }
-            out.append(Scene("sentinel-2-l2a", sid, epsg, tr, w, h, props["datetime"], props, quirks))
+            out.append(Scene("sentinel-2-l2a", sid, epsg, tr, w, h, when, props, quirks))
     return out
 
 
@@ -181,8 +182,9 @@ def s1_scenes(cfg: WorldConfig) -> list[Scene]:
         fmt = "%Y%m%dT%H%M%S"
         sid = f"{sat}_IW_GRDH_1SDV_{t0:{fmt}}_{t1:{fmt}}_{abs_orbit:06d}_05E{i}A1_rtc"
         iso = "%Y-%m-%dT%H:%M:%S.%fZ"
+        when = f"{tm:{iso}}"
         props = {
-            "datetime": f"{tm:{iso}}",
+            "datetime": when,
             "start_datetime": f"{t0:{iso}}",
             "end_datetime": f"{t1:{iso}}",
             "platform": "SENTINEL-1A",
@@ -211,7 +213,7 @@ def s1_scenes(cfg: WorldConfig) -> list[Scene]:
             "proj:code": f"EPSG:{epsg}",
         }
         quirks = {"stale_transform": (30.0, -20.0)} if state == "ascending" else {}
-        out.append(Scene("sentinel-1-rtc", sid, epsg, tr, w, h, props["datetime"], props, quirks))
+        out.append(Scene("sentinel-1-rtc", sid, epsg, tr, w, h, when, props, quirks))
     return out
 
 
@@ -241,15 +243,16 @@ def naip_scenes(cfg: WorldConfig) -> list[Scene]:
                 quad = f"{int(abs(lat_c)):02d}{int(abs(lon_c)):03d}{(i * k + j + 1):02d}"
                 qq = ("nw", "ne", "sw", "se")[(i % 2) * 2 + (j % 2)]
                 sid = f"{cfg.naip_state}_m_{quad}_{qq}_{zone}_060_{date.replace('-', '')}"
+                when = f"{date}T16:00:00Z"
                 props = {
-                    "datetime": f"{date}T16:00:00Z",
+                    "datetime": when,
                     "gsd": 0.6,
                     "naip:year": year,
                     "naip:state": cfg.naip_state,
                     "proj:epsg": epsg,
                     "proj:code": f"EPSG:{epsg}",
                 }
-                out.append(Scene("naip", sid, epsg, tr, width, height, props["datetime"], props))
+                out.append(Scene("naip", sid, epsg, tr, width, height, when, props))
     return out
 
 

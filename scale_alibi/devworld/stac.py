@@ -53,8 +53,8 @@ def footprint(scene: Scene, valid_px: Polygon | None = None) -> Polygon:
     for (c0, r0), (c1, r1) in zip(ring[:-1], ring[1:]):
         for t in np.linspace(0, 1, 9)[:-1]:
             pts.append((c0 + (c1 - c0) * t, r0 + (r1 - r0) * t))
-    pts = np.array(pts)
-    xs, ys = pixel_to_xy(scene.transform, pts[:, 0], pts[:, 1])
+    px = np.array(pts)
+    xs, ys = pixel_to_xy(scene.transform, px[:, 0], px[:, 1])
     lon, lat = warp_transform(scene.crs, "EPSG:4326", list(xs), list(ys))
     return Polygon([(round(a, 7), round(b, 7)) for a, b in zip(lon, lat)]).buffer(0)
 

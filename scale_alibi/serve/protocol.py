@@ -49,6 +49,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._await_head()
         if not getattr(self.server_state, "head_sweep", False):
+            # attr-defined: our own flag on uvicorn's per-server state, so that one sweep runs per server
             self.server_state.head_sweep = True  # type: ignore[attr-defined]
             _sweep(self.loop, self.connections, self.header_timeout)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 
 from fastapi import Request
 from starlette.responses import Response
@@ -16,7 +17,7 @@ CACHE_SHORT = b"public, max-age=60"
 class RawResponse(Response):
     """A response whose status, raw headers and body are already computed."""
 
-    def __init__(self, status_code: int = 200, headers: list[tuple[bytes, bytes]] = (), body: bytes = b""):
+    def __init__(self, status_code: int = 200, headers: Sequence[tuple[bytes, bytes]] = (), body: bytes = b""):
         self.status_code = status_code
         self.raw_headers = list(headers)
         self.body = body

@@ -42,7 +42,8 @@ def run(data_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8
         # Without httptools, h11 caps the head's size but has no head deadline.
         http="scale_alibi.serve.protocol:GuardedHttpToolsProtocol" if _have("httptools") else "h11",
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-        timeout_keep_alive=keep_alive_timeout,
+        # arg-type: uvicorn annotates it int but only hands it to loop.call_later, which takes fractional seconds
+        timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type]
         access_log=False,
         server_header=False,
         log_level=log_level,

@@ -8,6 +8,7 @@ intermediate bytes objects, no join); from a bucket, the tiles of a batch are fe
 from __future__ import annotations
 
 import json
+import os
 
 from scale_alibi.contract.release import triplet_files, triplet_tiles
 from scale_alibi.serve import tarstream
@@ -49,8 +50,8 @@ def pack_samples(
                 span = next(found)
                 if span is None:
                     raise MissingFile(f"{index.name}: {name} of row {row} is not readable")
-                check = (digest, row * MEMBERS + i, span.st, f"{name} of {z}/{x}/{y}")
-                plan.append((f"{prefix}{name}.png", span, span.size, check))
+                tile_check = (digest, row * MEMBERS + i, span.st, f"{name} of {z}/{x}/{y}")
+                plan.append((f"{prefix}{name}.png", span, span.size, tile_check))
             meta = row_json(metadata)
             plan.append((f"{prefix}{metadata_name}", meta, len(meta), None))
         total = sum(tarstream.BLOCK + tarstream.padded(size) for _, _, size, _ in plan)
@@ -63,9 +64,9 @@ def pack_samples(
             off += len(head)
             if isinstance(content, bytes):
                 view[off : off + size] = content
-            else:
-                if not content.read_into(view[off : off + size]):
-                    raise MissingFile(f"{index.name}: {name} is shorter than it was")
+            elif not content.read_into(view[off : off + size]):
+                raise MissingFile(f"{index.name}: {name} is shorter than it was")
+            if check is not None:  # a tile: its bytes as read must hash to the manifest's
                 digest, slot, st, what = check
                 ensure_intact(index, slot, digest, view[off : off + size], st, what)
             off += tarstream.padded(size)

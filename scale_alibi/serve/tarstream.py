@@ -39,11 +39,18 @@ def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
 
 
 OWNER = "scale-alibi"
-_TEMPLATE = bytearray(_tarfile_header("", 0, 0))
-_TEMPLATE[124:136] = b"\0" * 12  # size, mtime: filled per member
-_TEMPLATE[136:148] = b"\0" * 12
-_TEMPLATE[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
-_TEMPLATE = bytes(_TEMPLATE)
+
+
+def _blank_header() -> bytes:
+    """A member header with the fields that vary per member (size, mtime, checksum) blanked."""
+    h = bytearray(_tarfile_header("", 0, 0))
+    h[124:136] = b"\0" * 12  # size, mtime: filled per member
+    h[136:148] = b"\0" * 12
+    h[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
+    return bytes(h)
+
+
+_TEMPLATE = _blank_header()
 
 
 def padded(size: int) -> int:

@@ -174,7 +174,7 @@ def test_a_stalled_cog_server_fails_the_metatile_within_the_timeout(world, tiny,
     with pytest.raises(UserError, match="failed after retries") as err:
         _build(world, tmp_path, region, timeout_s=1)
     elapsed = time.monotonic() - t0
-    assert "timed out: the server sent no data for 1 s" in err.value.format_message()
+    assert "timed out: the server sent no data for 1 s" in str(err.value)
     # Each of the (TIMEOUT_RETRIES + 1) attempts waits the timeout once per GDAL try.
     attempts = (reader.TIMEOUT_RETRIES + 1) * (int(reader.GDAL_ENV["GDAL_HTTP_MAX_RETRY"]) + 1)
     assert elapsed < 2 * attempts + 10, elapsed
@@ -210,7 +210,7 @@ def test_a_permanent_403_fails_fast_with_advice_about_the_key(world, tiny, tmp_p
     t0 = time.monotonic()
     with pytest.raises(UserError, match="HTTP 403") as err:
         _build(world, tmp_path, region)
-    message = err.value.format_message()
+    message = str(err.value)
     assert "subscription key" in message and "rerun" not in message
     assert time.monotonic() - t0 < 10
     assert not Release(tmp_path, "tiny").is_finished

@@ -16,7 +16,7 @@ import shapely
 from click.testing import CliRunner
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from scale_alibi.cli.plan import plan
+from scale_alibi.cli.main import main as cli
 from scale_alibi.contract.errors import UserError
 from scale_alibi.curate.plan import count_tiles, iter_tiles
 from scale_alibi.regions import load_region, load_release
@@ -127,7 +127,7 @@ def test_zoom_out_of_range(zoom):
 
 
 def _json_plan(*args: str) -> dict:
-    result = CliRunner().invoke(plan, [*args, "--json"])
+    result = CliRunner().invoke(cli, ["plan", *args, "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -183,7 +183,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("case", ["not-json", "no-type", "bad-coords", "a-point", "beyond-mercator", "empty-collection"])
 def test_bad_geojson_exits_2_with_one_line(tmp_path, case):
-    result = CliRunner().invoke(plan, ["--region", str(_bad_files(tmp_path)[case]), "--zoom", "15"])
+    result = CliRunner().invoke(cli, ["plan", "--region", str(_bad_files(tmp_path)[case]), "--zoom", "15"])
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
 
@@ -198,7 +198,7 @@ def test_bad_geojson_exits_2_with_one_line(tmp_path, case):
     [],
 ])
 def test_bad_arguments_exit_2_with_one_line(args):
-    result = CliRunner().invoke(plan, args)
+    result = CliRunner().invoke(cli, ["plan", *args])
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
 
@@ -268,6 +268,6 @@ def test_scenes_counts_items_over_the_region_and_bytes(stac_catalog):
 
 
 def test_scenes_with_unreachable_catalog_is_one_line(tmp_path):
-    result = CliRunner().invoke(plan, ["--release", "small", "--scenes", "--catalog", f"http://127.0.0.1:{free_port()}"])
+    result = CliRunner().invoke(cli, ["plan", "--release", "small", "--scenes", "--catalog", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "cannot reach STAC catalog" in result.stderr

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from scale_alibi.cli.main import main
+from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import STATS_NAME, Release
 from tests.release_factory import make_release
 
@@ -131,3 +132,10 @@ def test_stats_on_a_corrupt_manifest_or_png_gives_one_error_line(tmp_path):
     manifest.write_bytes(manifest.read_bytes()[: manifest.stat().st_size // 2])
     _one_error_line(_invoke("stats", "--data", str(tmp_path), "--release", "r"), "manifest")
     assert not (release.path / STATS_NAME).exists()
+
+
+def test_a_caller_embedding_the_cli_without_standalone_mode_gets_the_user_error_itself():
+    # click's contract for its own errors: printed and exit 2 standalone, raised to an embedding caller
+    with pytest.raises(UserError, match="unknown release 'nope'") as caught:
+        main.main(["plan", "--release", "nope"], standalone_mode=False)
+    assert caught.value.exit_code == 2

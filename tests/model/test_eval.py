@@ -67,6 +67,12 @@ def test_mlp_probe_learns_a_separable_task_and_reports_its_best_validation_epoch
     assert 0 <= result.best_epoch < 30 and result.valid_accuracy >= 0.9
 
 
+def test_mlp_probe_without_an_epoch_refuses_rather_than_returning_no_predictions():
+    x, y = np.eye(4, dtype=np.float32), np.arange(4)
+    with pytest.raises(ValueError, match="at least one epoch"):
+        mlp_probe((x, y), (x, y), x, 4, epochs=0)
+
+
 @pytest.fixture(scope="module")
 def geobench_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("geobench")

@@ -89,6 +89,13 @@ def test_croma_draws_independent_radar_and_optical_masks():
     assert torch.equal(shared["masks"]["s1"], shared["masks"]["s2"])
 
 
+def test_per_modality_masks_inside_the_batch_are_refused_not_ignored():
+    n = (PX // 16) ** 2
+    masks = {"s1": random_mask(2, n, 0.75, "cpu"), "s2": random_mask(2, n, 0.75, "cpu")}
+    with pytest.raises(ValueError, match="masks="), torch.no_grad():
+        _model("croma")({**_batch(2), "masks": masks})
+
+
 def test_croma_reconstructs_each_modality_on_its_own_masked_patches():
     model = _model("croma")
     batch = _batch(2)
@@ -97,7 +104,7 @@ def test_croma_reconstructs_each_modality_on_its_own_masked_patches():
     torch.manual_seed(3)
     masks = {"s1": random_mask(2, n, 0.75, "cpu"), "s2": random_mask(2, n, 0.75, "cpu")}
     with torch.no_grad():
-        base = model({**batch, "masks": masks})
+        base = model(batch, masks=masks)
         # change S2 pixels only where S2 is masked: its encoder cannot see them, its loss must
         changed = batch["s2"].clone()
         grid = PX // 16
@@ -105,7 +112,7 @@ def test_croma_reconstructs_each_modality_on_its_own_masked_patches():
             for i in masks["s2"][b].nonzero().flatten().tolist():
                 r, c = divmod(i, grid)
                 changed[b, :, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] += torch.randn(3, 16, 16)
-        after = model({**batch, "s2": changed, "masks": masks})
+        after = model({**batch, "s2": changed}, masks=masks)
     torch.testing.assert_close(after["embeddings"]["s2"], base["embeddings"]["s2"])
     torch.testing.assert_close(after["reconstruction_per_modality"]["s1"], base["reconstruction_per_modality"]["s1"])
     assert not torch.allclose(after["reconstruction_per_modality"]["s2"], base["reconstruction_per_modality"]["s2"])

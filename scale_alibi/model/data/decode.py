@@ -8,13 +8,14 @@ the world's tiles, 10% slower on the loader benchmark's level-1 PNGs, so not wor
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from scale_alibi.contract.release import CHANNELS, HIRES_NAMES, MODALITIES
 
+_png_decode: Callable[[bytes], np.ndarray] | None
 try:  # a declared dependency, but keep the loader usable with Pillow alone
     import imagecodecs
 

@@ -318,4 +318,6 @@ class StreamProgress:
     def for_loader(cls, loader: DataLoader) -> StreamProgress:
         """A progress counter matching `loader` (its dataset must be a TripletStream)."""
         ds = loader.dataset
+        if not isinstance(ds, TripletStream):
+            raise TypeError(f"StreamProgress counts a TripletStream's samples; this loader reads a {type(ds).__name__}")
         return cls(loader.num_workers, epoch=ds.epoch, seed=ds.seed, world_size=ds.world_size)

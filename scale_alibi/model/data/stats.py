@@ -77,7 +77,7 @@ def compute_stats(release: Release, split: str = "train", limit: int | None = No
         parts = [_sums(release, tiles)]
     modalities = {}
     for m in MODALITIES:
-        total = sum(p[m] for p in parts if m in p)
+        total = np.sum([p[m] for p in parts if m in p], axis=0)  # integer-valued float64: exact in any order
         c = (len(total) - 1) // 2
         n, s, sq = total[0], total[1 : 1 + c], total[1 + c :]
         mean = s / n

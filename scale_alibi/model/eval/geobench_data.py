@@ -85,12 +85,12 @@ def load_task(root: Path, name: str, limit: int | None = None, progress: bool = 
         raise UserError(f"no GEO-Bench task {name} under {root}/{BENCHMARK}; set --geobench-dir "
                         "(or GEO_BENCH_DIR) to where `geobench-download` put the data")
     specs = geobench.load_task_specs(task_dir)
-    splits, rule = {}, None
-    for split in SPLITS:
-        ds = geobench.GeobenchDataset(task_dir, split=split, band_names=RGB)
-        if rule is None:
-            info = {b.name: b for b in specs.bands_info}
-            rule = band_rule([info[n] for n in ds.band_names], ds.band_stats)
+    datasets = {split: geobench.GeobenchDataset(task_dir, split=split, band_names=RGB) for split in SPLITS}
+    first = datasets[SPLITS[0]]  # every split of a task shares its bands' rule
+    info = {b.name: b for b in specs.bands_info}
+    rule = band_rule([info[n] for n in first.band_names], first.band_stats)
+    splits = {}
+    for split, ds in datasets.items():
         n = len(ds) if limit is None else min(limit, len(ds))
         images, labels = [], []
         for i in tqdm(range(n), desc=f"{name} {split}", disable=not progress, leave=False):

@@ -57,7 +57,7 @@ def mlp_probe(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.
     net = nn.Sequential(nn.Linear(x_tr.shape[1], MLP_HIDDEN), nn.ReLU(),
                         nn.Linear(MLP_HIDDEN, n_classes)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    best = (-1.0, 0, None)
+    best: ProbeResult | None = None
     for epoch in range(epochs):
         net.train()
         for batch in torch.randperm(len(x_tr), generator=gen).split(batch_size):
@@ -67,6 +67,8 @@ def mlp_probe(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.
         net.eval()
         with torch.no_grad():
             acc = float((net(x_va).argmax(1) == y_va).float().mean())
-            if acc > best[0]:
-                best = (acc, epoch, net(x_te).argmax(1).cpu().numpy())
-    return ProbeResult(best[2], best[1], best[0])
+            if best is None or acc > best.valid_accuracy:
+                best = ProbeResult(net(x_te).argmax(1).cpu().numpy(), epoch, acc)
+    if best is None:
+        raise ValueError(f"epochs={epochs}: a probe needs at least one epoch to predict with")
+    return best

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
+from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel
 from scale_alibi.model.train.trainer import batch_size_of, move_batch
 
 
@@ -30,7 +30,7 @@ class RetrievalResult:
 
 
 @torch.no_grad()
-def embed_all(model: nn.Module, data: Mapping[str, Any], modality: str, device: str | torch.device = "cpu",
+def embed_all(model: ScaleAlibiModel, data: Mapping[str, Any], modality: str, device: str | torch.device = "cpu",
               chunk: int = 64, prepare: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None) -> torch.Tensor:
     """`model.embed(batch, modality)` over every sample of `data`, in chunks; (N, D) float32 on CPU."""
     was_training = model.training
@@ -58,7 +58,7 @@ def top1_from_embeddings(query: torch.Tensor, target: torch.Tensor) -> float:
     return float((own > others).float().mean())
 
 
-def retrieval_top1(model: nn.Module, data: Mapping[str, Any], query: str = "s1", target: str = "s2",
+def retrieval_top1(model: ScaleAlibiModel, data: Mapping[str, Any], query: str = "s1", target: str = "s2",
                    device: str | torch.device = "cpu",
                    prepare: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None) -> RetrievalResult:
     """Top-1 retrieval of `target` by `query` over all tiles of `data` (e.g. the held-out split)."""

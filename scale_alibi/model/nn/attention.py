@@ -32,14 +32,18 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+_flex_attention: Callable[..., Tensor] | None
 try:  # FlexAttention exists from torch 2.5
-    from torch.nn.attention.flex_attention import flex_attention as _flex_attention
+    from torch.nn.attention import flex_attention as _flex
+
+    _flex_attention = _flex.flex_attention
 except ImportError:  # pragma: no cover - older torch
     _flex_attention = None
 

@@ -170,17 +170,18 @@ class ScaleAlibiModel(nn.Module):
             raise ValueError(f"tiles must be square, got {h}x{w}")
         return h // self.cfg.patch_size
 
-    def forward(self, batch: dict[str, Tensor]) -> dict:
-        """Training forward. Returns loss, contrastive, reconstruction (scalars), per-modality
-        reconstruction, embeddings {modality: (B, D)}, the low-res masks used per modality
-        ("masks", (B, g*g), True = masked) and S2's as "mask"."""
+    def forward(self, batch: dict[str, Tensor], masks: dict[str, Tensor] | None = None) -> dict:
+        """Training forward; `masks` ({"s1", "s2"}, under independent_masks) fixes the per-modality
+        masks. Returns loss, contrastive, reconstruction (scalars), per-modality reconstruction,
+        embeddings {modality: (B, D)}, the low-res masks used per modality ("masks", (B, g*g),
+        True = masked) and S2's as "mask"."""
         cfg, p = self.cfg, self.cfg.patch_size
         g = self._grid(batch)
         n = g * g
         b = batch["s2"].shape[0]
         device = batch["s2"].device
         tile_m = batch["tile_size_m"].to(device, torch.float32).reshape(b)
-        masks = self._masks(batch, b, n, device)
+        masks = self._masks(batch, masks, b, n, device)
         split = {id(mask): split_ids_from_mask(mask) for mask in masks.values()}  # once per mask
         ids = {m: split[id(mask)] for m, mask in masks.items()}  # (B, K) kept, (B, N-K) masked
         grid_xy = coords(tile_m, g, self.l_ref_m, cfg.bias_units)
@@ -198,7 +199,7 @@ class ScaleAlibiModel(nn.Module):
         contrastive, pair_losses = self.contrastive(embeddings)
 
         joint = self.cross_lores(tokens["s1"], xy["s1"], tokens["s2"], xy["s2"])  # (B, K, D)
-        if cfg.use_hires:
+        if self.cross_hires is not None:  # cfg.use_hires
             joint = self.cross_hires(joint, xy["s1"], tokens["naip_hires"], xy_hi)
         hidden = self.decoder.blocks_forward(joint, ids["s1"][0], g)  # (B, N, Dd)
 
@@ -219,14 +220,17 @@ class ScaleAlibiModel(nn.Module):
                 "reconstruction_per_modality": recon, "contrastive_per_pair": pair_losses,
                 "embeddings": embeddings, "mask": masks["s2"], "masks": masks}
 
-    def _masks(self, batch: dict[str, Tensor], b: int, n: int, device: torch.device) -> dict[str, Tensor]:
-        """The low-res MAE mask per low-res modality: the batch's "masks" ({"s1", "s2"}, under
-        independent_masks) or "mask" (for all), else random (one shared draw, or one per
-        modality under independent_masks)."""
-        if "masks" in batch:
+    def _masks(self, batch: dict[str, Tensor], per_modality: dict[str, Tensor] | None, b: int, n: int,
+               device: torch.device) -> dict[str, Tensor]:
+        """The low-res MAE mask per low-res modality: `per_modality` ({"s1", "s2"}, under
+        independent_masks) or the batch's "mask" (for all), else random (one shared draw, or one
+        per modality under independent_masks)."""
+        if "masks" in batch:  # where they were once passed: refuse rather than silently draw new ones
+            raise ValueError("pass per-modality masks as forward(batch, masks=...), not in the batch")
+        if per_modality is not None:
             if not self.cfg.independent_masks:
                 raise ValueError("per-modality masks need a config with independent_masks")
-            return {m: batch["masks"][m].to(device, torch.bool) for m in ("s1", "s2")}
+            return {m: per_modality[m].to(device, torch.bool) for m in ("s1", "s2")}
         given = batch.get("mask")
         if given is not None:
             mask = given.to(device, torch.bool)

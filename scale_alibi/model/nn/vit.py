@@ -77,6 +77,8 @@ class MLP(nn.Module):
 class Attention(nn.Module):
     """Pre-norm multi-head (cross-)attention with the Scale-ALiBi bias from token coordinates."""
 
+    slopes: Tensor | None  # a buffer (register_buffer below); None without ALiBi
+
     def __init__(self, dim: int, heads: int, cross: bool = False, alibi: bool = True,
                  backend: str = "auto"):
         super().__init__()
@@ -99,8 +101,8 @@ class Attention(nn.Module):
                 context_xy: Tensor | None = None) -> Tensor:
         """x (B, Lq, D), xy (B, Lq, 2); context (B, Lk, D), context_xy (B, Lk, 2) -> (B, Lq, D)."""
         x = self.norm(x)
-        if self.cross:
-            context, context_xy = self.context_norm(context), context_xy
+        if self.context_norm is not None:  # cross-attention: keys and values from the context
+            context = self.context_norm(context)
         else:
             context, context_xy = x, xy
         q = self._split(self.q(x))

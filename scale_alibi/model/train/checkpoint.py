@@ -48,7 +48,10 @@ def _from_b64(s: str) -> torch.Tensor:
 
 def get_rng_state() -> dict[str, Any]:
     """The torch (CPU and CUDA), numpy and python RNG states as plain JSON types."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()
+    if not isinstance(legacy, tuple):  # a dict only if the global RandomState's generator was replaced
+        raise RuntimeError("numpy's global RandomState is not MT19937, so its state cannot be checkpointed")
+    kind, keys, pos, has_gauss, cached = legacy
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": _b64(torch.get_rng_state()),

@@ -57,5 +57,6 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled)
     # Filling every torch.empty with NaN (the default under deterministic mode) costs ~5x on CPU
     # here and changes no result of a correct kernel.
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    # attr-defined: torch declares it as a property of the module's swapped-in class, which mypy cannot see
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     torch.backends.cudnn.benchmark = not enabled

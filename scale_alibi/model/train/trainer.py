@@ -101,7 +101,10 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
         if cfg.compile:
-            wrapped = torch.compile(wrapped)
+            compiled = torch.compile(wrapped)
+            if not isinstance(compiled, nn.Module):  # torch.compile of a Module gives an OptimizedModule
+                raise TypeError(f"torch.compile returned a {type(compiled).__name__}, not a module")
+            wrapped = compiled
         self.model = wrapped
         self.step = 0
         self.epoch = 0
@@ -201,7 +204,7 @@ class Trainer:
             return None
         # Per-rank state: each rank's loader position and RNG (ranks draw different MAE masks).
         mine = {"loader": source.state_dict() if source is not None else None, "rng": ckpt.get_rng_state()}
-        states = [mine]
+        states: list[dict[str, Any] | None] = [mine]
         if self.dist.world_size > 1:
             states = [None] * self.dist.world_size
             dist.all_gather_object(states, mine)
