@@ -339,6 +339,7 @@ class Archive:
 
     def _load(self, size: int) -> None:
         """Read the header and the root directory of an archive of `size` bytes (read with `pread`)."""
+        self.size = size
         name = self.name
         try:
             head = self.pread(0, HEADER_SIZE)

@@ -171,7 +171,7 @@ def import_release(out: Path, name: str, paths: dict[str, Path | None], zoom: in
 
 def _describe(archive: Archive) -> dict:
     meta = archive.metadata()
-    return {"file": Path(archive.name).name, "bytes": archive.stat.st_size,
+    return {"file": Path(archive.name).name, "bytes": archive.size,
             "tiles": archive.header["addressed_tiles_count"],
             **{k: meta[k] for k in ("name", "attribution") if isinstance(meta.get(k), str)}}
 

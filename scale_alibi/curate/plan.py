@@ -28,7 +28,7 @@ from shapely.geometry.base import BaseGeometry
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.tiles import column_west_lon as _lon
 from scale_alibi.contract.tiles import row_north_lat as _lat
-from scale_alibi.regions import check_geometry
+from scale_alibi.regions import ReleaseSpec, SubRegion, check_geometry
 
 MAX_ZOOM = 22
 # Rows are clipped in chunks first so that each row's clip works on a small piece of a big outline.
@@ -114,7 +114,7 @@ def count_tiles(geometry: BaseGeometry, zoom: int) -> int:
     return sum(hi - lo + 1 for _, ranges in iter_rows(geometry, zoom) for lo, hi in ranges)
 
 
-def iter_release_tiles(spec) -> Iterator[tuple[object, mercantile.Tile]]:
+def iter_release_tiles(spec: ReleaseSpec) -> Iterator[tuple[SubRegion, mercantile.Tile]]:
     """Stream (SubRegion, tile) for every tile of a release, sub-region by sub-region."""
     for sub in spec.subregions:
         for tile in iter_tiles(sub.geometry, spec.zoom):

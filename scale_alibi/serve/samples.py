@@ -8,7 +8,6 @@ intermediate bytes objects, no join); from a bucket, the tiles of a batch are fe
 from __future__ import annotations
 
 import json
-import os
 
 from scale_alibi.contract.release import triplet_files, triplet_tiles
 from scale_alibi.serve import tarstream
