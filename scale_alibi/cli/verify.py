@@ -14,7 +14,7 @@ import click
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import TRIPLET_MEMBERS, check_release_name
-from scale_alibi.curate.build.output import open_output
+from scale_alibi.curate.build.open_output import open_output
 from scale_alibi.curate.damage import find_damage
 from scale_alibi.curate.verify import repair
 

@@ -105,7 +105,7 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
     """Attempt 1 of a metatile writes its done record and dies half-way through its renames; Dask's
     retry (attempt 2) dies too, before staging anything; the rerun must still give every file."""
     import scale_alibi.curate.build as build
-    import scale_alibi.curate.build.output as output  # where a local output looks up commit_staging
+    import scale_alibi.curate.build.local_output as output  # where a local output looks up commit_staging
     import scale_alibi.curate.encode as encode
     from scale_alibi.curate.search import SearchOptions, search_items
 

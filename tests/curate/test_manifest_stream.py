@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scale_alibi.contract.release import REQUIRED_COLUMNS, manifest_bytes, manifest_metadata, write_manifest_batches
+from scale_alibi.curate.build.local_output import LocalOutput
 from scale_alibi.curate.build.manifest import _manifest_table, manifest_batches, manifest_columns
-from scale_alibi.curate.build.output import LocalOutput
 
 Z = 15
 LEVELS = 2  # 4x4-tile metatiles

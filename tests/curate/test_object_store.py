@@ -19,7 +19,7 @@ from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import Release
 from scale_alibi.contract.storage import remote_filesystem
 from scale_alibi.curate.build import build_release
-from scale_alibi.curate.build.output import ObjectOutput
+from scale_alibi.curate.build.object_output import ObjectOutput
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}
 BUILD = {"zoom": 16, "release": "mid", "metatile_levels": 1}  # 2x2-tile metatiles: several to resume from

@@ -21,7 +21,8 @@ from scale_alibi.contract.release import (
 from scale_alibi.curate.build.executor import _run, search_blocks
 from scale_alibi.curate.build.manifest import _params_meta, _versions, manifest_batches, manifest_columns
 from scale_alibi.curate.build.metatile import group_metatiles
-from scale_alibi.curate.build.output import ReleaseOutput, open_output
+from scale_alibi.curate.build.open_output import open_output
+from scale_alibi.curate.build.output import ReleaseOutput
 from scale_alibi.curate.build.params import MAX_BUILD_ZOOM, BuildParams, _check_options, plan_tiles
 from scale_alibi.curate.build.repair import recut_files, resume_done
 from scale_alibi.curate.build.staging import _mt_name

@@ -1,0 +1,18 @@
+"""The output of a release at a location the user gave: a directory or an object-store URL."""
+
+from __future__ import annotations
+
+import os
+
+from scale_alibi.contract.storage import is_remote, local_path
+from scale_alibi.curate.build.local_output import LocalOutput
+from scale_alibi.curate.build.output import ReleaseOutput
+
+
+def open_output(out: str | os.PathLike[str], release: str) -> ReleaseOutput:
+    """The output for release `release` under `out`: a local directory or an fsspec URL."""
+    if is_remote(out):
+        from scale_alibi.curate.build.object_output import ObjectOutput  # the store's library, only when used
+
+        return ObjectOutput(os.fspath(out), release)
+    return LocalOutput(local_path(out), release)
