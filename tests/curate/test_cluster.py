@@ -142,3 +142,26 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
     build_release(tmp_path, region=region, catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
     built = Release(tmp_path, BUILD["release"])
     assert _tree(built.path) == _tree(local.path)
+
+
+def test_a_late_duplicate_of_a_metatile_task_writes_nothing_into_a_sealed_release(world, region_and_local):
+    """A task Dask runs again after the driver moved on (a recomputed result, a worker presumed lost)
+    finds the manifest and leaves the finished release untouched: no done record, no staging."""
+    import scale_alibi.curate.build as build
+    from scale_alibi.curate.build.local_output import LocalOutput
+    from scale_alibi.curate.build.metatile import ReleaseSealed
+    from scale_alibi.curate.search import SearchOptions, search_items
+
+    _, local = region_and_local
+    before = _tree(local.path)
+    row = local.read_manifest().to_pylist()[0]
+    mt = build.metatile_key(row["z"], row["x"], row["y"], BUILD["metatile_levels"])
+    tiles = [(r["x"], r["y"], r["split"]) for r in local.read_manifest().to_pylist()
+             if build.metatile_key(r["z"], r["x"], r["y"], BUILD["metatile_levels"]) == mt]
+    bbox = build.lonlat_bounds(BUILD["zoom"], tiles)
+    items = [search_items(world.stac_url, layer, bbox, SearchOptions()) for layer in ("s2", "s1", "naip")]
+    job = build.MetatileJob(LocalOutput(local.root, local.name), BUILD["zoom"], mt, tiles, 0.99, 730.0,
+                            signer="none", catalog=world.stac_url)
+    with pytest.raises(ReleaseSealed):
+        build.cut_metatile(job, *items)
+    assert _tree(local.path) == before

@@ -133,6 +133,9 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
                 records[mt] = summarize(f.result())
             except faults as e:
                 failures.append(f"metatile {_mt_name(mt)}: {str(e)[:200]}")
+            # Released at once: were the worker holding this result lost later, Dask would otherwise
+            # run the task again to recompute it, and that run could write after the manifest.
+            f.release()
             bar.update(1)
         bar.close()
         items = {}

@@ -33,6 +33,10 @@ def lonlat_bounds(z: int, tiles: Iterable[tuple]) -> tuple[float, float, float, 
     return min(b.west for b in bs), min(b.south for b in bs), max(b.east for b in bs), max(b.north for b in bs)
 
 
+class ReleaseSealed(Exception):
+    """A metatile task ran after its release's manifest was written (its result is discarded)."""
+
+
 @dataclass
 class MetatileJob:
     """One task's input: a metatile's tiles and where its output goes (plain data: picklable)."""
@@ -105,6 +109,10 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             have = [t for t in have if t in chosen[layer]]
 
     output = job.output
+    if job.commit and output.is_finished():
+        # A late duplicate of this task (its worker was presumed lost, or the driver moved on): the
+        # release is sealed, and nothing may be written into it any more.
+        raise ReleaseSealed(f"release {output.name} is finished; metatile {job.metatile} not written again")
     output.begin(job.metatile)
     rows, files = [], {}
     for t in have:
