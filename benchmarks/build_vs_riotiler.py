@@ -47,7 +47,9 @@ def project(world, out: Path, zoom: int, region, scheduler: str, workers: int | 
                            scheduler=scheduler, workers=workers, progress=False, echo=lambda m: None)
     dt = time.perf_counter() - t0
     stats = world.files.stats()
-    return {"tiles": result.triplets * 7, "seconds": dt, **stats, "release": result.release}
+    from scale_alibi.contract.release import Release
+
+    return {"tiles": result.triplets * 7, "seconds": dt, **stats, "release": Release(Path(out), "bench")}
 
 
 def baseline(world, release, zoom: int) -> dict:

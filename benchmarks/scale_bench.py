@@ -275,6 +275,7 @@ def conus_graph(region: str, zoom: int) -> dict:
         plan_tiles,
         search_blocks,
     )
+    from scale_alibi.curate.build.local_output import LocalOutput
     from scale_alibi.regions import load_region
 
     t = time.perf_counter()
@@ -284,7 +285,7 @@ def conus_graph(region: str, zoom: int) -> dict:
     planned = time.perf_counter() - t
     metatiles = group_metatiles(tiles, zoom, params.metatile_levels)
     blocks = search_blocks(metatiles)
-    jobs = [MetatileJob("/out/" + params.release, zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
+    jobs = [MetatileJob(LocalOutput(Path("/out"), params.release), zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
                         catalog="https://planetarycomputer.microsoft.com/api/stac/v1") for mt in metatiles]
     peak = peak_rss()
     pickled = sum(len(pickle.dumps(j, protocol=5)) for j in jobs)
