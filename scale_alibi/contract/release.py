@@ -12,6 +12,7 @@ A release without ``manifest.parquet`` is unfinished: it is never served or trai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -281,9 +282,16 @@ def list_releases(root: Path) -> Iterator[Release]:
 
 # ---- training-shard order: shared by the server (which cuts shards) and the loader (which asks) ----
 
+@functools.lru_cache(maxsize=2)
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The deterministic order of a release's n manifest rows in one (seed, epoch)."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+    """The deterministic order of a release's n manifest rows in one (seed, epoch); read-only.
+
+    Kept for the last two (n, seed, epoch): every shard of an epoch slices the same permutation,
+    which costs 22 ms to draw for 750,000 rows and 281 ms for 9 million (CONUS z15) and would
+    otherwise be drawn again for every shard request (8 bytes per row held per cached epoch)."""
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+    order.setflags(write=False)
+    return order
 
 
 def shard_count(n: int, shard_size: int) -> int:
