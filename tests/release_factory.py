@@ -130,3 +130,9 @@ def make_data_dir(root: Path, nx: int = 4, ny: int = 3) -> DataDir:
     os.symlink(outside_col, col)
     dirlink = ("naip", Z + 1, 2 * (X0 + 1) + 1, 2 * Y0)
     return DataDir(root, data, canary, canary_text, small, extra, symlinked, unlisted, dirlink)
+
+
+def file_tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` ('/'-relative path -> bytes): two releases compared byte for byte,
+    leftovers (staging, locks, temp files) included."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}

@@ -9,15 +9,10 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 from scale_alibi.contract.release import Release, manifest_metadata
+from tests.release_factory import file_tree
 from tests.world_rows import across_edge, expected_rows, zone_edge
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
 
 # ------------------------------------------------------------------------------ rows and splits
 
@@ -121,11 +116,11 @@ def test_kill_9_then_rerun_is_identical_and_cheaper(z16, world, tmp_path):
     assert 0 < rerun["bytes"] < ref_stats["bytes"]
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name in (".build", ".lock")]
     assert not leftovers
-    assert _tree(public) == _tree(ref.path)  # byte-identical tiles and manifest
+    assert file_tree(public) == file_tree(ref.path)  # byte-identical tiles and manifest
 
     world.files.reset_stats()
     again = subprocess.run(args, capture_output=True, timeout=120)
     assert again.returncode == 0 and world.files.stats()["bytes"] == 0
-    assert _tree(public) == _tree(ref.path)
+    assert file_tree(public) == file_tree(ref.path)
 
 

@@ -14,12 +14,10 @@ from shapely.geometry import box
 
 from scale_alibi.contract.release import Release
 from scale_alibi.curate.build import build_release
+from tests.release_factory import file_tree
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}
 
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # --------------------------------------------------------------------- faults and schedulers
@@ -63,7 +61,7 @@ def test_429_503_and_expired_tokens_retry_resign_and_match(world, small, tmp_pat
     # The 6 injected errors were answered, and retried. (The 403s are not added to the bound: the
     # reads after a re-sign need not repeat every request the reference build made.)
     assert world.files.stats()["requests"] >= ref_requests + 6
-    assert _tree(Release(tmp_path, "small").path) == _tree(ref.path)
+    assert file_tree(Release(tmp_path, "small").path) == file_tree(ref.path)
 
 
 def _free_port() -> int:
@@ -106,7 +104,7 @@ def test_existing_dask_scheduler_on_loopback(world, small, tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
-    assert _tree(Release(tmp_path, "small").path) == _tree(ref.path)
+    assert file_tree(Release(tmp_path, "small").path) == file_tree(ref.path)
 
 
 # ---------------------------------------------------------------------------- user errors
@@ -175,7 +173,7 @@ def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path,
     assert not rel.is_finished
     build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
                   scheduler="synchronous", **QUIET)
-    assert _tree(rel.path) == _tree(ref.path)
+    assert file_tree(rel.path) == file_tree(ref.path)
 
 
 def test_a_resume_recuts_done_metatiles_whose_committed_files_were_damaged(world, small, tmp_path, monkeypatch):
@@ -189,4 +187,4 @@ def test_a_resume_recuts_done_metatiles_whose_committed_files_were_damaged(world
     (rel.path / committed[-1]).unlink()  # lost (e.g. a rename that never reached the disk)
     build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
                   scheduler="synchronous", **QUIET)
-    assert _tree(rel.path) == _tree(ref.path)
+    assert file_tree(rel.path) == file_tree(ref.path)

@@ -17,15 +17,13 @@ from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import Release
 from scale_alibi.curate.build import build_release
 from tests.dask_cluster import dask_cluster, process_tree
+from tests.release_factory import file_tree
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}
 # docs/scaling.md's recommendation for `dask worker --memory-limit` (the nanny restarts a worker past 95% of it).
 WORKER_MEMORY_LIMIT = "2GiB"
 BUILD = {"zoom": 16, "release": "mid", "metatile_levels": 1}  # 2x2-tile metatiles: several tasks per worker
 
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +86,7 @@ def test_a_worker_killed_mid_build_changes_no_byte_of_the_release(world, region_
 
     built = Release(out, BUILD["release"])
     assert pq.read_table(built.manifest_path).to_pylist() == pq.read_table(local.manifest_path).to_pylist()
-    assert _tree(built.path) == _tree(local.path)  # every file's bytes; no staging, lock or partial file left
+    assert file_tree(built.path) == file_tree(local.path)  # every file's bytes; no staging, lock or partial file left
     limit = parse_bytes(WORKER_MEMORY_LIMIT)
     assert peak_rss < 0.8 * limit, f"a worker peaked at {peak_rss / 2**20:.0f} MiB, near its {WORKER_MEMORY_LIMIT} limit"
 
@@ -141,7 +139,7 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
 
     build_release(tmp_path, region=region, catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
     built = Release(tmp_path, BUILD["release"])
-    assert _tree(built.path) == _tree(local.path)
+    assert file_tree(built.path) == file_tree(local.path)
 
 
 def test_a_late_duplicate_of_a_metatile_task_writes_nothing_into_a_sealed_release(world, region_and_local):
@@ -153,7 +151,7 @@ def test_a_late_duplicate_of_a_metatile_task_writes_nothing_into_a_sealed_releas
     from scale_alibi.curate.search import SearchOptions, search_items
 
     _, local = region_and_local
-    before = _tree(local.path)
+    before = file_tree(local.path)
     row = local.read_manifest().to_pylist()[0]
     mt = build.metatile_key(row["z"], row["x"], row["y"], BUILD["metatile_levels"])
     tiles = [(r["x"], r["y"], r["split"]) for r in local.read_manifest().to_pylist()
@@ -164,4 +162,4 @@ def test_a_late_duplicate_of_a_metatile_task_writes_nothing_into_a_sealed_releas
                             signer="none", catalog=world.stac_url)
     with pytest.raises(ReleaseSealed):
         build.cut_metatile(job, *items)
-    assert _tree(local.path) == before
+    assert file_tree(local.path) == before

@@ -20,6 +20,7 @@ from scale_alibi.contract.release import Release
 from scale_alibi.contract.storage import remote_filesystem
 from scale_alibi.curate.build import build_release
 from scale_alibi.curate.build.object_output import ObjectOutput
+from tests.release_factory import file_tree
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}
 BUILD = {"zoom": 16, "release": "mid", "metatile_levels": 1}  # 2x2-tile metatiles: several to resume from
@@ -38,10 +39,6 @@ def local(world, tmp_path_factory) -> Release:
     return Release(root, BUILD["release"])
 
 
-def _local_tree(release: Release) -> dict[str, bytes]:
-    return {p.relative_to(release.path).as_posix(): p.read_bytes() for p in sorted(release.path.rglob("*"))
-            if p.is_file()}
-
 
 def _bucket_tree(url: str) -> dict[str, bytes]:
     fs, root = remote_filesystem(url)
@@ -54,7 +51,7 @@ def test_a_build_on_a_local_cluster_into_a_bucket_is_byte_identical_to_a_local_b
     result = build_release(out, region=_region(world), catalog=world.stac_url, workers=2, **BUILD, **QUIET)
     assert result.triplets > 4 and result.location == f"{out}/{BUILD['release']}"
     # Every object, manifest included; no lease, done record or staging object is left.
-    assert _bucket_tree(f"{out}/{BUILD['release']}") == _local_tree(local)
+    assert _bucket_tree(f"{out}/{BUILD['release']}") == file_tree(local.path)
 
     world.files.reset_stats()
     again = build_release(out, region=_region(world), catalog=world.stac_url, scheduler="synchronous", **BUILD,
@@ -94,7 +91,7 @@ def test_a_build_into_a_bucket_killed_mid_way_resumes_and_ends_byte_identical(wo
     resumed = re.search(r"in (\d+) metatiles \((\d+) already done\)", rerun.stderr)
     assert resumed, rerun.stderr[-2000:]
     assert recorded <= int(resumed[2]) < int(resumed[1])  # what the killed build finished is not cut again
-    assert _bucket_tree(f"{out}/mid") == _local_tree(local)
+    assert _bucket_tree(f"{out}/mid") == file_tree(local.path)
 
 
 def test_a_second_build_of_a_release_in_a_bucket_is_refused_while_the_first_holds_its_lease(world, s3_bucket):
@@ -137,7 +134,7 @@ def test_damage_in_a_bucket_is_found_by_verify_and_re_cut_by_a_rerun(world, loca
     repaired = CliRunner().invoke(cli, ["verify", "--data", out, "--release", "mid", "--repair", "--signer", "none",
                                         "--no-progress"])
     assert repaired.exit_code == 0, repaired.output
-    assert _bucket_tree(f"{out}/mid") == _local_tree(local)
+    assert _bucket_tree(f"{out}/mid") == file_tree(local.path)
 
 
 def test_a_bucket_that_does_not_exist_is_one_error_line_and_exit_2(world, s3_bucket):

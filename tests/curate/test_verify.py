@@ -14,10 +14,7 @@ from shapely.geometry import box
 from scale_alibi.cli.main import main
 from scale_alibi.contract.release import Release, triplet_files
 from scale_alibi.curate.build import build_release
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+from tests.release_factory import file_tree
 
 
 def _copy(built_release, tmp_path: Path) -> tuple[Release, Release]:
@@ -65,7 +62,7 @@ def test_verify_lists_each_damaged_file_and_repair_restores_the_release_byte_ide
 
     fixed = _verify(rel, "--repair", "--signer", "none")  # the catalog is the one the manifest records
     assert fixed.exit_code == 0, fixed.output
-    assert _tree(rel.path) == _tree(original.path)
+    assert file_tree(rel.path) == file_tree(original.path)
     again = _verify(rel)
     assert again.exit_code == 0, again.output
 
@@ -100,7 +97,7 @@ def test_rerun_of_a_finished_release_recuts_a_deleted_or_truncated_file(built_re
     assert result.already_finished
     assert not any("nothing to do" in s for s in said), said
     assert any("repaired 1 files" in s for s in said), said
-    assert _tree(rel.path) == _tree(original.path)
+    assert file_tree(rel.path) == file_tree(original.path)
 
 
 def test_verify_of_an_unfinished_or_unknown_release_is_one_error_line_and_exit_2(tmp_path):
