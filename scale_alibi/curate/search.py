@@ -55,12 +55,6 @@ class SearchOptions:
 Signer = Callable[[str], str]
 
 
-def _pc_sign(href: str) -> str:
-    import planetary_computer
-
-    return planetary_computer.sign(href)
-
-
 def _no_sign(href: str) -> str:
     return href
 
@@ -70,7 +64,9 @@ def resolve_signer(signer: str | Signer | None) -> Signer:
     if callable(signer):
         return signer
     if signer in (None, "planetary-computer", "pc"):
-        return _pc_sign
+        from scale_alibi.curate.access import PlanetaryComputerSigner
+
+        return PlanetaryComputerSigner()
     if signer == "none":
         return _no_sign
     if ":" in signer:

@@ -155,7 +155,7 @@ def build_release(
 
         from scale_alibi.curate.search import open_catalog
 
-        open_catalog(catalog, timeout_s)  # fail fast, with one line, before planning or starting any cluster
+        client = open_catalog(catalog, timeout_s)  # fail fast, with one line, before planning or starting any cluster
         tiles = plan_tiles(params, geometry=geometry, spec=spec)
         if not tiles:
             raise UserError("the region covers no tiles at this zoom")
@@ -166,6 +166,8 @@ def build_release(
         todo = [mt for mt in metatiles if mt not in done]
         echo(f"release {release}: {len(tiles)} tiles at z{zoom} in {len(metatiles)} metatiles "
              f"({len(done)} already done)")
+        if todo:  # a refused token (no or a wrong subscription key) is one line now, before any metatile
+            _check_access(client, tiles, zoom, signer)
 
         failures: list[str] = []
         items_by_block: dict = {}
@@ -216,6 +218,15 @@ def build_release(
     echo(f"release {release}: {triplets} complete triplets of {len(tiles)} planned tiles in {dt:.1f}s -> "
          f"{output.location}")
     return BuildResult(output.location, triplets, len(tiles), len(metatiles), len(metatiles) - len(todo), seconds=dt)
+
+
+def _check_access(client, tiles, zoom: int, signer) -> None:
+    from scale_alibi.curate.access import check_access
+    from scale_alibi.curate.build.metatile import lonlat_bounds
+    from scale_alibi.curate.search import SENSORS, resolve_signer
+
+    check_access(client, [(s.collection, s.assets) for s in SENSORS.values()], lonlat_bounds(zoom, tiles),
+                 resolve_signer(signer))
 
 
 def _read_manifest(output: ReleaseOutput):
