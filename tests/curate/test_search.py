@@ -208,3 +208,47 @@ def test_a_used_up_retry_names_the_status_codes_not_digits_of_the_url():
     text = ("HTTPConnectionPool(host='127.0.0.1', port=34291): Max retries exceeded with url: /search "
             "(Caused by ResponseError('too many 503 error responses'))")
     assert search.network_reason(Exception(text), 30.0) == f"HTTP 503 on all {search.SEARCH_RETRIES + 1} tries"
+
+
+# ------------------------------------------------------------------------------------------ complete, bounded
+
+@pytest.fixture
+def truncating(catalog) -> Iterator:
+    """The catalog behind scale_alibi.devworld's CatalogProxy (pages may lose their `next` link)."""
+    from scale_alibi.devworld.stac_proxy import CatalogProxy
+
+    with CatalogProxy(catalog) as p:
+        yield p
+
+
+def test_a_full_page_without_a_next_link_is_split_by_time_and_nothing_is_lost(truncating):
+    truncating.drop_next_links = -1  # every page ends the results, as PC's did in January 2026
+    ids = found(truncating.url, "s1", bbox=PAGED, datetime=JUNE)
+    assert ids == [f"s1-paged-{i:03d}" for i in range(PAGED_COUNT)]  # old code: the first 250 only
+    assert truncating.dropped >= 1 and truncating.searches >= 3  # the full page, then its two halves
+
+
+def test_a_full_page_without_a_next_link_in_the_shortest_window_is_an_error(truncating, monkeypatch):
+    from datetime import timedelta
+
+    monkeypatch.setattr(search, "SPLIT_FLOOR", timedelta(days=31))  # JUNE may not be split
+    truncating.drop_next_links = -1
+    with pytest.raises(UserError, match=r"full page \(250 items\) with no link to the next page") as err:
+        found(truncating.url, "s1", bbox=PAGED, datetime=JUNE)
+    assert "\n" not in str(err.value)
+
+
+def test_s1_and_s2_are_searched_only_within_the_gap_of_the_naip_captures(truncating):
+    naip = search_items(truncating.url, "naip", AREA, SearchOptions(naip_years=(2022, 2022)))
+    assert [it["id"] for it in naip] == ["naip-2022"]  # 2022-07-01
+    before = truncating.searches
+    near = search_items(truncating.url, "s2", AREA, SearchOptions(max_cloud=100.0, max_gap_days=25.0), naip=naip)
+    # 2022-06-10 .. 06-30 are within 25 days of 07-01, 08-01 is 31 days after it: the hand-made truth
+    assert [it["id"] for it in near] == ["s2-at-the-cloud-limit", "s2-clear", "s2-cloudy", "s2-last-evening-of-june",
+                                         "s2-without-scl"]
+    assert search_items(truncating.url, "s1", AREA, SearchOptions(max_gap_days=730.0), naip=[]) == []
+    assert truncating.searches == before + 1  # without a NAIP capture, S1 is not searched at all
+    # --datetime and the NAIP window both hold: their intersection is searched
+    both = search_items(truncating.url, "s2", AREA, SearchOptions(datetime="2022-06-12/2022-12-31", max_cloud=100.0,
+                                                                  max_gap_days=25.0), naip=naip)
+    assert [it["id"] for it in both] == ["s2-cloudy", "s2-last-evening-of-june", "s2-without-scl"]
