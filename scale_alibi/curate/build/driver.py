@@ -226,14 +226,17 @@ def build_release(
 
 
 def _check_access(client, catalog: str, tiles, zoom: int, signer, timeout_s: float) -> None:
-    """Sign one href of each collection over the build's tiles (see scale_alibi.curate.access.check_access)."""
-    from scale_alibi.curate.access import check_access
+    """Sign one href of each collection over the build's tiles with Planetary Computer's token service (see
+    scale_alibi.curate.access.check_access); another signer (none, module:function) is only called lazily."""
+    from scale_alibi.curate.access import PlanetaryComputerSigner, check_access
     from scale_alibi.curate.build.metatile import lonlat_bounds
     from scale_alibi.curate.search import SENSORS, network_reason, resolve_signer
 
+    sign = resolve_signer(signer)
+    if not isinstance(sign, PlanetaryComputerSigner):
+        return
     try:
-        check_access(client, [(s.collection, s.assets) for s in SENSORS.values()], lonlat_bounds(zoom, tiles),
-                     resolve_signer(signer))
+        check_access(client, [(s.collection, s.assets) for s in SENSORS.values()], lonlat_bounds(zoom, tiles), sign)
     except UserError:
         raise
     except Exception as e:  # pystac_client flattens network errors to text
