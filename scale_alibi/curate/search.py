@@ -270,7 +270,9 @@ def search_items(catalog: str, layer: str, bbox: tuple[float, float, float, floa
 
 PAGE_LIMIT = 250  # items per page asked for
 ARCHIVE_START = datetime(1970, 1, 1, tzinfo=timezone.utc)  # an open window's start, when it must be split
-SPLIT_FLOOR = timedelta(minutes=1)  # a window this short that still fills a page without a next link is an error
+SPLIT_FLOOR = timedelta(minutes=1)  # a shorter window that still fills a page without a next link is cut in space
+SPLIT_FLOOR_DEG = 1e-3  # ... and a box narrower than this (about 100 m) is an error
+MAX_SPLITS = 256  # cuts of one search before it is an error
 
 
 class _Truncated(Exception):
@@ -287,29 +289,51 @@ def _all_pages(client, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def complete_search(client, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every item of the search `kwargs` (with "limit"), following `next` links. A full page without a
-    `next` link (Planetary Computer served such pages, planetary-computer-apis#274) would silently end
-    the results there: the window is split in two halves by time, each searched the same way; a window
-    shorter than SPLIT_FLOOR that still does it is a UserError."""
+def complete_search(client, kwargs: dict[str, Any], _budget: list[int] | None = None) -> list[dict[str, Any]]:
+    """Every item of the search `kwargs` (with "limit" and "bbox"), following `next` links.
+
+    A full page without a `next` link (Planetary Computer served such pages, planetary-computer-apis#274)
+    would silently end the results there: the search is split in two and each half searched the same
+    way, by time while the window is longer than SPLIT_FLOOR, then by space (NAIP quarter-quads of one
+    flight share a timestamp) while the box is wider than SPLIT_FLOOR_DEG; below both, or after MAX_SPLITS
+    cuts (items that fill both halves of every cut), a UserError."""
+    budget = [MAX_SPLITS] if _budget is None else _budget
     try:
         return _all_pages(client, kwargs)
     except _Truncated as truncated:
-        start, end = parse_interval(kwargs.get("datetime"))
-        start = start or ARCHIVE_START
-        end = end or datetime.now(timezone.utc) + timedelta(days=1)
-        if end - start <= SPLIT_FLOOR:
+        halves = _halves(kwargs)
+        budget[0] -= 1
+        if halves is None or budget[0] < 0:
             raise UserError(f"the catalog returned a full page ({kwargs['limit']} items) with no link to the next "
-                            f"page for {kwargs.get('collections')} in {_rfc3339(start)}/{_rfc3339(end)}, even in a "
-                            f"window of {SPLIT_FLOOR.total_seconds():g} s; retry later or narrow --datetime") from None
-        middle = start + (end - start) / 2
-        log.warning("%s: a full page without a next link after %d items; splitting %s/%s at %s",
-                    kwargs.get("collections"), truncated.args[0], _rfc3339(start), _rfc3339(end), _rfc3339(middle))
+                            f"page for {kwargs.get('collections')} at {kwargs.get('datetime', 'any time')}, even for "
+                            f"a box under {SPLIT_FLOOR_DEG:g} degrees and a window under "
+                            f"{SPLIT_FLOOR.total_seconds():g} s, in at most {MAX_SPLITS} cuts; retry later or narrow --datetime") from None
+        log.warning("%s: a full page without a next link after %d items; searching %s and %s",
+                    kwargs.get("collections"), truncated.args[0], *[(h.get("datetime"), h["bbox"]) for h in halves])
         found: dict[str, dict[str, Any]] = {}
-        for half in (f"{_rfc3339(start)}/{_rfc3339(middle)}", f"{_rfc3339(middle)}/{_rfc3339(end)}"):
-            for it in complete_search(client, {**kwargs, "datetime": half}):
-                found.setdefault(it["id"], it)  # an item exactly at the middle is in both halves
+        for half in halves:
+            for it in complete_search(client, half, budget):
+                found.setdefault(it["id"], it)  # an item on the cut is in both halves
         return list(found.values())
+
+
+def _halves(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The search `kwargs` cut in two by time, else by space; None when both are below their floor."""
+    start, end = parse_interval(kwargs.get("datetime"))
+    start = start or ARCHIVE_START
+    end = end or datetime.now(timezone.utc) + timedelta(days=1)
+    if end - start > SPLIT_FLOOR:
+        middle = start + (end - start) / 2
+        return ({**kwargs, "datetime": f"{_rfc3339(start)}/{_rfc3339(middle)}"},
+                {**kwargs, "datetime": f"{_rfc3339(middle)}/{_rfc3339(end)}"})
+    w, s, e, n = kwargs["bbox"]
+    if max(e - w, n - s) <= SPLIT_FLOOR_DEG:
+        return None
+    if e - w >= n - s:
+        m = (w + e) / 2
+        return {**kwargs, "bbox": [w, s, m, n]}, {**kwargs, "bbox": [m, s, e, n]}
+    m = (s + n) / 2
+    return {**kwargs, "bbox": [w, s, e, m]}, {**kwargs, "bbox": [w, m, e, n]}
 
 
 def dedupe(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

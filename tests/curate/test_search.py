@@ -231,7 +231,8 @@ def test_a_full_page_without_a_next_link_is_split_by_time_and_nothing_is_lost(tr
 def test_a_full_page_without_a_next_link_in_the_shortest_window_is_an_error(truncating, monkeypatch):
     from datetime import timedelta
 
-    monkeypatch.setattr(search, "SPLIT_FLOOR", timedelta(days=31))  # JUNE may not be split
+    monkeypatch.setattr(search, "SPLIT_FLOOR", timedelta(days=31))  # JUNE may not be cut in time
+    monkeypatch.setattr(search, "SPLIT_FLOOR_DEG", 1.0)  # nor the 0.2 degree box in space
     truncating.drop_next_links = -1
     with pytest.raises(UserError, match=r"full page \(250 items\) with no link to the next page") as err:
         found(truncating.url, "s1", bbox=PAGED, datetime=JUNE)
