@@ -290,7 +290,7 @@ def _all_pages(client, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def complete_search(client, kwargs: dict[str, Any], _budget: list[int] | None = None) -> list[dict[str, Any]]:
-    """Every item of the search `kwargs` (with "limit" and "bbox"), following `next` links.
+    """Every item of the search `kwargs` (with "limit"), following `next` links.
 
     A full page without a `next` link (Planetary Computer served such pages, planetary-computer-apis#274)
     would silently end the results there: the search is split in two and each half searched the same
@@ -309,7 +309,7 @@ def complete_search(client, kwargs: dict[str, Any], _budget: list[int] | None = 
                             f"a box under {SPLIT_FLOOR_DEG:g} degrees and a window under "
                             f"{SPLIT_FLOOR.total_seconds():g} s, in at most {MAX_SPLITS} cuts; retry later or narrow --datetime") from None
         log.warning("%s: a full page without a next link after %d items; searching %s and %s",
-                    kwargs.get("collections"), truncated.args[0], *[(h.get("datetime"), h["bbox"]) for h in halves])
+                    kwargs.get("collections"), truncated.args[0], *[(h.get("datetime"), h.get("bbox")) for h in halves])
         found: dict[str, dict[str, Any]] = {}
         for half in halves:
             for it in complete_search(client, half, budget):
@@ -326,6 +326,8 @@ def _halves(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | N
         middle = start + (end - start) / 2
         return ({**kwargs, "datetime": f"{_rfc3339(start)}/{_rfc3339(middle)}"},
                 {**kwargs, "datetime": f"{_rfc3339(middle)}/{_rfc3339(end)}"})
+    if "bbox" not in kwargs:  # an `intersects` search is cut by time only
+        return None
     w, s, e, n = kwargs["bbox"]
     if max(e - w, n - s) <= SPLIT_FLOOR_DEG:
         return None

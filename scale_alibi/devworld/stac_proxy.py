@@ -1,6 +1,6 @@
 """A loopback proxy in front of a STAC API that serves its searches the way Planetary Computer sometimes did.
 
-Search pages can lose their `next` link (a full page that ends the results early, as
+Searches can be answered 503, search pages can lose their `next` link (a full page that ends the results early, as
 planetary-computer-apis#274 served for days) and can be slowed down; every search is counted, and so is
 the largest number in flight at once, so a client's paging and its concurrency can be checked. Anything
 else passes through unchanged; the upstream's own address in answers is rewritten to the proxy's.
@@ -23,6 +23,7 @@ class CatalogProxy:
         self.upstream = upstream.rstrip("/")
         self.drop_next_links = 0  # search pages that lose their `next` link; -1: every one
         self.search_delay_s = 0.0  # each search answer waits this long
+        self.fail_searches = 0  # the first this many searches are answered 503
         self.searches = 0  # search requests (each page is one)
         self.dropped = 0  # `next` links removed
         self.in_flight = 0
@@ -93,6 +94,12 @@ def _handler(proxy: CatalogProxy) -> type[BaseHTTPRequestHandler]:
             search = self.path.startswith("/search")
             if search:
                 proxy._search_started()
+                if proxy.searches <= proxy.fail_searches:
+                    proxy._search_ended()
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
             try:
                 if search and proxy.search_delay_s:
                     time.sleep(proxy.search_delay_s)
