@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -35,7 +35,7 @@ def _pages(items: float, page: int) -> int:
 
 def main() -> None:
     from scale_alibi.curate.build import BuildParams, group_metatiles, plan_tiles, search_blocks
-    from scale_alibi.curate.search import PAGE_LIMIT, SearchOptions
+    from scale_alibi.curate.search import PAGE_LIMIT, SearchOptions, search_window
     from scale_alibi.regions import load_release
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -50,9 +50,11 @@ def main() -> None:
     until = date.fromisoformat(a.until)
     first, last = (int(v) for v in a.naip_years.split("-")) if a.naip_years else NAIP_ARCHIVE
     naip_years = last - first + 1
-    gap = timedelta(days=a.max_gap_days)
-    window = {layer: (max(ARCHIVE_START[layer], date(first, 1, 1) - gap), min(until, date(last, 12, 31) + gap))
-              for layer in ITEMS_PER_DAY}
+    # the window the build searches, from NAIP captures on the first and the last day of those years
+    naip = [{"datetime": f"{first}-01-01T00:00:00Z"}, {"datetime": f"{last}-12-31T00:00:00Z"}]
+    start, end = search_window("s1", SearchOptions(max_gap_days=a.max_gap_days), naip) or (None, None)
+    assert start is not None and end is not None
+    window = {layer: (max(ARCHIVE_START[layer], start.date()), min(until, end.date())) for layer in ITEMS_PER_DAY}
     n = len(blocks)
     print(f"release {spec.name}: z{spec.zoom}, {n} search blocks (z9), {3 * n} searches (3 layers), "
           f"page size {PAGE_LIMIT}; NAIP {first}-{last}, --max-gap-days {a.max_gap_days:g}")

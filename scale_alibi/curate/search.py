@@ -222,7 +222,7 @@ def search_window(layer: str, opts: SearchOptions, naip: list[dict[str, Any]] | 
         captured = [dt for dt in (_parse_dt(it["datetime"]) for it in naip) if dt is not None]
         if not captured:
             return None
-        gap = timedelta(days=opts.max_gap_days)
+        gap = timedelta(days=opts.max_gap_days + 1)  # a day more: a mosaic group (one UTC day) is never cut
         start = max(start, min(captured) - gap) if start else min(captured) - gap
         end = min(end, max(captured) + gap) if end else max(captured) + gap
     if start and end and end < start:
