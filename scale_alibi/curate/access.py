@@ -35,7 +35,7 @@ _TOKEN_PARAMS = {"st", "se", "sp"}  # an href carrying any of these is already s
 class TokenRefused(UserError):
     """The token service refused a token (HTTP 401/403): no key, or a wrong one; retrying cannot help."""
 
-    def __init__(self, message: str, status: int, container: str):
+    def __init__(self, message: str, status: int = 0, container: str = ""):  # defaults: unpickled from a worker
         super().__init__(message)
         self.status = status
         self.container = container

@@ -6,6 +6,7 @@ metatile is cut)."""
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 import rasterio
 from rasterio.warp import transform_bounds
 
+from scale_alibi.contract.errors import UserError
 from scale_alibi.curate.access import KEY_VARIABLE, TokenRefused
 from scale_alibi.curate.reader import read_window, signed_href
 from scale_alibi.curate.search import resolve_signer
@@ -115,6 +117,9 @@ def test_a_collection_requiring_an_account_needs_the_subscription_key(world, tok
     with pytest.raises(TokenRefused, match=rf"HTTP 401.*set {KEY_VARIABLE}") as refused:
         signer(s1)
     assert refused.value.status == 401 and "\n" not in str(refused.value)
+    # raised on a Dask worker, it reaches the driver pickled: still a UserError with its one line
+    back = pickle.loads(pickle.dumps(refused.value))
+    assert isinstance(back, UserError) and str(back) == str(refused.value)
     monkeypatch.setenv(KEY_VARIABLE, "not-the-key")
     _reset_sdk()
     with pytest.raises(TokenRefused, match=rf"HTTP 403.*key in {KEY_VARIABLE} was refused"):
