@@ -19,7 +19,6 @@ from one server). Anything else passes through unchanged, with no network call.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlparse
@@ -30,6 +29,8 @@ KEY_VARIABLE = "PC_SDK_SUBSCRIPTION_KEY"
 BLOB_STORAGE_DOMAIN = ".blob.core.windows.net"
 PUBLIC_ASSETS_HOST = "ai4edatasetspublicassets.blob.core.windows.net"  # thumbnails: public, never signed
 _TOKEN_PARAMS = {"st", "se", "sp"}  # an href carrying any of these is already signed
+TOKEN_RETRIES = 6  # of a token request answered 429/5xx (as catalog requests: scale_alibi.curate.search)
+TOKEN_BACKOFF_S = 0.25  # doubling
 
 
 class TokenRefused(UserError):
@@ -76,13 +77,16 @@ def _token(scope: TokenScope, fresh: bool):
         for url in [u for u in list(TOKEN_CACHE) if u.endswith(suffix)]:
             TOKEN_CACHE.pop(url, None)
     try:
-        return get_token(scope.account, scope.container)
+        # the SDK's default, 10 retries of 429/5xx from 0.8 s doubling (capped at 120 s), waits ~7 minutes
+        return get_token(scope.account, scope.container, retry_total=TOKEN_RETRIES, retry_backoff_factor=TOKEN_BACKOFF_S)
     except requests.HTTPError as e:
         status = e.response.status_code if e.response is not None else 0
         if status not in (401, 403):
             raise
-        if os.environ.get(KEY_VARIABLE):
-            advice = f"the key in {KEY_VARIABLE} was refused: check it, or use --signer"
+        from planetary_computer.settings import Settings
+
+        if Settings.get().subscription_key:  # from the variable or ~/.planetarycomputer/settings.env
+            advice = f"the subscription key ({KEY_VARIABLE}) was refused: check it, or use --signer"
         else:
             advice = f"set {KEY_VARIABLE} to your Planetary Computer subscription key, or use --signer"
         raise TokenRefused(f"the token service refused a token for {scope.account}/{scope.container} "

@@ -122,7 +122,7 @@ def test_a_collection_requiring_an_account_needs_the_subscription_key(world, tok
     assert isinstance(back, UserError) and str(back) == str(refused.value)
     monkeypatch.setenv(KEY_VARIABLE, "not-the-key")
     _reset_sdk()
-    with pytest.raises(TokenRefused, match=rf"HTTP 403.*key in {KEY_VARIABLE} was refused"):
+    with pytest.raises(TokenRefused, match=rf"HTTP 403.*subscription key \({KEY_VARIABLE}\) was refused"):
         signer(s1)
     monkeypatch.setenv(KEY_VARIABLE, KEY)
     _reset_sdk()
