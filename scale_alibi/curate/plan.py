@@ -186,7 +186,7 @@ def scene_summary(catalog: str, areas: list[BaseGeometry], datetime: str | None 
     import httpx
     from shapely.geometry import mapping
 
-    from scale_alibi.curate.search import SENSORS, open_catalog, resolve_signer
+    from scale_alibi.curate.search import PAGE_LIMIT, SENSORS, complete_search, open_catalog, resolve_signer
 
     client = open_catalog(catalog)
     sign = resolve_signer(None)  # signs Planetary Computer blob hrefs only; others pass unchanged
@@ -195,12 +195,14 @@ def scene_summary(catalog: str, areas: list[BaseGeometry], datetime: str | None 
         for layer, sensor in SENSORS.items():
             items: dict[str, dict] = {}
             for area in areas:
-                kwargs = {"collections": [sensor.collection], "intersects": mapping(area), "limit": 250}
+                kwargs = {"collections": [sensor.collection], "intersects": mapping(area), "limit": PAGE_LIMIT}
                 if datetime:
                     kwargs["datetime"] = datetime
                 try:
-                    for item in client.search(**kwargs).items_as_dicts():
+                    for item in complete_search(client, kwargs):
                         items.setdefault(item["id"], item)
+                except UserError:
+                    raise
                 except Exception as exc:
                     reason = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
                     raise UserError(f"STAC search of {sensor.collection} at {catalog} failed ({reason})") from None
