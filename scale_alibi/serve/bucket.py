@@ -111,13 +111,13 @@ class BucketStore(ReleaseStore):
         entries = {basename(entry): entry for entry in listing}
         if not any(entries.get(layer, {}).get("type") == "directory" for layer in LAYERS):
             names = {layer: archive_name(layer) for layer in LAYERS if archive_name(layer) in entries}
-            try:
-                archives = {layer: BucketArchive(self, join(index.path, name), entries[name]["size"])
-                            for layer, name in names.items()}
-            except ArchiveError as exc:
-                log.error("release %s: %s; its tiles are not served", index.name, exc)
-                archives = {}
-            if len(archives) == len(LAYERS):
+            archives: dict[str, BucketArchive] = {}
+            for layer, name in names.items():
+                try:
+                    archives[layer] = BucketArchive(self, join(index.path, name), entries[name]["size"])
+                except ArchiveError as exc:  # only this layer: the release's other archives keep serving
+                    log.error("release %s: %s; its %s tiles are not served", index.name, exc, layer)
+            if len(names) == len(LAYERS):
                 return ArchiveSource(archives)
         return TreeSource(self, index)
 

@@ -173,12 +173,12 @@ def open_source(index: ReleaseIndex, reader: SafeReader) -> TileSource:
         opened = reader.open_fd(path)
         return None if opened is None else opened[0]
 
-    try:
-        archives = release_archives(index.path, open_fd)
-    except ArchiveError as exc:
-        log.error("release %s: %s; its tiles are not served", index.name, exc)
-        archives = None
-    return PMTilesSource(archives) if archives else DirectorySource(index, reader)
+    def broken(layer: str, exc: ArchiveError) -> None:
+        # Only this layer: the release's other archives keep serving.
+        log.error("release %s: %s; its %s tiles are not served", index.name, exc, layer)
+
+    archives = release_archives(index.path, open_fd, broken)
+    return PMTilesSource(archives) if archives is not None else DirectorySource(index, reader)
 
 
 class TileSources:
