@@ -33,9 +33,9 @@ from scale_alibi.contract.tiles import row_north_lat as _lat
 from scale_alibi.regions import ReleaseSpec, SubRegion, check_geometry
 
 MAX_ZOOM = 22
-# Tiles a plan may hold unless asked for more (--max-tiles): CONUS at zoom 15 is 9 million, and a
-# build holds every planned tile in memory (about 200 bytes each, 4 GB at the cap), so an area or
-# zoom beyond this is refused before anything runs rather than filling the machine's memory.
+# Tiles a plan may hold unless asked for more (--max-tiles): CONUS at zoom 15 is 9.1 million, and
+# a build holds every planned tile in memory (a dict entry each), so an area or zoom beyond this is
+# refused before anything runs rather than filling the machine's memory with no output.
 MAX_TILES = 20_000_000
 # Rows are clipped in chunks first so that each row's clip works on a small piece of a big outline.
 _CHUNK_ROWS = 64
@@ -143,8 +143,8 @@ def too_many_tiles(what: str, zoom: int, max_tiles: int, about: float) -> UserEr
     """The one line that refuses a plan over `max_tiles`, with the region's size in tiles and the way past it."""
     suggest = int(float(f"{max(about, max_tiles + 1) * 1.05:.2g}"))  # two significant digits, above the estimate
     return UserError(f"{what} covers over {max_tiles:,} tiles at zoom {zoom} (about {about:,.0f}); pass "
-                     f"--max-tiles {suggest} to plan them anyway (a build holds every tile in memory, "
-                     "~200 bytes each), or choose a smaller area or zoom")
+                     f"--max-tiles {suggest} to plan them anyway (a build holds every tile in memory), "
+                     "or choose a smaller area or zoom")
 
 
 def check_plan_size(geometry: BaseGeometry | None, spec: ReleaseSpec | None, zoom: int, max_tiles: int,
