@@ -43,12 +43,13 @@ from scale_alibi.contract.release import LAYERS, Release, atomic_file
 HEADER_SIZE = 127
 ROOT_LIMIT = 16384  # the header and the root directory must lie in the first 16 KiB
 # Archives come from elsewhere (the paper's published ones): every size below is checked before
-# anything is allocated or decompressed. A directory entry takes at least 4 bytes, so 64 MiB
-# holds 16 million entries (this project's leaves hold 4096 or more: a few hundred KiB).
-DIRECTORY_LIMIT = 64 << 20  # decompressed bytes of one directory
+# anything is allocated or decompressed. A directory entry takes at least 4 bytes, so 16 MiB
+# holds 4 million entries (this project's leaves hold 4096 or more: tens to hundreds of KiB).
+DIRECTORY_LIMIT = 16 << 20  # decompressed bytes of one directory
 METADATA_LIMIT = 16 << 20  # bytes of the JSON metadata, stored and decompressed
 MAX_RUN = 1 << 31  # tiles one entry may repeat (the reference writers count runs in 32 bits)
 _LEAF_CACHE = 256  # parsed leaf directories kept per open archive (4096+ entries, ~128 KiB each)
+_LEAF_CACHE_ENTRIES = 1 << 23  # ...and at most this many entries in all (32 bytes each: 256 MiB)
 _ROOT_TRY = 65536  # larger directories go straight to leaves
 
 
@@ -472,7 +473,9 @@ class Archive:
         leaf = self._directory(self.header["leaf_directory_offset"] + offset, length, "leaf directory")
         with self._lock:
             self._leaves[key] = leaf
-            while len(self._leaves) > _LEAF_CACHE:
+            # Bounded in entries too: an archive's leaves may each be as large as DIRECTORY_LIMIT allows.
+            while len(self._leaves) > 1 and (len(self._leaves) > _LEAF_CACHE or sum(
+                    len(d.tile_id) for d in self._leaves.values()) > _LEAF_CACHE_ENTRIES):
                 self._leaves.popitem(last=False)
         return leaf
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import fsspec
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -19,8 +20,9 @@ from pmtiles.writer import Writer
 from scale_alibi.cli.main import main
 from scale_alibi.contract.release import LAYERS, STATS_NAME, Release
 from scale_alibi.serve.process import ServerProcess
-from tests.archive_patch import gzip_bomb, png_announcing, with_entry, with_metadata, with_root_at_end
+from tests.archive_patch import gzip_bomb, png_announcing, with_entry, with_leaf, with_metadata, with_root_at_end
 from tests.memory_cap import address_space_capped
+from tests.object_store import new_bucket, s3_environment
 from tests.release_factory import make_release
 
 NAME = "r"
@@ -159,16 +161,13 @@ def test_stats_checks_tile_headers_before_decoding(tmp_path):
 SERVE_CASES: dict[str, Callable[[Path], Path]] = {
     "gzip-bomb root": lambda p: with_root_at_end(p, gzip_bomb(256 << 20)),
     "entry length 2^40": lambda p: with_entry(p, 0, length=1 << 40),
+    "gzip-bomb leaf directory": lambda p: with_leaf(p, gzip_bomb(256 << 20)),
 }
 
 
-@pytest.mark.parametrize("case", list(SERVE_CASES))
-def test_serve_fails_only_the_hostile_archives_layer_fast(packed, tmp_path, case):
-    tree, packed_root = packed
-    data = tmp_path / "data"
-    shutil.copytree(packed_root / NAME, data / NAME)
-    SERVE_CASES[case](data / NAME / "s1.pmtiles")
-    with ServerProcess(data) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+def only_s1_is_missing(url: str, tree: Release) -> None:
+    """s1 tiles of the release at `url` are 404 quickly; its s2 and naip tiles are served byte-identical."""
+    with httpx.Client(base_url=url, timeout=60) as client:
         for x in (X0, X0 + 1):
             started = time.monotonic()
             s1 = client.get(f"/tiles/{NAME}/s1/{Z}/{x}/{Y0}.png")
@@ -178,3 +177,30 @@ def test_serve_fails_only_the_hostile_archives_layer_fast(packed, tmp_path, case
                 r = client.get(f"/tiles/{NAME}/{layer}/{z}/{tx}/{ty}.png")
                 assert r.status_code == 200, (layer, r.status_code, r.text[:200])
                 assert r.content == tree.tile_path(layer, z, tx, ty).read_bytes()
+
+
+@pytest.mark.parametrize("case", list(SERVE_CASES))
+def test_serve_fails_only_the_hostile_archives_layer_fast(packed, tmp_path, case):
+    tree, packed_root = packed
+    data = tmp_path / "data"
+    shutil.copytree(packed_root / NAME, data / NAME)
+    SERVE_CASES[case](data / NAME / "s1.pmtiles")
+    with ServerProcess(data) as server:
+        only_s1_is_missing(server.url, tree)
+
+
+@pytest.mark.parametrize("case", ["gzip-bomb root", "gzip-bomb leaf directory"])
+def test_serve_from_a_bucket_fails_only_the_hostile_archives_layer_fast(packed, s3_endpoint, tmp_path, case):
+    tree, packed_root = packed
+    data = tmp_path / "data"
+    shutil.copytree(packed_root / NAME, data / NAME)
+    SERVE_CASES[case](data / NAME / "s1.pmtiles")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_environment(s3_endpoint).items():
+            mp.setenv(key, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        url = f"s3://{new_bucket(s3_endpoint)}/releases"
+        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True)
+        fs.pipe({f"{root.rstrip('/')}/{NAME}/{p.name}": p.read_bytes() for p in (data / NAME).iterdir()})
+        with ServerProcess(url) as server:
+            only_s1_is_missing(server.url, tree)
