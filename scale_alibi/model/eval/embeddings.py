@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from scale_alibi.contract.errors import UserError
@@ -76,7 +77,8 @@ def load_model(path: Path, device: str = "cpu") -> ScaleAlibiModel:
     try:
         model = ScaleAlibiModel(config_from_dict(stored))
         load_checkpoint(ckpt, model)
-    except Exception as exc:  # safetensors, torch and the config raise several types on a damaged file
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        # what safetensors, torch's strict load and the config raise on a damaged or foreign checkpoint
         reason = f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:120]}"
         raise UserError(f"checkpoint {ckpt} cannot be loaded ({reason}); pass an intact checkpoint "
                         "written by `curate train`") from None
