@@ -64,6 +64,7 @@ def build_release(
     timeout_s: float | None = None,
     allow_empty: bool = False,
     search_concurrency: int = 4,
+    max_tiles: int | None = None,
 ) -> BuildResult:
     """Build (or resume) a release under `out`; see the module docstring. Returns a BuildResult.
 
@@ -73,8 +74,9 @@ def build_release(
     `signer`: None (Planetary Computer), "none", "module:function", or a picklable callable.
     `timeout_s`: how long any one network call may wait for an answer (default scale_alibi.curate.search.TIMEOUT_S).
     `allow_empty`: seal a release with no complete triplet instead of refusing it.
-    `search_concurrency`: catalog searches running at once (on any cluster)."""
-    from scale_alibi.curate.plan import check_zoom
+    `search_concurrency`: catalog searches running at once (on any cluster).
+    `max_tiles`: refuse a plan of more tiles (default scale_alibi.curate.plan.MAX_TILES)."""
+    from scale_alibi.curate.plan import MAX_TILES, check_plan_size, check_zoom
     from scale_alibi.curate.search import PLANETARY_COMPUTER
 
     timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
@@ -122,6 +124,9 @@ def build_release(
         from scale_alibi.curate.search import parse_interval
 
         parse_interval(datetime)
+    # Before anything is written: the plan is held in memory, tile by tile.
+    check_plan_size(geometry, spec, zoom, MAX_TILES if max_tiles is None else max_tiles,
+                    f"release {spec.name}" if spec is not None else "the region")
 
     output = open_output(out, release)
     output.check_writable()
