@@ -23,6 +23,7 @@ from scale_alibi.curate.build.object_output import ObjectOutput
 from tests.release_factory import file_tree
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}
+LEASE_S_ENV = "SCALE_ALIBI_LEASE_S"  # the lease age, shortened by the tests that stall a build past it
 BUILD = {"zoom": 16, "release": "mid", "metatile_levels": 1}  # 2x2-tile metatiles: several to resume from
 
 
@@ -192,16 +193,15 @@ def test_an_unreadable_lease_is_treated_as_held_and_left_in_place(world, s3_buck
 @pytest.mark.parametrize("store", ["s3", "memory"])  # the store's own If-Match, and compare-then-write elsewhere
 def test_a_build_whose_lease_was_taken_over_writes_nothing_more_and_leaves_the_new_lease_alone(store, request,
                                                                                              monkeypatch):
+    import json
     import uuid
-
-    from scale_alibi.curate.build.lease import LEASE_S_ENV, LeaseHolder, LeaseLost
 
     monkeypatch.setenv(LEASE_S_ENV, "0.4")  # renewals every 0.1 s
     url = f"{request.getfixturevalue('s3_bucket')}/t" if store == "s3" else f"memory://lease-{uuid.uuid4().hex}"
     fs, root = remote_filesystem(url)
     output = ObjectOutput(url, "mid")
-    successor = LeaseHolder("elsewhere", 1, time.time(), "another build's token").encode()
-    with pytest.raises(LeaseLost, match="lost its lease .* names elsewhere pid 1"):
+    successor = json.dumps({"host": "elsewhere", "pid": 1, "renewed": time.time(), "token": "another build's"}).encode()
+    with pytest.raises(UserError, match="lost its lease .* names elsewhere pid 1"):
         with output.lock():
             output.write("a.txt", b"before")
             fs.pipe_file(f"{root}/mid/.lock", successor)  # what a takeover leaves after this build stalled
@@ -217,7 +217,6 @@ def test_a_build_stopped_past_its_lease_age_stops_before_writing_once_another_bu
     from click.testing import CliRunner
 
     from scale_alibi.cli.main import main as cli
-    from scale_alibi.curate.build.lease import LEASE_S_ENV
 
     lease_s = 4.0
     out = f"{s3_bucket}/s"
