@@ -18,6 +18,7 @@ from scale_alibi.contract.release import (
     check_release_name,
     manifest_metadata,
 )
+from scale_alibi.contract.storage import StoreTimeouts
 from scale_alibi.curate.build.executor import _run, search_blocks
 from scale_alibi.curate.build.manifest import _params_meta, _versions, manifest_batches, manifest_columns
 from scale_alibi.curate.build.metatile import group_metatiles
@@ -128,7 +129,7 @@ def build_release(
     check_plan_size(geometry, spec, zoom, MAX_TILES if max_tiles is None else max_tiles,
                     f"release {spec.name}" if spec is not None else "the region")
 
-    output = open_output(out, release)
+    output = open_output(out, release, StoreTimeouts.waiting(timeout_s))  # --timeout bounds store calls too
     output.check_writable()
     with output.lock():
         if output.is_finished():
