@@ -133,3 +133,15 @@ def test_the_30cm_naip_year_is_used_but_not_its_black_collar(world, tmp_path):
     print("\nz17 over the 0.3 m NAIP: worst black fraction per layer:", {k: round(v[0], 4) for k, v in worst.items()})
     for layer in ("naip", "naip_hires"):
         assert worst[layer][0] <= 1 - MIN_VALID + 1e-9, (layer, worst[layer])
+
+
+def test_the_content_check_finds_no_constant_tile_in_the_release(z16):
+    """`curate verify --content`'s check on the z16 release: none of its tiles is mostly one value
+    (before the validity rules it listed the S1 tiles cut from the 0-filled border)."""
+    from scale_alibi.curate.content import constant_tiles
+
+    rel, _ = z16
+    rows = rel.read_manifest().to_pylist()
+    found = constant_tiles(rows, lambda name: (rel.path / name).read_bytes())
+    print(f"\nz16 tiles more than half one value: {[(t.path, round(t.fraction, 3)) for t in found]}")
+    assert found == []
