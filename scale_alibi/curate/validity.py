@@ -8,7 +8,7 @@ A file's nodata tag is not enough on Planetary Computer (see docs/curation.md, "
   that is 0 in all three bands is invalid (the TCI maps reflectance to 1-255; 0 is its fill);
 - Sentinel-2 SCL: classes 0 (no data) and 1 (saturated or defective) are invalid, with the
   cloud classes 3 (shadow), 8, 9 (cloud) and 10 (cirrus);
-- NAIP: a pixel that is 0 in all bands is invalid (the collar outside a quarter quad's data).
+- NAIP: a pixel that is 0 in all bands read (R, G, B) is invalid (the collar outside a quarter quad's data).
 A non-finite float is never data. The masks drive the mosaic (an invalid pixel is filled from the
 next scene) and ``--min-valid`` (a tile with too few valid pixels takes the next scene group, or
 is dropped); the chosen fraction is the manifest's ``<layer>_valid``.
