@@ -63,7 +63,7 @@ class WorldConfig:
 
     def key(self) -> str:
         """Short content hash of the config, the renderer version and the renderer's source (the cache key)."""
-        blob = json.dumps({"v": RENDER_VERSION, "source": _source_digest(), **dataclasses.asdict(self)}, sort_keys=True)
+        blob = json.dumps({"v": RENDER_VERSION, "source": source_digest(), **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def to_json(self) -> dict:
@@ -84,7 +84,7 @@ CONTENT_MODULES = ("config", "scenes", "build", "raster", "field", "truth", "lan
 
 
 @functools.lru_cache(maxsize=1)
-def _source_digest() -> str:
+def source_digest() -> str:
     """sha256 of the source of CONTENT_MODULES."""
     h = hashlib.sha256()
     for name in CONTENT_MODULES:
