@@ -15,6 +15,7 @@ import click
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import TRIPLET_MEMBERS, check_release_name
 from scale_alibi.curate.build.open_output import open_output
+from scale_alibi.curate.content import MAX_CONSTANT, constant_tiles
 from scale_alibi.curate.damage import find_damage
 from scale_alibi.curate.verify import repair
 
@@ -29,7 +30,12 @@ from scale_alibi.curate.verify import repair
 @click.option("--signer", default="planetary-computer", show_default=True,
               help="Href signer for --repair: planetary-computer, none, or module:function.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def verify(data_dir: str, release: str, do_repair: bool, catalog: str | None, signer: str, progress: bool) -> None:
+@click.option("--content", "check_content", is_flag=True,
+              help="Also decode every tile and list those that are mostly one value (black fill, borders).")
+@click.option("--max-constant", type=click.FloatRange(0.0, 1.0, min_open=True), default=MAX_CONSTANT,
+              show_default=True, help="With --content: the largest share of a tile one pixel value may take.")
+def verify(data_dir: str, release: str, do_repair: bool, catalog: str | None, signer: str, progress: bool,
+           check_content: bool, max_constant: float) -> None:
     """Re-hash every file of a release against its manifest; list damage; with --repair, re-cut it.
 
     Exit status: 0 when the release is intact (or was repaired), 1 when damage was found and not
@@ -45,10 +51,13 @@ def verify(data_dir: str, release: str, do_repair: bool, catalog: str | None, si
                         "rebuild the release") from None
     damage = find_damage(output, table, deep=True, progress=progress)
     total = table.num_rows * len(TRIPLET_MEMBERS)
+    constant = _report_constant(output, table, max_constant) if check_content else 0
     for d in damage:
         click.echo(f"damaged: {d.path}: {d.problem}")
     if not damage:
         click.echo(f"release {release}: all {total} files of {table.num_rows} triplets match the manifest")
+        if constant:
+            sys.exit(1)
         return
     triplets = len({d.triplet for d in damage})
     if not do_repair:
@@ -63,3 +72,12 @@ def verify(data_dir: str, release: str, do_repair: bool, catalog: str | None, si
         sys.exit(1)
     click.echo(f"release {release}: repaired {len(damage)} files in {triplets} triplets; all {total} files "
                "match the manifest")
+
+
+def _report_constant(output, table, max_constant: float) -> int:
+    """List the tiles that are mostly one value (scale_alibi.curate.content); returns how many."""
+    found = constant_tiles(table.to_pylist(), output.read, max_constant)
+    for t in found:
+        click.echo(f"constant: {t.path}: {t.fraction:.0%} of its pixels are {t.value}")
+    click.echo(f"content: {len(found)} tiles are more than {max_constant:.0%} one value")
+    return len(found)

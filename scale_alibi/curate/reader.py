@@ -207,6 +207,7 @@ class Source:
     crs: object
     nodata: float | None
     res: float  # source pixel size in CRS units at the level read
+    valid: np.ndarray | None = None  # (h, w) bool, set by the sensor's rule (curate.validity); None: by `nodata`
 
 
 def _level(ds, target_res: float) -> int:

@@ -1,4 +1,4 @@
-"""Scene search: STAC items per sensor for a bounding box, as plain picklable dicts.
+"""Scene search: STAC items per sensor for a bounding box, as typed scenes (`scale_alibi.curate.scene`).
 
 The catalog's optional extensions (``query``, ``filter``, ``sortby``) are used only where the server
 declares them in its conformance classes (rustac's in-memory backend returns *no items* for
@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from scale_alibi.contract.errors import UserError
+from scale_alibi.curate.scene import Scene, parse_scene, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,7 @@ def _conforms(client, name: str) -> bool:
 def _parse_dt(value: str | None) -> datetime | None:
     if not value or value == "..":
         return None
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return parse_time(value)
 
 
 def parse_interval(interval: str | None) -> tuple[datetime | None, datetime | None]:
@@ -171,47 +171,43 @@ def parse_interval(interval: str | None) -> tuple[datetime | None, datetime | No
     return start, end
 
 
-def _compact(item: dict[str, Any], sensor: Sensor) -> dict[str, Any]:
-    """The part of an item the build needs: picklable, small, unsigned hrefs."""
-    props = item.get("properties", {})
-    return {
-        "id": item["id"],
-        "collection": sensor.collection,
-        "layer": sensor.layer,
-        "datetime": props.get("datetime") or props.get("start_datetime"),
-        "updated": props.get("updated"),
-        "properties": props,
-        "geometry": item.get("geometry"),
-        "bbox": item.get("bbox"),
-        "assets": {k: item["assets"][k]["href"] for k in sensor.assets if k in item.get("assets", {})},
-    }
+def collection_meta(client, collection: str) -> dict[str, Any]:
+    """The STAC Collection dict of `collection` (its ``item_assets`` nodata and ``msft:requires_account``),
+    or {} when the catalog does not serve it."""
+    try:
+        return client.get_collection(collection).to_dict()
+    except Exception:  # a catalog without /collections/{id}: items alone decide
+        return {}
 
 
-def keep_item(item: dict[str, Any], opts: SearchOptions) -> bool:
+def to_scene(item: dict[str, Any], sensor: Sensor, collection: dict[str, Any] | None = None) -> Scene | None:
+    """The typed scene of a found item, or None (logged) when it has no usable time or footprint."""
+    try:
+        return parse_scene({**item, "collection": sensor.collection}, sensor.layer, sensor.assets, collection)
+    except (ValueError, TypeError, KeyError) as e:
+        log.warning("%s %s skipped: %s", sensor.collection, item.get("id"), e)
+        return None
+
+
+def keep_item(scene: Scene, opts: SearchOptions) -> bool:
     """Client-side filters (applied whether or not the server honoured them)."""
-    props = item["properties"]
-    layer = item["layer"]
-    if any(k not in item["assets"] for k in SENSORS[layer].assets if k != "SCL"):
+    layer = scene.layer
+    if any(not scene.has(k) for k in SENSORS[layer].assets if k != "SCL"):
         return False
     start, end = parse_interval(opts.datetime) if layer != "naip" else (None, None)
-    dt = _parse_dt(item["datetime"])
-    if dt is None or (start and dt < start) or (end and dt > end):
+    dt = scene.datetime
+    if (start and dt < start) or (end and dt > end):
         return False
     if layer == "s2":
-        cc = props.get("eo:cloud_cover")
-        return cc is not None and float(cc) <= opts.max_cloud
+        return scene.cloud_cover is not None and scene.cloud_cover <= opts.max_cloud
     if layer == "s1":
-        return props.get("sar:instrument_mode", opts.s1_mode) == opts.s1_mode
+        return (scene.instrument_mode or opts.s1_mode) == opts.s1_mode
     if layer == "naip" and opts.naip_years:
-        try:
-            year = int(props.get("naip:year") or dt.year)
-        except ValueError:
-            return False
-        return opts.naip_years[0] <= year <= opts.naip_years[1]
+        return scene.naip_year is not None and opts.naip_years[0] <= scene.naip_year <= opts.naip_years[1]
     return True
 
 
-def search_window(layer: str, opts: SearchOptions, naip: list[dict[str, Any]] | None = None,
+def search_window(layer: str, opts: SearchOptions, naip: list[Scene] | None = None,
                   ) -> tuple[datetime | None, datetime | None] | None:
     """The time window to search `layer` in ((None, None): any time), or None when nothing there could be
     used: S1/S2 within `opts.datetime`, and within `opts.max_gap_days` of the `naip` items found."""
@@ -219,7 +215,7 @@ def search_window(layer: str, opts: SearchOptions, naip: list[dict[str, Any]] | 
         return None, None
     start, end = parse_interval(opts.datetime)
     if naip is not None and opts.max_gap_days is not None:
-        captured = [dt for dt in (_parse_dt(it["datetime"]) for it in naip) if dt is not None]
+        captured = [scene.datetime for scene in naip]
         if not captured:
             return None
         gap = timedelta(days=opts.max_gap_days + 1)  # a day more: a mosaic group (one UTC day) is never cut
@@ -236,9 +232,9 @@ def _rfc3339(dt: datetime | None) -> str:
 
 def search_items(catalog: str, layer: str, bbox: tuple[float, float, float, float],
                  opts: SearchOptions, timeout_s: float = TIMEOUT_S,
-                 naip: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                 naip: list[Scene] | None = None) -> list[Scene]:
     """All items of `layer` intersecting `bbox` (lon/lat) that pass `opts`, sorted by id (pure; a Dask task).
-    S1/S2: only within the window `search_window` gives for the `naip` items of the block."""
+    S1/S2: only within the window `search_window` gives for the `naip` scenes of the block."""
     sensor = SENSORS[layer]
     window = search_window(layer, opts, naip)
     if window is None:
@@ -255,15 +251,16 @@ def search_items(catalog: str, layer: str, bbox: tuple[float, float, float, floa
         elif layer == "s1":
             kwargs["query"] = {"sar:instrument_mode": {"eq": opts.s1_mode}}
     try:
-        found = [_compact(it, sensor) for it in complete_search(client, kwargs)]
+        meta = collection_meta(client, sensor.collection)
+        found = [to_scene(it, sensor, meta) for it in complete_search(client, kwargs)]
     except UserError:
         raise
     except Exception as e:
         raise UserError(f"STAC search of {sensor.collection} at {catalog} failed ({network_reason(e, timeout_s)}); "
                         "check the catalog, or rerun later to resume") from None
-    items = [it for it in found if keep_item(it, opts)]
+    items = [it for it in found if it is not None and keep_item(it, opts)]
     log.info("%s: %d items (%d before client-side filters)", sensor.collection, len(items), len(found))
-    return sorted(items, key=lambda it: it["id"])
+    return sorted(items, key=lambda it: it.id)
 
 
 # ---------------------------------------------------------------- paging
@@ -338,9 +335,9 @@ def _halves(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | N
     return {**kwargs, "bbox": [w, s, e, m]}, {**kwargs, "bbox": [w, m, e, n]}
 
 
-def dedupe(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def dedupe(items: Iterable[Scene]) -> list[Scene]:
     """Items from several search blocks, once each, sorted by (collection, id)."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: dict[tuple[str, str], Scene] = {}
     for it in items:
-        seen.setdefault((it["collection"], it["id"]), it)
+        seen.setdefault((it.collection, it.id), it)
     return [seen[k] for k in sorted(seen)]

@@ -68,7 +68,7 @@ def proxy(catalog) -> Iterator[CatalogProxy]:
 
 
 def found(catalog: str, layer: str, bbox=AREA, **opts) -> list[str]:
-    return [it["id"] for it in search_items(catalog, layer, bbox, SearchOptions(**opts))]
+    return [it.id for it in search_items(catalog, layer, bbox, SearchOptions(**opts))]
 
 
 def test_s2_keeps_the_box_the_interval_and_at_most_the_cloud_limit_and_needs_visual_but_not_scl(catalog):
@@ -91,14 +91,16 @@ def test_naip_is_chosen_by_years_inclusive_and_ignores_the_interval(catalog):
     assert found(catalog, "naip", naip_years=(2021, 2021)) == []
 
 
-def test_found_items_are_compact_with_only_the_sensors_asset_hrefs(catalog):
+def test_found_items_are_typed_scenes_with_only_the_sensors_asset_hrefs(catalog):
+    from datetime import datetime, timezone
+
     (item,) = search_items(catalog, "s2", AREA, SearchOptions(datetime="2022-06-10"))
-    assert item["id"] == "s2-clear" and item["collection"] == S2 and item["layer"] == "s2"
-    assert item["datetime"] == "2022-06-10T17:00:00Z"
-    assert item["assets"] == {"visual": "https://example.test/s2-clear/visual.tif",
-                              "SCL": "https://example.test/s2-clear/SCL.tif"}  # B04 is not read
-    assert item["properties"]["eo:cloud_cover"] == 5.0
-    assert item["bbox"] == pytest.approx([-97.15, 38.05, -97.05, 38.15])
+    assert item.id == "s2-clear" and item.collection == S2 and item.layer == "s2"
+    assert item.datetime == datetime(2022, 6, 10, 17, tzinfo=timezone.utc)
+    assert {k: a.href for k, a in item.assets} == {"visual": "https://example.test/s2-clear/visual.tif",
+                                                   "SCL": "https://example.test/s2-clear/SCL.tif"}  # B04 is not read
+    assert item.cloud_cover == 5.0
+    assert item.footprint.bounds == pytest.approx((-97.15, 38.05, -97.05, 38.15))
 
 
 def test_more_items_than_one_page_are_all_found_over_several_requests_sorted_by_id(proxy):
@@ -149,10 +151,13 @@ def test_a_bad_interval_is_a_user_error(bad, says):
 
 
 def test_dedupe_keeps_the_first_of_each_collection_and_id_sorted():
-    a1 = {"collection": "b", "id": "1", "n": 1}
-    a2 = {"collection": "b", "id": "1", "n": 2}
-    b = {"collection": "a", "id": "9", "n": 3}
-    c = {"collection": "b", "id": "0", "n": 4}
+    from scale_alibi.curate.scene import parse_scene
+
+    def scene(collection: str, id_: str, day: int):
+        return parse_scene({"id": id_, "collection": collection, "bbox": [0, 0, 1, 1],
+                            "properties": {"datetime": f"2022-06-{day:02d}T00:00:00Z"}}, "s2", ())
+
+    a1, a2, b, c = scene("b", "1", 1), scene("b", "1", 2), scene("a", "9", 3), scene("b", "0", 4)
     assert dedupe([a1, b, a2, c]) == [b, c, a1]
 
 

@@ -3,9 +3,52 @@ group of each sensor, and describe the choice in the tile's manifest row."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-SCL_CLOUD = (3, 8, 9, 10)  # S2 scene classes treated as unusable: cloud shadow, cloud med/high, cirrus
+from scale_alibi.curate.scene import Asset, Scene
+
+
+def _checked(src, layer: str, asset: Asset | None):
+    """`src` with its nodata resolved (file tag, else metadata) and its valid pixels marked by the
+    sensor's rule (scale_alibi.curate.validity)."""
+    from scale_alibi.curate.validity import resolve_nodata, valid_pixels
+
+    nodata = resolve_nodata(src.nodata, asset.nodata if asset else None)
+    return dataclasses.replace(src, nodata=nodata, valid=valid_pixels(layer, src.data, nodata))
+
+
+def _render_s2(items: list[Scene], grid, read):
+    """S2 `visual` of each item, usable where its own SCL says usable ground, mosaicked first-wins.
+
+    Each scene's visual is masked by that scene's SCL before mosaicking, so a pixel one scene lacks
+    takes both its colour and its classification from the next scene."""
+    from scale_alibi.curate.validity import scl_usable
+    from scale_alibi.curate.warp import warp
+
+    h, w = grid.shape
+    out = np.zeros((h, w, 3), np.uint8)
+    valid = np.zeros((h, w), bool)
+    for it in items:
+        src = read(it.href("visual"), grid.bounds, grid.res, indexes=[1, 2, 3])
+        if src is None:
+            continue
+        data, ok = warp([_checked(src, "s2", it.asset("visual"))], grid, np.uint8, 0)
+        if it.has("SCL"):
+            scl_src = read(it.href("SCL"), grid.bounds, grid.res, indexes=[1], margin_px=1)
+            if scl_src is None:
+                continue
+            # Every SCL pixel is a class, 0 ("no data") included: SCL_INVALID decides, not the tag.
+            scl_src = dataclasses.replace(scl_src, valid=np.ones(scl_src.data.shape[1:], bool))
+            scl, got = warp([scl_src], grid, np.uint8, 0, resampling="nearest")
+            ok &= got & scl_usable(scl[..., 0])
+        fill = ok & ~valid
+        np.copyto(out, data, where=fill[..., None])
+        valid |= fill
+        if valid.all():
+            break
+    return out, valid
 
 
 def _render(group, layer: str, grid, read):
@@ -15,32 +58,25 @@ def _render(group, layer: str, grid, read):
 
     bounds = grid.bounds
     if layer == "s2":
-        visual = [read(it["assets"]["visual"], bounds, grid.res, indexes=[1, 2, 3]) for it in group.items]
-        data, valid = warp([s for s in visual if s is not None], grid, np.uint8, 0)
-        scl_srcs = [read(it["assets"]["SCL"], bounds, grid.res, indexes=[1], margin_px=1)
-                    for it in group.items if "SCL" in it["assets"]]
-        scl_srcs = [s for s in scl_srcs if s is not None]
-        if scl_srcs:
-
-            scl, scl_valid = warp(scl_srcs, grid, np.uint8, 0, resampling="nearest")
-            valid &= ~(scl_valid & np.isin(scl[..., 0], SCL_CLOUD))
-        return data, valid
+        return _render_s2(group.items, grid, read)
     if layer == "s1":
         srcs = []
         for it in group.items:
-            vv = read(it["assets"]["vv"], bounds, grid.res, indexes=[1])
-            vh = read(it["assets"]["vh"], bounds, grid.res, indexes=[1])
+            vv = read(it.href("vv"), bounds, grid.res, indexes=[1])
+            vh = read(it.href("vh"), bounds, grid.res, indexes=[1])
             if vv is None or vh is None:
                 continue
             if vv.data.shape != vh.data.shape or vv.transform != vh.transform:
-                raise RuntimeError(f"{it['id']}: vv and vh grids differ")
-            vv.data = np.concatenate([vv.data, vh.data]).astype(np.float32, copy=False)
-            srcs.append(vv)
+                raise RuntimeError(f"{it.id}: vv and vh grids differ")
+            vv, vh = _checked(vv, "s1", it.asset("vv")), _checked(vh, "s1", it.asset("vh"))
+            data = np.concatenate([vv.data, vh.data]).astype(np.float32, copy=False)
+            srcs.append(dataclasses.replace(vv, data=data, valid=vv.valid & vh.valid))
         nodata = srcs[0].nodata if srcs and srcs[0].nodata is not None else -32768.0
         return warp(srcs, grid, np.float32, nodata)
     # naip: RGB of the RGBN image
-    srcs = [read(it["assets"]["image"], bounds, grid.res, indexes=[1, 2, 3]) for it in group.items]
-    return warp([s for s in srcs if s is not None], grid, np.uint8, 0)
+    srcs = [_checked(s, "naip", it.asset("image")) for it in group.items
+            if (s := read(it.href("image"), bounds, grid.res, indexes=[1, 2, 3])) is not None]
+    return warp(srcs, grid, np.uint8, 0)
 
 
 def _choose(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_for, read, min_valid: float):
@@ -87,20 +123,17 @@ def _slice(grid, layer, t):
 
 
 def _describe(row: dict, layer: str, group, frac: float, tile_fp) -> None:
-    from scale_alibi.curate.selection import footprint
-
-    used = [it for it in group.items if footprint(it).intersects(tile_fp)]
+    used = [it for it in group.items if it.footprint.intersects(tile_fp)]
     row[f"{layer}_group"] = group.key
-    row[f"{layer}_items"] = [it["id"] for it in used]
+    row[f"{layer}_items"] = [it.id for it in used]
     row[f"{layer}_datetime"] = group.datetime.isoformat()
     row[f"{layer}_valid"] = round(frac, 6)
     if layer == "s2":
-        cc = [float(it["properties"].get("eo:cloud_cover", 0.0) or 0.0) for it in used]
+        cc = [it.cloud_cover or 0.0 for it in used]
         row["s2_cloud_cover"] = max(cc) if cc else None
     if layer == "s1":
-        p = used[0]["properties"] if used else {}
-        row["s1_orbit_state"] = p.get("sat:orbit_state")
-        row["s1_relative_orbit"] = None if p.get("sat:relative_orbit") is None else int(p["sat:relative_orbit"])
+        first = used[0] if used else None
+        row["s1_orbit_state"] = first.orbit_state if first else None
+        row["s1_relative_orbit"] = first.relative_orbit if first else None
     if layer == "naip":
-        p = used[0]["properties"] if used else {}
-        row["naip_year"] = str(p.get("naip:year")) if p.get("naip:year") is not None else None
+        row["naip_year"] = str(used[0].naip_year) if used and used[0].naip_year is not None else None

@@ -16,6 +16,7 @@ from scale_alibi.curate.build.manifest import MetatileSummary, summarize
 from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile, lonlat_bounds
 from scale_alibi.curate.build.output import ReleaseOutput
 from scale_alibi.curate.build.staging import _mt_name
+from scale_alibi.curate.scene import Scene, format_time
 from scale_alibi.curate.search import TIMEOUT_S
 
 SEARCH_ZOOM = 9  # one STAC search per layer per z9 block (~78 km): bounded result pages anywhere
@@ -45,9 +46,10 @@ def _faults(on_dask: bool) -> tuple[type[BaseException], ...]:
     return TransientError, RasterioIOError, OSError
 
 
-def _item_meta(item: dict) -> dict:
+def _item_meta(item: Scene) -> dict:
     """What the driver keeps of a searched item: what the manifest records and what explains an empty build."""
-    return {key: item.get(key) for key in ("id", "collection", "datetime", "updated", "layer")}
+    return {"id": item.id, "collection": item.collection, "datetime": format_time(item.datetime),
+            "updated": item.updated, "layer": item.layer}
 
 
 def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float, gate, naip: list | None = None) -> list:
@@ -149,15 +151,15 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
             f.release()
             bar.update(1)
         bar.close()
-        items = {}
+        found: dict[mercantile.Tile, list[dict]] = {}
         for (b, _layer), search in search_f.items():
             try:
-                items.setdefault(b, []).extend(_item_meta(it) for it in search.result())
+                found.setdefault(b, []).extend(_item_meta(it) for it in search.result())
             except UserError:
                 raise
             except Exception as e:
                 raise UserError(f"STAC search failed ({str(e)[:160]})") from None
-        return records, items
+        return records, found
     finally:
         client.close()
         if cluster is not None:
