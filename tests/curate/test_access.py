@@ -47,7 +47,7 @@ def token_service(world, monkeypatch):
 
 
 def _asset(world, collection: str, name: str) -> tuple[str, Path]:
-    """(unsigned URL, local path) of the first scene's asset `name` (vv.tif, image.tif, ...) in `collection`."""
+    """(unsigned URL, local path) of the first scene's asset file `name` (measurement/iw-vv.rtc.tiff, image.tif, ...) in `collection`."""
     path = sorted((world.dir / "files" / collection).glob(f"*/{name}"))[0]
     return f"{world.files_url}/{path.relative_to(world.dir / 'files').as_posix()}", path
 
@@ -65,7 +65,7 @@ def _token_of(url: str) -> str:
 
 
 def test_the_default_signer_signs_through_the_sdk_and_a_forced_resign_gets_a_new_token(world, token_service):
-    href, _ = _asset(world, "sentinel-1-rtc", "vv.tif")
+    href, _ = _asset(world, "sentinel-1-rtc", "measurement/iw-vv.rtc.tiff")
     signer = resolve_signer("planetary-computer")
     first = signed_href(href, signer)
     assert first.startswith(href + "?") and "sig=" in first  # a container token from the service
@@ -79,7 +79,7 @@ def test_the_default_signer_signs_through_the_sdk_and_a_forced_resign_gets_a_new
 def test_a_revoked_token_the_sdk_still_caches_is_renewed_on_403(world, token_service):
     from scale_alibi.curate.reader import clear_http_cache
 
-    href, path = _asset(world, "sentinel-1-rtc", "vh.tif")
+    href, path = _asset(world, "sentinel-1-rtc", "measurement/iw-vh.rtc.tiff")
     signer = resolve_signer("planetary-computer")
     bounds, res = _centre_window(path)
     reference = read_window(href, signer, bounds, res)
@@ -110,7 +110,7 @@ def test_tokens_that_expire_before_their_announced_expiry_are_renewed(world, tok
 
 def test_a_collection_requiring_an_account_needs_the_subscription_key(world, token_service, monkeypatch):
     token_service.token_service(key=KEY, key_containers=["sentinel-1-rtc"])
-    s1, _ = _asset(world, "sentinel-1-rtc", "vv.tif")
+    s1, _ = _asset(world, "sentinel-1-rtc", "measurement/iw-vv.rtc.tiff")
     naip, _ = _asset(world, "naip", "image.tif")
     signer = resolve_signer("planetary-computer")
     assert "sig=" in signer(naip)  # open collections are signed without a key

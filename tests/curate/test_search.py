@@ -189,15 +189,15 @@ def test_a_full_page_without_a_next_link_in_the_shortest_window_is_an_error(prox
 
 def test_s1_and_s2_are_searched_only_within_the_gap_of_the_naip_captures(proxy):
     naip = search_items(proxy.url, "naip", AREA, SearchOptions(naip_years=(2022, 2022)))
-    assert [it["id"] for it in naip] == ["naip-2022"]  # 2022-07-01
+    assert [it.id for it in naip] == ["naip-2022"]  # 2022-07-01
     before = proxy.searches
     near = search_items(proxy.url, "s2", AREA, SearchOptions(max_cloud=100.0, max_gap_days=25.0), naip=naip)
     # 2022-06-10 .. 06-30 are within 25 days of 07-01, 08-01 is 31 days after it: the hand-made truth
-    assert [it["id"] for it in near] == ["s2-at-the-cloud-limit", "s2-clear", "s2-cloudy", "s2-last-evening-of-june",
+    assert [it.id for it in near] == ["s2-at-the-cloud-limit", "s2-clear", "s2-cloudy", "s2-last-evening-of-june",
                                          "s2-without-scl"]
     assert search_items(proxy.url, "s1", AREA, SearchOptions(max_gap_days=730.0), naip=[]) == []
     assert proxy.searches == before + 1  # without a NAIP capture, S1 is not searched at all
     # --datetime and the NAIP window both hold: their intersection is searched
     both = search_items(proxy.url, "s2", AREA, SearchOptions(datetime="2022-06-12/2022-12-31", max_cloud=100.0,
                                                                   max_gap_days=25.0), naip=naip)
-    assert [it["id"] for it in both] == ["s2-cloudy", "s2-last-evening-of-june", "s2-without-scl"]
+    assert [it.id for it in both] == ["s2-cloudy", "s2-last-evening-of-june", "s2-without-scl"]
