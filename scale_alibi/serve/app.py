@@ -14,6 +14,7 @@ from scale_alibi.serve import errors
 from scale_alibi.serve.catalog import Catalog
 from scale_alibi.serve.fastpath import TileFastPath
 from scale_alibi.serve.files import BlobCache
+from scale_alibi.serve.malloc import keep_freed_memory
 from scale_alibi.serve.routers.health import health_router
 from scale_alibi.serve.routers.releases import releases_router
 from scale_alibi.serve.routers.shards import shards_router
@@ -90,6 +91,7 @@ def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) ->
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: the data directory (or bucket URL) comes from $SCALE_ALIBI_DATA."""
+    keep_freed_memory()
     app = create_app(os.environ[DATA_ENV])
     # Everything built so far lives as long as the worker: keep the cyclic GC from rescanning it
     # (full collections over the manifest index and the framework show up as tail latency).
