@@ -58,7 +58,7 @@ def pack_samples(
         total = sum(tarstream.BLOCK + tarstream.padded(size) for _, _, size, _ in plan)
         # Not zeroed (every byte is written below, padding too): zeroing a fresh buffer of a batch
         # cost a pass over memory and its page faults, an eighth of a shard stream's CPU (profiled).
-        view = memoryview(np.empty(total + (len(tarstream.END) if end else 0), dtype=np.uint8))
+        view = np.empty(total + (len(tarstream.END) if end else 0), dtype=np.uint8).data
         off = 0
         for name, content, size, check in plan:
             head = tarstream.header(name, size, MEMBER_MTIME)
