@@ -111,9 +111,9 @@ class _Subprocess:
 
 
 class Nginx(_Subprocess):
-    """nginx with one worker on core SERVER_CORE, serving `root` as static files."""
+    """nginx with one worker on core `core` (None: any), serving `root` as static files."""
 
-    def __init__(self, root: Path, work: Path):
+    def __init__(self, root: Path, work: Path, core: str | None = SERVER_CORE):
         self.port = free_port()
         self.work = work
         conf = work / "nginx.conf"
@@ -134,7 +134,8 @@ class Nginx(_Subprocess):
                 server {{ listen 127.0.0.1:{self.port}; root {root}; location /tiles/ {{ alias {root}/; }} }}
             }}
         """))
-        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, "nginx", "-c", str(conf), "-p", str(work)],
+        pin = ["taskset", "-c", core] if core is not None else []
+        self.proc = subprocess.Popen([*pin, "nginx", "-c", str(conf), "-p", str(work)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
