@@ -1,16 +1,18 @@
 """Does `curate build` scale with cores? The synthetic world's COGs served by nginx (Range requests,
 sendfile: almost no CPU), so that the figures are the build's alone, side by side in one run:
 
-- the one-process run (`--scheduler synchronous`, one core): the anchor for CPU per tile;
+- the one-process run (`--scheduler synchronous`, one thread): the anchor for CPU per tile;
 - local Dask with 1 worker, then with N workers (default 2), each one thread.
 
 Reported: wall-clock tiles/s and the speed-up of N workers over 1 (goal >= 1.7x for 2), and
 CPU-seconds per tile summed over every process of the build (this driver process with the Dask
 scheduler in it, the nannies and the workers; not nginx, the STAC server or the idle file
-server) as a ratio to the one-process run (goal <= 1.15x). CPU is sampled every 50 ms per
+server) as a ratio to the one-process run (goal <= 1.15x); with --small-fraction, also the CPU per
+tile between a smaller and the full build, which leaves out what a build costs whatever its size
+(Dask's start-up: the workers' imports, the cluster). CPU is sampled every 200 ms per
 process (psutil), so a worker that exits is counted up to its last sample.
 
-    python benchmarks/build_scaling.py [--zoom 17] [--workers 2] [--repeats 2]
+    python benchmarks/build_scaling.py [--zoom 17] [--workers 2] [--repeats 2] [--small-fraction 0.5]
 
 Needs Debian `nginx-light`. Best of --repeats for each configuration, interleaved.
 """
@@ -106,6 +108,9 @@ def main() -> None:
     ap.add_argument("--zoom", type=int, default=17)
     ap.add_argument("--workers", type=int, default=2, help="Dask workers of the scaled run")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--small-fraction", type=float, default=0.5,
+                    help="area of a second, smaller build per configuration (0: none): the CPU per tile "
+                         "between the two sizes leaves out what a build costs whatever its size")
     args = ap.parse_args()
     if shutil.which("nginx") is None:
         sys.exit("error: nginx not found; apt-get install -y nginx-light")
@@ -121,10 +126,15 @@ def main() -> None:
         sample = next(p for p in (world_dir / "files").rglob("*.tif"))
         wait_http(nginx.url + "/" + sample.relative_to(world_dir / "files").as_posix())
         region = box(*world.bbox)
+        w, s_, e, n = world.bbox
+        side = args.small_fraction ** 0.5 / 2
+        small = box((w + e) / 2 - (e - w) * side, (s_ + n) / 2 - (n - s_) * side,
+                    (w + e) / 2 + (e - w) * side, (s_ + n) / 2 + (n - s_) * side)
         cpu = TreeCpu()
         runs = {"one process (synchronous)": ("synchronous", None), "Dask, 1 worker": ("local", 1),
                 f"Dask, {args.workers} workers": ("local", args.workers)}
         best: dict[str, dict] = {}
+        marginal: dict[str, float] = {}  # CPU-seconds per tile between the small and the full build
         print(f"world {world.bbox}, zoom {args.zoom}; COGs from nginx {nginx.url}; {os.cpu_count()} cores", flush=True)
         for rep in range(args.repeats):  # interleaved: background load hits every configuration alike
             for name, (scheduler, workers) in runs.items():
@@ -133,6 +143,13 @@ def main() -> None:
                       f"{1e3 * r['cpu'] / r['tiles']:7.2f} ms CPU/tile", flush=True)
                 if name not in best or r["seconds"] < best[name]["seconds"]:
                     best[name] = r
+                if args.small_fraction > 0:
+                    q = build(world.stac_url, tmp / "out", args.zoom, small, scheduler, workers, cpu)
+                    per_tile = (r["cpu"] - q["cpu"]) / max(r["tiles"] - q["tiles"], 1)
+                    print(f"  run {rep + 1} {name:<28} {q['tiles']:>6} tiles {q['seconds']:7.1f} s wall "
+                          f"{1e3 * q['cpu'] / q['tiles']:7.2f} ms CPU/tile (smaller area); between the two: "
+                          f"{1e3 * per_tile:.2f} ms CPU/tile", flush=True)
+                    marginal[name] = min(marginal.get(name, float("inf")), per_tile)
         one, w1, wn = (best[n] for n in runs)
         print(f"\nbest of {args.repeats}:")
         for name, r in best.items():
@@ -144,6 +161,10 @@ def main() -> None:
             r = best[name]
             ratio = (r["cpu"] / r["tiles"]) / (one["cpu"] / one["tiles"])
             print(f"CPU per tile: {name} {ratio:.2f}x the one-process run (goal <= 1.15x)")
+            if name in marginal:
+                print(f"  without what a build costs whatever its size (between the two areas): "
+                      f"{1e3 * marginal[name]:.2f} vs {1e3 * marginal[list(runs)[0]]:.2f} ms, "
+                      f"{marginal[name] / marginal[list(runs)[0]]:.2f}x")
     finally:
         if world is not None:
             world.stop()
