@@ -22,9 +22,10 @@ from scale_alibi.curate.search import TIMEOUT_S
 SEARCH_ZOOM = 9  # one STAC search per layer per z9 block (~78 km): bounded result pages anywhere
 
 # Housekeeping intervals of the Dask cluster a build starts itself: the defaults wake every process
-# every 20 ms (an event-loop lag probe) and check worker memory every 100 ms, 53-59 ms of CPU per
-# second of an idle one-worker cluster (tests/curate/test_local_cluster.py), so a build's CPU per
-# tile grew with its wall time. Memory is still checked twice a second.
+# every 20 ms (an event-loop lag probe) and check worker memory every 100 ms: an idle one-worker
+# cluster spent 68.4 ms of CPU per second, 35.8 with these (`pytest -s tests/curate/test_local_cluster.py`,
+# busy 2-core machine), so a build's CPU per tile grew with its wall time. Memory is still checked
+# twice a second.
 LOCAL_CLUSTER_CONFIG = {
     "distributed.admin.tick.interval": "1s",
     "distributed.worker.memory.monitor-interval": "500ms",
