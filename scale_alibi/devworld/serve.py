@@ -144,11 +144,15 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30
     raise RuntimeError(f"rustac serve did not answer on {url} within {timeout:.0f} s")
 
 
-def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port: int = 0, files_port: int = 0, advertise: str | None = None) -> World:
+def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port: int = 0, files_port: int = 0, advertise: str | None = None,
+                hrefs_url: str | None = None) -> World:
     """Start both servers (free loopback ports unless given); call .stop() when done.
 
     host: address to bind; advertise: host name clients use in URLs and hrefs (default: host;
-    give it when binding 0.0.0.0, e.g. a docker-compose service name).
+    give it when binding 0.0.0.0, e.g. a docker-compose service name). hrefs_url: the catalog's
+    asset hrefs point there instead of at the world's file server (a static server over
+    `world_dir/files` that honours Range requests, e.g. nginx: benchmarks whose file server
+    must cost no CPU; the world's faults and signatures then do not apply).
     """
     public = advertise or host
     world_dir = Path(world_dir).absolute()
@@ -157,7 +161,7 @@ def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port
     files = FileServer(world_dir / "files", host=host, port=files_port, advertise=public)
     tmp = Path(tempfile.mkdtemp(prefix="world-stac-"))
     try:
-        hrefs = _write_served_catalog(world_dir, files.url, tmp)
+        hrefs = _write_served_catalog(world_dir, hrefs_url or files.url, tmp)
         for attempt in range(3):
             port = stac_port or _free_port()
             url = f"http://{public}:{port}"

@@ -45,11 +45,6 @@ _HIRES_INDEX = {offset: i for i, offset in enumerate(HIRES_CHILDREN)}
 MEMBERS = len(TRIPLET_MEMBERS)  # files per triplet (manifest row)
 
 
-def _fingerprint(st: os.stat_result) -> int:
-    """A non-zero int64 that changes when a file is rewritten, truncated or replaced."""
-    return (hash((st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)) & 0x7FFF_FFFF_FFFF_FFFF) or 1
-
-
 def pack_key(z: int, x: int, y: int) -> int:
     """One sortable int64 for a tile address (z <= MAX_PACKED_ZOOM)."""
     return (z << 58) | (x << 29) | y
@@ -96,9 +91,9 @@ class ReleaseIndex:
     bounds: list[float]  # west, south, east, north
     etag_seed: str  # sha256 of the manifest bytes: identifies the release's content
     _coverage: dict | None = field(default=None, repr=False)
-    # Per file slot (manifest row * 7 + member, TRIPLET_MEMBERS order): a fingerprint of the file
-    # (size, mtime, inode) as it was when its sha256 last matched the manifest; 0: never checked.
-    _intact: np.ndarray | None = field(default=None, repr=False)
+    # Per file slot (manifest row * 7 + member, TRIPLET_MEMBERS order): the fast checksum
+    # (scale_alibi.serve.integrity) of the bytes that last matched the manifest's sha256; 0: never matched.
+    _verified: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, name: str, path: str, store: ReleaseFiles) -> ReleaseIndex:
@@ -187,16 +182,15 @@ class ReleaseIndex:
                 return self.table.column("hash_naip_hires")[parent][i].as_py(), parent * MEMBERS + len(LAYERS) + i
         return None
 
-    def is_intact(self, slot: int, st: os.stat_result | None) -> bool:
-        """Whether the file in `slot`, as `st` describes it now, already hashed to the manifest's sha256
-        (never for fetched bytes, `st` None: an object can be replaced without a trace here)."""
-        return st is not None and self._intact is not None and int(self._intact[slot]) == _fingerprint(st)
+    def verified_checksum(self, slot: int) -> int:
+        """The checksum of the bytes of file `slot` that last matched the manifest's sha256 (0: none yet)."""
+        return 0 if self._verified is None else int(self._verified[slot])
 
-    def mark_intact(self, slot: int, st: os.stat_result) -> None:
-        """Remember that the file in `slot`, as `st` describes it, hashed to the manifest's sha256."""
-        if self._intact is None:
-            self._intact = np.zeros(self.table.num_rows * MEMBERS, dtype=np.int64)
-        self._intact[slot] = _fingerprint(st)
+    def remember_verified(self, slot: int, checksum: int) -> None:
+        """Record that bytes with `checksum` (non-zero) in file `slot` matched the manifest's sha256."""
+        if self._verified is None:
+            self._verified = np.zeros(self.table.num_rows * MEMBERS, dtype=np.uint64)
+        self._verified[slot] = checksum
 
     def tile_path(self, layer: str, z: int, x: int, y: int) -> str:
         """Where tile (layer, z, x, y) lives: a path or object key, built from integers only."""

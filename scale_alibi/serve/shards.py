@@ -38,19 +38,19 @@ def shard_etag(index: ReleaseIndex, *params: object) -> bytes:
     return b'"' + hashlib.sha256(text.encode()).hexdigest()[:40].encode() + b'"'
 
 
-def build_batch(index: ReleaseIndex, sources, rows: list[int], metas: list[dict]) -> bytearray:
+def build_batch(index: ReleaseIndex, sources, rows: list[int], metas: list[dict]) -> memoryview:
     """Tar bytes of the triplets at manifest rows `rows` with their manifest rows `metas` (in a worker thread)."""
     return pack_samples(index, sources, [(r, m, sample_key(m) + ".") for r, m in zip(rows, metas)], "json")
 
 
-def first_batch(index: ReleaseIndex, sources, rows: np.ndarray) -> tuple[list[dict], bytearray, int]:
+def first_batch(index: ReleaseIndex, sources, rows: np.ndarray) -> tuple[list[dict], memoryview, int]:
     """All manifest rows of the shard (one Arrow take), the tar bytes of its first batch, and the
     triplets per batch: one from a disk (~1 MB: cache-sized copies beat fewer thread hops, measured),
     more from a bucket, whose tiles of a batch are fetched concurrently."""
     size = sources.of(index).batch_triplets  # here, in a thread: opening a bucket's source lists it
     metas = index.rows(rows)
     head = rows[:size].tolist()
-    return metas, build_batch(index, sources, head, metas[:size]) if head else bytearray(), size
+    return metas, build_batch(index, sources, head, metas[:size]) if head else memoryview(b""), size
 
 
 def _failure(exc: Exception) -> tuple[int, str]:

@@ -21,6 +21,18 @@ from scale_alibi.curate.search import TIMEOUT_S
 
 SEARCH_ZOOM = 9  # one STAC search per layer per z9 block (~78 km): bounded result pages anywhere
 
+# Housekeeping intervals of the Dask cluster a build starts itself: the defaults wake every process
+# every 20 ms (an event-loop lag probe) and check worker memory every 100 ms: an idle one-worker
+# cluster spent 68.4 ms of CPU per second, 35.8 with these (`pytest -s tests/curate/test_local_cluster.py`,
+# busy 2-core machine), so a build's CPU per tile grew with its wall time. Memory is still checked
+# twice a second.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.scheduler.work-stealing-interval": "1s",
+}
+
 
 def search_blocks(metatiles: Iterable[tuple[int, int, int]]) -> dict[mercantile.Tile, list]:
     """Metatiles grouped by the SEARCH_ZOOM block whose STAC searches feed them (one task per block and layer)."""
@@ -113,13 +125,16 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
                             "`dask scheduler` or omit --scheduler") from None
     else:
         n = workers or os.cpu_count() or 1
-        if scheduler == "threads":
-            cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=":0")
-        elif scheduler in (None, "local", "processes"):
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   silence_logs=logging.ERROR)
-        else:
-            raise UserError(f"unknown --scheduler {scheduler!r}; use local, threads, synchronous or tcp://HOST:PORT")
+        import dask
+
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):  # read by the scheduler, nannies and workers as they start
+            if scheduler == "threads":
+                cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=":0")
+            elif scheduler in (None, "local", "processes"):
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                       silence_logs=logging.ERROR)
+            else:
+                raise UserError(f"unknown --scheduler {scheduler!r}; use local, threads, synchronous or tcp://HOST:PORT")
         client = Client(cluster)
     try:
         link = client.dashboard_link
