@@ -8,7 +8,8 @@ from typing import Any
 
 import mercantile
 
-from scale_alibi.contract.release import HIRES_CHILDREN, content_hash, tile_name
+from scale_alibi.contract.layout import tile_name  # the one writer of tiles (pyproject: the layout contract)
+from scale_alibi.contract.release import HIRES_CHILDREN, content_hash
 from scale_alibi.curate.build.choose import _choose, _describe
 from scale_alibi.curate.build.output import ReleaseOutput
 from scale_alibi.curate.search import TIMEOUT_S
