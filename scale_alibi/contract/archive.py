@@ -38,6 +38,7 @@ from pmtiles.tile import (
 )
 
 from scale_alibi.contract import layout
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.contract.release import LAYERS, atomic_file
 
 HEADER_SIZE = 127
@@ -82,7 +83,7 @@ def _open_existing(path: str) -> int | None:
         return None
 
 
-class ArchiveError(ValueError):
+class ArchiveError(ScaleAlibiError, ValueError):
     """A file that is not a PMTiles v3 archive this project can read (the message says why)."""
 
 

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.serve.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 STORE_UNAVAILABLE = "the object store holding the releases did not answer; try again shortly"
 
 
-class ApiError(Exception):
+class ApiError(ScaleAlibiError):
     """A client-facing error: HTTP status and a one-line reason."""
 
     def __init__(self, status: int, detail: str):

@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.contract.release import is_below
 
 # Releases are immutable: a tile's URL always names the same bytes.
@@ -62,7 +63,7 @@ def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
     return False
 
 
-class RangeNotSatisfiable(Exception):
+class RangeNotSatisfiable(ScaleAlibiError):
     """The Range header asks for bytes the file does not have."""
 
 

@@ -16,6 +16,7 @@ import os
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.serve.runner import (
     DEFAULT_HEADER_TIMEOUT,
     HEADER_TIMEOUT_ENV,
@@ -24,7 +25,7 @@ from scale_alibi.serve.runner import (
 )
 
 
-class _TooManyHeaders(Exception):
+class _TooManyHeaders(ScaleAlibiError):
     """Raised from a parser callback to stop parsing a head with more than MAX_HEADERS fields."""
 
 

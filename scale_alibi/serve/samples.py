@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.contract.release import triplet_files, triplet_tiles
 from scale_alibi.serve import tarstream
 from scale_alibi.serve.catalog import MEMBERS, ReleaseIndex
@@ -21,7 +22,7 @@ from scale_alibi.serve.tilesource import TileSources, TileSpan, close_all
 MEMBER_MTIME = 0
 
 
-class MissingFile(Exception):
+class MissingFile(ScaleAlibiError):
     """A file the manifest lists is missing on disk or resolves outside the data directory."""
 
 

@@ -12,6 +12,7 @@ import os
 from abc import abstractmethod
 from collections.abc import Hashable, Iterator
 
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.contract.release import MANIFEST_NAME, is_below
 from scale_alibi.contract.storage import local_path
 from scale_alibi.serve.catalog import ReleaseFiles, ReleaseIndex
@@ -19,7 +20,7 @@ from scale_alibi.serve.files import SafeReader
 from scale_alibi.serve.tilesource import TileSource, open_source
 
 
-class StoreUnavailable(OSError):
+class StoreUnavailable(ScaleAlibiError, OSError):
     """The object store did not answer, or refused (credentials, permissions): a 503, or exit 2 at start-up."""
 
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from scale_alibi.model.nn.scale_alibi import MODALITIES
+from scale_alibi.contract.names import ENCODED_MODALITIES
 from scale_alibi.model.train.trainer import batch_size_of
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = MODALITIES  # what the model reads; "naip" (256 px) is not used
+IMAGE_KEYS = ENCODED_MODALITIES  # what the model reads; "naip" (256 px) is not used
 # Fallback when no stats.json is available: uint8 -> roughly zero-mean, unit-scale floats.
 FALLBACK_MEAN, FALLBACK_STD = 127.5, 64.0
 
