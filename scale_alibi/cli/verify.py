@@ -35,6 +35,8 @@ def verify(data_dir: str, release: str, do_repair: bool, catalog: str | None, si
     Exit status: 0 when the release is intact (or was repaired), 1 when damage was found and not
     repaired."""
     stored = StoredRelease(data_dir, release)
+    if do_repair:
+        stored.check_writable()  # a repair writes: never through a link out of the root or into another release
     # Read and checked (columns, unique in-range rows, sha256 hashes, seal) before any file is hashed:
     # a manifest that lies cannot vouch for the files.
     table = stored.manifest().table
@@ -51,7 +53,6 @@ def verify(data_dir: str, release: str, do_repair: bool, catalog: str | None, si
         click.echo(f"release {release}: {len(damage)} of {total} files damaged in {triplets} triplets; run "
                    f"`curate verify --data {data_dir} --release {release} --repair` to re-cut them")
         sys.exit(1)
-    stored.check_writable()  # a repair writes: never through a link out of the release
     left = repair(output, damage, catalog, signer, progress, lambda m: click.echo(m, err=True))
     if left:
         for line in left:

@@ -90,3 +90,15 @@ def test_import_pmtiles_refuses_a_release_directory_that_is_a_link(tmp_path):
     ok = _invoke("import-pmtiles", *(a for layer, p in archives.items() for a in (f"--{layer}", str(p))),
                  "--out", str(tmp_path / "out"), "--release", "plain")
     assert ok.exit_code == 0, ok.output
+
+
+def test_verify_repair_refuses_a_layer_directory_linked_into_another_release(tmp_path):
+    make_release(tmp_path / "data", "a", nx=2, ny=1)
+    other = make_release(tmp_path / "data", "b", nx=2, ny=1, seed=5)
+    before = file_tree(other.path)
+    a_s2 = tmp_path / "data" / "a" / "s2"
+    os.rename(a_s2, tmp_path / "a-s2")
+    os.symlink(other.path / "s2", a_s2)
+    result = _invoke("verify", "--data", str(tmp_path / "data"), "--release", "a", "--repair", "--no-progress")
+    one_error_line(result, "into the release 'b'")
+    assert file_tree(other.path) == before
