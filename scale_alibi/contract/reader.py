@@ -194,6 +194,10 @@ class StoredRelease:
 
     # ---- tiles
 
+    def has_tree(self) -> bool:
+        """Whether the release holds any layer of the XYZ tile tree (layout's rule)."""
+        return layout.has_tree(self.is_dir)
+
     @cached_property
     def reads_archives(self) -> bool:
         """Whether tiles come from the PMTiles archives (no tree, all three archives): layout's rule."""

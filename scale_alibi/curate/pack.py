@@ -143,7 +143,7 @@ def pack_release(root: str | os.PathLike[str], name: str, out: str | os.PathLike
             target.path == source.path if target.remote else os.path.realpath(target.path) == os.path.realpath(source.path)):
         target = source
     target.check_writable()
-    if target is not source and (target.is_finished() or any(target.is_dir(layer) for layer in LAYERS)):
+    if target is not source and (target.is_finished() or target.has_tree()):
         raise UserError(f"{target.location} already holds a release or tiles; choose another --out or remove it")
     read_tile = source.tiles()
     written = []
