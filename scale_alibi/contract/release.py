@@ -1,13 +1,17 @@
-"""The on-disk release: a public contract shared by `curate build` (writer), `serve` and the loader.
+"""A release directory: a public contract shared by `curate build` (writer), `serve` and the loader.
 
-Layout (the paper's, standard XYZ so any web map can show a layer directly)::
+Layout (the paper's, standard XYZ so any web map can show a layer directly; written once, in
+`scale_alibi.contract.layout`)::
 
     OUT/<release>/<layer>/<z>/<x>/<y>.png      layer in s1, s2, naip; naip also at z+1
     OUT/<release>/manifest.parquet             one row per complete triplet; written last
     OUT/<release>/<layer>.pmtiles              optional: the layer as one PMTiles archive
                                                (`curate pack`); serves a release without the tree
 
-A release without ``manifest.parquet`` is unfinished: it is never served or trained on.
+A release without ``manifest.parquet`` is unfinished: it is never served or trained on. This module
+holds the local `Release`, manifest writing (sealed: `scale_alibi.contract.manifest`), durable file
+writes, the write guard (`writable_release_dir`) and the shard order; reading a release anywhere
+(a directory or a bucket) is `scale_alibi.contract.reader`.
 """
 
 from __future__ import annotations
