@@ -79,3 +79,31 @@ def test_train_takes_exactly_one_of_server_and_data(tmp_path):
                    "exactly one of --server")
     one_error_line(CliRunner().invoke(main, ["train", "--release", "r", "--out", str(tmp_path / "b"), "--data",
                                              str(tmp_path), "--server", "http://127.0.0.1:9"]), "exactly one of --server")
+
+
+def test_the_dataset_source_resumes_at_the_batch_after_the_last_consumed_one(tmp_path):
+    from scale_alibi.model.train.data import DatasetSource
+
+    make_release(tmp_path / "data", "r", nx=4, ny=4)  # 12 train triplets: 6 batches of 2 per epoch
+
+    def run(n: int, state: dict | None = None) -> tuple[list[dict], dict]:
+        source = DatasetSource(str(tmp_path / "data"), "r", 2, num_workers=0, seed=7, shard_size=4)
+        if state is not None:
+            source.load_state_dict(state)
+        got = []
+        for batch in source.batches():
+            got.append(batch)
+            source.consumed(batch)
+            if len(got) == n:
+                return got, source.state_dict()
+        raise AssertionError("batches() ended")
+
+    whole, _ = run(9)  # across the end of epoch 0
+    first, state = run(4)
+    rest, _ = run(5, state)
+    assert state["epoch"] == 0 and state["consumed"] == 8
+    for a, b in zip(whole, first + rest):
+        assert a["epoch"] == b["epoch"] and torch.equal(a["z"], b["z"]) and torch.equal(a["x"], b["x"])
+        assert torch.equal(a["y"], b["y"]) and torch.equal(a["s2"], b["s2"])
+    epoch0 = {(int(z), int(x), int(y)) for b in whole[:6] for z, x, y in zip(b["z"], b["x"], b["y"])}
+    assert len(epoch0) == 12 and whole[6]["epoch"] == 1  # every triplet once, then the next epoch
