@@ -86,7 +86,7 @@ def test_a_null_hash_is_refused():
 
 def test_a_hash_that_is_not_a_sha256_is_refused():
     rows = _rows()
-    rows[1]["hash_naip_hires"][2] = "Z" * 64
+    rows[1]["hash_naip_hires"][2] = "abc"
     _refused(_sealed(rows), "not a sha256")
 
 
