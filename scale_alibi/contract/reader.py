@@ -34,7 +34,7 @@ from scale_alibi.contract.release import (
     writable_release_dir,
     write_bytes_atomic,
 )
-from scale_alibi.contract.storage import is_remote, join, local_path, remote_filesystem
+from scale_alibi.contract.storage import STORE_TIMEOUTS, StoreTimeouts, is_remote, join, local_path, remote_filesystem
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -86,13 +86,14 @@ class StoredRelease:
     """Release `name` under data root `root` (a directory or an fsspec URL), read-only but for
     `write`: what every command reads a release through."""
 
-    def __init__(self, root: str | os.PathLike[str], name: str):
+    def __init__(self, root: str | os.PathLike[str], name: str, timeouts: StoreTimeouts = STORE_TIMEOUTS):
         self.root = os.fspath(root)
         self.name = check_release_name(name)
         self.remote = is_remote(self.root)
+        self.timeouts = timeouts  # how long a store request may wait (contract.storage)
         if self.remote:
             self.fs: AbstractFileSystem | None
-            self.fs, base = remote_filesystem(self.root)
+            self.fs, base = remote_filesystem(self.root, timeouts)
             self.path = join(base, name)
         else:
             self.fs = None
@@ -107,7 +108,7 @@ class StoredRelease:
         return f"StoredRelease({self.location!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:  # to worker processes: reopened there
-        return StoredRelease, (self.root, self.name)
+        return StoredRelease, (self.root, self.name, self.timeouts)
 
     # ---- files
 

@@ -19,10 +19,10 @@ from typing import TypeVar
 from scale_alibi.contract.archive import ArchiveError
 from scale_alibi.contract.reader import RangeArchive, StoredRelease
 from scale_alibi.contract.release import LAYERS, MANIFEST_NAME
-from scale_alibi.contract.storage import join, remote_filesystem
+from scale_alibi.contract.storage import SERVE_STORE_TIMEOUTS, join, remote_filesystem
 from scale_alibi.serve.catalog import ReleaseIndex
 from scale_alibi.serve.stores import ReleaseStore, StoreUnavailable
-from scale_alibi.serve.tilesource import FetchedSpan, TileSource, TileSpan
+from scale_alibi.serve.tilesource import FetchedSpan, TileSource, TileSpan, find_in_archive
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class BucketStore(ReleaseStore):
 
     def __init__(self, url: str):
         super().__init__(url.rstrip("/"))
-        self.fs, self.root = remote_filesystem(url)  # UserError naming the package when the library is missing
+        # UserError naming the package when the library is missing; requests wait a few seconds at most,
+        # so a silent store is a 503 soon rather than a request held for minutes.
+        self.fs, self.root = remote_filesystem(url, SERVE_STORE_TIMEOUTS)
 
     def _call(self, what: Callable[..., T], *args: object, **kwargs: object) -> T:
         """`what(*args, **kwargs)`, with every failure but a missing object (FileNotFoundError) as StoreUnavailable."""
@@ -105,17 +107,19 @@ class BucketStore(ReleaseStore):
     def tile_source(self, index: ReleaseIndex) -> TileSource:
         """The release's tree, or its three PMTiles archives read by range (the reader's rule,
         scale_alibi.contract.reader), or its (absent) tree: every tile a 404."""
-        release = StoredRelease(self.location, index.name)
+        release = StoredRelease(self.location, index.name, SERVE_STORE_TIMEOUTS)
         try:
             from_archives = self._call(lambda: release.reads_archives)
         except FileNotFoundError:
             from_archives = False  # deleted since it was listed
         if from_archives:
-            try:
-                archives = {layer: self._call(BucketArchive, self, release.archive_key(layer)) for layer in LAYERS}
-                return ArchiveSource(archives)
-            except (ArchiveError, FileNotFoundError) as exc:
-                log.error("release %s: %s; its tiles are not served", index.name, exc)
+            archives: dict[str, BucketArchive] = {}
+            for layer in LAYERS:
+                try:
+                    archives[layer] = BucketArchive(self, release.archive_key(layer))
+                except (ArchiveError, FileNotFoundError) as exc:  # only this layer: the others keep serving
+                    log.error("release %s: %s; its %s tiles are not served", index.name, exc, layer)
+            return ArchiveSource(archives)
         return TreeSource(self, release)
 
     def fetch(self, key: str, start: int | None = None, end: int | None = None) -> bytes | None:
@@ -132,7 +136,7 @@ class BucketArchive(RangeArchive):
 
     def __init__(self, store: BucketStore, key: str):
         super().__init__(lambda offset, length: store.fetch(key, offset, offset + length) or b"", key,
-                         int(store.fs.info(key)["size"]))
+                         int(store._call(store.fs.info, key)["size"]))
 
 
 class FetchingSource(TileSource):
@@ -165,9 +169,9 @@ class ArchiveSource(FetchingSource):
         self.archives = archives
 
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
-        archive = self.archives.get(layer)
-        found = archive.locate(z, x, y) if archive is not None else None
-        if archive is None or found is None:
+        hit = find_in_archive(self.archives, layer, z, x, y)
+        if hit is None:
             return None
-        data = archive.pread(*found)
-        return FetchedSpan(data) if len(data) == found[1] else None
+        archive, (offset, size) = hit
+        data = archive.pread(offset, size)
+        return FetchedSpan(data) if len(data) == size else None

@@ -18,6 +18,7 @@ from scale_alibi.contract.release import (
     check_release_name,
     manifest_metadata,
 )
+from scale_alibi.contract.storage import StoreTimeouts
 from scale_alibi.curate.build.executor import _run, search_blocks
 from scale_alibi.curate.build.manifest import _params_meta, _versions, manifest_batches, manifest_columns
 from scale_alibi.curate.build.metatile import group_metatiles
@@ -63,6 +64,8 @@ def build_release(
     echo: Callable[[str], None] | None = None,
     timeout_s: float | None = None,
     allow_empty: bool = False,
+    search_concurrency: int = 4,
+    max_tiles: int | None = None,
 ) -> BuildResult:
     """Build (or resume) a release under `out`; see the module docstring. Returns a BuildResult.
 
@@ -71,8 +74,10 @@ def build_release(
     "synchronous" (no Dask: this process, one thread) or a "tcp://host:port" scheduler address.
     `signer`: None (Planetary Computer), "none", "module:function", or a picklable callable.
     `timeout_s`: how long any one network call may wait for an answer (default scale_alibi.curate.search.TIMEOUT_S).
-    `allow_empty`: seal a release with no complete triplet instead of refusing it."""
-    from scale_alibi.curate.plan import check_zoom
+    `allow_empty`: seal a release with no complete triplet instead of refusing it.
+    `search_concurrency`: catalog searches running at once (on any cluster).
+    `max_tiles`: refuse a plan of more tiles (default scale_alibi.curate.plan.MAX_TILES)."""
+    from scale_alibi.curate.plan import MAX_TILES, check_plan_size, check_zoom
     from scale_alibi.curate.search import PLANETARY_COMPUTER
 
     timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
@@ -120,8 +125,11 @@ def build_release(
         from scale_alibi.curate.search import parse_interval
 
         parse_interval(datetime)
+    # Before anything is written: the plan is held in memory, tile by tile.
+    check_plan_size(geometry, spec, zoom, MAX_TILES if max_tiles is None else max_tiles,
+                    f"release {spec.name}" if spec is not None else "the region")
 
-    output = open_output(out, release)
+    output = open_output(out, release, StoreTimeouts.waiting(timeout_s))  # --timeout bounds store calls too
     output.check_writable()
     with output.lock():
         if output.is_finished():
@@ -155,7 +163,7 @@ def build_release(
 
         from scale_alibi.curate.search import open_catalog
 
-        open_catalog(catalog, timeout_s)  # fail fast, with one line, before planning or starting any cluster
+        client = open_catalog(catalog, timeout_s)  # fail fast, with one line, before planning or starting any cluster
         tiles = plan_tiles(params, geometry=geometry, spec=spec)
         if not tiles:
             raise UserError("the region covers no tiles at this zoom")
@@ -166,13 +174,18 @@ def build_release(
         todo = [mt for mt in metatiles if mt not in done]
         echo(f"release {release}: {len(tiles)} tiles at z{zoom} in {len(metatiles)} metatiles "
              f"({len(done)} already done)")
+        if todo:  # a refused token (no or a wrong subscription key) is one line now, before any metatile
+            _check_access(client, catalog, tiles, zoom, signer, timeout_s)
 
         failures: list[str] = []
         items_by_block: dict = {}
         # Search even when every metatile is done: item `updated` times go in the manifest.
         if metatiles:
             from scale_alibi.curate.search import SearchOptions
-            opts = SearchOptions(datetime=datetime, max_cloud=max_cloud, naip_years=params.naip_years)
+            if not (isinstance(search_concurrency, int) and search_concurrency >= 1):
+                raise UserError(f"--search-concurrency {search_concurrency} must be a whole number >= 1")
+            opts = SearchOptions(datetime=datetime, max_cloud=max_cloud, naip_years=params.naip_years,
+                                 max_gap_days=max_gap_days, concurrency=search_concurrency)
             blocks = search_blocks(metatiles)
             # Nothing left to cut (a resumed build that had finished its metatiles): search here,
             # without starting a cluster.
@@ -216,6 +229,25 @@ def build_release(
     echo(f"release {release}: {triplets} complete triplets of {len(tiles)} planned tiles in {dt:.1f}s -> "
          f"{output.location}")
     return BuildResult(output.location, triplets, len(tiles), len(metatiles), len(metatiles) - len(todo), seconds=dt)
+
+
+def _check_access(client, catalog: str, tiles, zoom: int, signer, timeout_s: float) -> None:
+    """Sign one href of each collection over the build's tiles with Planetary Computer's token service (see
+    scale_alibi.curate.access.check_access); another signer (none, module:function) is only called lazily."""
+    from scale_alibi.curate.access import PlanetaryComputerSigner, check_access
+    from scale_alibi.curate.build.metatile import lonlat_bounds
+    from scale_alibi.curate.search import SENSORS, network_reason, resolve_signer
+
+    sign = resolve_signer(signer)
+    if not isinstance(sign, PlanetaryComputerSigner):
+        return
+    try:
+        check_access(client, [(s.collection, s.assets) for s in SENSORS.values()], lonlat_bounds(zoom, tiles), sign)
+    except UserError:
+        raise
+    except Exception as e:  # pystac_client flattens network errors to text
+        raise UserError(f"STAC search at {catalog} failed ({network_reason(e, timeout_s)}); check the catalog, or "
+                        "rerun later") from None
 
 
 def _read_manifest(output: ReleaseOutput):

@@ -31,7 +31,8 @@ def recut_files(output: ReleaseOutput, params: BuildParams, metatiles: dict, dam
     todo = [mt for mt in metatiles if mt in wanted]
     # Whole blocks, as the build searched them: the same search bbox gives the same items.
     blocks = {b: mts for b, mts in search_blocks(metatiles).items() if any(mt in wanted for mt in mts)}
-    opts = SearchOptions(datetime=params.datetime, max_cloud=params.max_cloud, naip_years=params.naip_years)
+    opts = SearchOptions(datetime=params.datetime, max_cloud=params.max_cloud, naip_years=params.naip_years,
+                         max_gap_days=params.max_gap_days)  # the build's search windows
     echo(f"release {params.release}: re-cutting {len(todo)} metatiles for {len(damage)} damaged files")
     failures: list[str] = []
     output.finish()
