@@ -106,13 +106,13 @@ def served(built_release):
     import json
     from pathlib import Path
 
-    from scale_alibi.contract.release import Release
+    from scale_alibi.contract.reader import StoredRelease
     from scale_alibi.model.data.stats import compute_stats
     from scale_alibi.serve.process import ServerProcess
 
     data_root, name = built_release
     stats_file = Path(data_root) / name / "stats.json"
-    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else compute_stats(Release(Path(data_root), name), limit=64)
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else compute_stats(StoredRelease(data_root, name), limit=64)
     with ServerProcess(data_root) as server:
         yield server.url, name, stats["modalities"]
 

@@ -47,10 +47,11 @@ def demo(out: Path, zoom: int, train_steps: int, keep_serving: bool) -> None:
     click.echo(f"      {result.triplets} complete triplets of {result.planned} planned tiles in {result.seconds:.0f} s")
     click.echo(f"      tiles: {tiles}/{{s1,s2,naip}}/<z>/<x>/<y>.png   manifest: {tiles / 'manifest.parquet'}")
 
-    from scale_alibi.contract.release import Release
+    from scale_alibi.contract.reader import StoredRelease
     from scale_alibi.model.data.stats import compute_stats, write_stats
 
-    stats_path = write_stats(Release(out / "releases", release), compute_stats(Release(out / "releases", release)))
+    built = StoredRelease(out / "releases", release)
+    stats_path = write_stats(built, compute_stats(built))
     click.echo(f"      curate stats: per-channel normalisation stats in {stats_path}")
 
     click.echo(f"[3/4] curate serve --data {out / 'releases'}")

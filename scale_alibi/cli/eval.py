@@ -24,8 +24,9 @@ WORLD_TASK = "world-landcover"
               help=f"Comma-separated GEO-Bench tasks and/or {WORLD_TASK}.")
 @click.option("--geobench-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="GEO-Bench data root [$GEO_BENCH_DIR].")
-@click.option("--world-release", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"DATA/RELEASE built from the synthetic world ({WORLD_TASK} task).")
+@click.option("--world-release", default=None,
+              help=f"DATA/RELEASE built from the synthetic world ({WORLD_TASK} task): a directory or an "
+                   "object-store URL (s3://bucket/prefix/RELEASE).")
 @click.option("--world", "world_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="The world directory that release was built from [the default world].")
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -64,13 +65,13 @@ def eval_command(checkpoints, tasks, geobench_dir, world_release, world_dir, sta
                f"{out_dir}/confusion, UMAP scatters in {out_dir}/umap")
 
 
-def _load(name: str, geobench_dir: Path | None, world_release: Path | None, world_dir: Path | None,
+def _load(name: str, geobench_dir: Path | None, world_release: str | None, world_dir: Path | None,
           limit: int | None):
     """One task by name: the synthetic world's, or GEO-Bench's."""
     if name == WORLD_TASK:
         from functools import partial
 
-        from scale_alibi.contract.release import Release
+        from scale_alibi.contract.reader import StoredRelease
         from scale_alibi.devworld import DEFAULT_WORLD
         from scale_alibi.devworld.build import load_config
         from scale_alibi.devworld.field import CLASSES, Truth
@@ -81,7 +82,8 @@ def _load(name: str, geobench_dir: Path | None, world_release: Path | None, worl
             raise UserError(f"task {WORLD_TASK} needs --world-release DATA/RELEASE (a build of the "
                             "synthetic world, e.g. by `curate demo`)")
         world = load_config(world_dir) if world_dir else DEFAULT_WORLD
-        return load_world_task(Release(world_release.parent, world_release.name), CLASSES,
+        data_root, _, release_name = world_release.rstrip("/").rpartition("/")
+        return load_world_task(StoredRelease(data_root or ".", release_name), CLASSES,
                                partial(tile_label, Truth(world)))
     from scale_alibi.model.eval.geobench_data import TASKS, default_root, load_task
 

@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import TRIPLET_MEMBERS, check_release_name
+from scale_alibi.contract.reader import StoredRelease
+from scale_alibi.contract.release import TRIPLET_MEMBERS
 from scale_alibi.curate.build.open_output import open_output
 from scale_alibi.curate.content import MAX_CONSTANT, constant_tiles
 from scale_alibi.curate.damage import find_damage
@@ -40,15 +40,13 @@ def verify(data_dir: str, release: str, do_repair: bool, catalog: str | None, si
 
     Exit status: 0 when the release is intact (or was repaired), 1 when damage was found and not
     repaired."""
-    output = open_output(data_dir, check_release_name(release))
-    if not output.is_finished():
-        raise UserError(f"no finished release {release!r} under {data_dir} (no manifest.parquet); "
-                        "build it with `curate build`")
-    try:
-        table = output.read_manifest()
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise UserError(f"the manifest of {release} is unreadable ({str(e)[:120]}); it cannot be verified: "
-                        "rebuild the release") from None
+    stored = StoredRelease(data_dir, release)
+    if do_repair:
+        stored.check_writable()  # a repair writes: never through a link out of the root or into another release
+    # Read and checked (columns, unique in-range rows, sha256 hashes, seal) before any file is hashed:
+    # a manifest that lies cannot vouch for the files.
+    table = stored.manifest().table
+    output = open_output(data_dir, release)
     damage = find_damage(output, table, deep=True, progress=progress)
     total = table.num_rows * len(TRIPLET_MEMBERS)
     constant = _report_constant(output, table, max_constant) if check_content else 0

@@ -38,7 +38,9 @@ from pmtiles.tile import (
     zxy_to_tileid,
 )
 
-from scale_alibi.contract.release import LAYERS, Release, atomic_file
+from scale_alibi.contract import layout
+from scale_alibi.contract.errors import ScaleAlibiError
+from scale_alibi.contract.release import LAYERS, atomic_file
 
 HEADER_SIZE = 127
 ROOT_LIMIT = 16384  # the header and the root directory must lie in the first 16 KiB
@@ -53,16 +55,6 @@ _LEAF_CACHE_ENTRIES = 1 << 23  # ...and at most this many entries in all (32 byt
 _ROOT_TRY = 65536  # larger directories go straight to leaves
 
 
-def archive_name(layer: str) -> str:
-    """The file name of a layer's archive beside the manifest: `OUT/<release>/<layer>.pmtiles`."""
-    return f"{layer}.pmtiles"
-
-
-def has_tree(release_dir: str | os.PathLike[str]) -> bool:
-    """Whether a release directory holds any layer of the XYZ tile tree (which then takes precedence)."""
-    return any(os.path.isdir(os.path.join(release_dir, layer)) for layer in LAYERS)
-
-
 def release_archives(release_dir: str | os.PathLike[str],
                      open_fd: Callable[[str], int | None] | None = None,
                      on_error: Callable[[str, ArchiveError], None] | None = None) -> dict[str, Archive] | None:
@@ -70,13 +62,14 @@ def release_archives(release_dir: str | os.PathLike[str],
     lacks an archive. `open_fd(path)` opens a file for reading (None: missing or refused).
     ArchiveError when a file is not a readable archive; with `on_error`, that archive's layer is
     instead reported (`on_error(layer, error)`) and left out, and the other layers returned."""
-    if has_tree(release_dir):
+    if not layout.reads_archives(lambda name: os.path.isdir(os.path.join(release_dir, name)),
+                                 lambda name: os.path.isfile(os.path.join(release_dir, name))):
         return None
     open_fd = open_fd or _open_existing
     archives: dict[str, Archive] = {}
     try:
         for layer in LAYERS:
-            path = os.path.join(release_dir, archive_name(layer))
+            path = os.path.join(release_dir, layout.archive_name(layer))
             fd = open_fd(path)
             if fd is None:
                 break
@@ -97,22 +90,6 @@ def release_archives(release_dir: str | os.PathLike[str],
     return None
 
 
-def tile_reader(release: Release) -> Callable[[str, int, int, int], bytes]:
-    """`read(layer, z, x, y)`: a tile's bytes from the release's tree or, without one, its archives
-    (for tools that read a release directly, e.g. `curate stats`). FileNotFoundError if missing."""
-    archives = release_archives(release.path)
-    if archives is None:
-        return lambda layer, z, x, y: release.tile_path(layer, z, x, y).read_bytes()
-
-    def read(layer: str, z: int, x: int, y: int) -> bytes:
-        data = archives[layer].read(z, x, y)
-        if data is None:
-            raise FileNotFoundError(f"{release.name}: no {layer} tile {z}/{x}/{y} in {archive_name(layer)}")
-        return data
-
-    return read
-
-
 def _open_existing(path: str) -> int | None:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -120,7 +97,7 @@ def _open_existing(path: str) -> int | None:
         return None
 
 
-class ArchiveError(ValueError):
+class ArchiveError(ScaleAlibiError, ValueError):
     """A file that is not a PMTiles v3 archive this project can read (the message says why)."""
 
 
@@ -332,7 +309,7 @@ class ArchiveWriter:
 
 @contextmanager
 def write_archive(path: Path) -> Iterator[ArchiveWriter]:
-    """An ArchiveWriter on `curate.release.atomic_file(path)`: when the block ends without error (after
+    """An ArchiveWriter on `contract.release.atomic_file(path)`: when the block ends without error (after
     the caller's `finish`), the archive appears whole and durable; readers never see half of it."""
     with atomic_file(path) as f:
         yield ArchiveWriter(f)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from pmtiles.tile import Compression, TileType, tileid_to_zxy
 
 from scale_alibi import __version__
-from scale_alibi.contract.archive import Archive, ArchiveError, archive_name, has_tree
+from scale_alibi.contract.archive import Archive, ArchiveError
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.png import PNG_HEAD_BYTES, TILE_PX, tile_problem
 from scale_alibi.contract.release import (
@@ -38,6 +38,7 @@ from scale_alibi.contract.release import (
     Release,
     check_release_name,
     content_hash,
+    writable_release_dir,
     write_manifest,
 )
 from scale_alibi.curate.build import split_of
@@ -127,10 +128,10 @@ def import_release(out: Path, name: str, paths: dict[str, Path | None], zoom: in
     check_release_name(name)  # the rule `curate serve` and `curate verify` apply
     if not 0 <= heldout_fraction <= 1:
         raise UserError(f"--heldout-fraction {heldout_fraction} must be in [0, 1]")
-    release = Release(Path(out), name)
+    release = Release(writable_release_dir(out, name).parent, name)
     if release.is_finished:
         raise UserError(f"release {name!r} already exists in {out}; choose another --release or remove it")
-    if not unpack and has_tree(release.path):
+    if not unpack and release.has_tree:
         # A tree takes precedence over archives when serving: a leftover one would hide them.
         raise UserError(f"{release.path} holds a tile tree from an earlier run; remove it, or pass --unpack")
     archives: dict[str, Archive] = {}
@@ -225,7 +226,7 @@ def _copy_layer(release: Release, layer: str, archive: Archive, entries, z: np.n
             path.write_bytes(read(i))  # the manifest, written last, is the commit point
         echo(f"{layer}: {len(pos)} tiles -> {release.path / layer}")
     else:
-        path = release.path / archive_name(layer)
+        path = release.archive_path(layer)
         write_layer(path, release.name, layer, z, x, y, read)
         echo(f"{layer}: {len(pos)} tiles -> {path}")
     return hashes

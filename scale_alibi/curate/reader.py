@@ -30,7 +30,7 @@ from pyproj import CRS, Transformer
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.errors import ScaleAlibiError, UserError
 from scale_alibi.curate.search import TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ AUTH_RETRIES = 1  # re-signs after a 403 before the read is refused for good
 BACKOFF_S = 0.25  # first delay; doubles, with jitter, capped at 8 s
 
 
-class TransientError(RuntimeError):
+class TransientError(ScaleAlibiError, RuntimeError):
     """A read that kept failing with a retryable error (HTTP 429/5xx, timeouts)."""
 
 

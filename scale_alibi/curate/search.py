@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.errors import ScaleAlibiError, UserError
 from scale_alibi.curate.scene import Scene, parse_scene, parse_time
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ SPLIT_FLOOR_DEG = 1e-3  # ... and a box narrower than this (about 100 m) is an e
 MAX_SPLITS = 256  # cuts of one search before it is an error
 
 
-class _Truncated(Exception):
+class _Truncated(ScaleAlibiError):
     """A page was full but had no link to the next page: the server stopped paging early."""
 
 

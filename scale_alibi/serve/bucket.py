@@ -5,7 +5,7 @@ tree or, when it has none, from its PMTiles archives read by range.
 Each tile read is one GET. Its bytes are checked against the manifest's sha256 at every fetch (an
 object can be replaced without a trace here), and the tiles of a shard batch are fetched
 concurrently on a bounded thread pool. Object keys are built from a release name found by listing
-and from integers in its manifest (ReleaseIndex.tile_path), never from request text.
+and from integers in its manifest (StoredRelease.tile_key), never from request text.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from scale_alibi.contract.archive import Archive, ArchiveError, archive_name
+from scale_alibi.contract.archive import ArchiveError
+from scale_alibi.contract.reader import RangeArchive, StoredRelease
 from scale_alibi.contract.release import LAYERS, MANIFEST_NAME
 from scale_alibi.contract.storage import SERVE_STORE_TIMEOUTS, join, remote_filesystem
 from scale_alibi.serve.catalog import ReleaseIndex
@@ -104,24 +105,22 @@ class BucketStore(ReleaseStore):
         return self.fetch(join(release, name))
 
     def tile_source(self, index: ReleaseIndex) -> TileSource:
-        """The release's tree when it has one, else its three PMTiles archives read by range, else
-        its (absent) tree: every tile a 404."""
+        """The release's tree, or its three PMTiles archives read by range (the reader's rule,
+        scale_alibi.contract.reader), or its (absent) tree: every tile a 404."""
+        release = StoredRelease(self.location, index.name, SERVE_STORE_TIMEOUTS)
         try:
-            listing = self._call(self.fs.ls, index.path, detail=True)
+            from_archives = self._call(lambda: release.reads_archives)
         except FileNotFoundError:
-            listing = []  # deleted since it was listed
-        entries = {basename(entry): entry for entry in listing}
-        if not any(entries.get(layer, {}).get("type") == "directory" for layer in LAYERS):
-            names = {layer: archive_name(layer) for layer in LAYERS if archive_name(layer) in entries}
+            from_archives = False  # deleted since it was listed
+        if from_archives:
             archives: dict[str, BucketArchive] = {}
-            for layer, name in names.items():
+            for layer in LAYERS:
                 try:
-                    archives[layer] = BucketArchive(self, join(index.path, name), entries[name]["size"])
-                except ArchiveError as exc:  # only this layer: the release's other archives keep serving
+                    archives[layer] = BucketArchive(self, release.archive_key(layer))
+                except (ArchiveError, FileNotFoundError) as exc:  # only this layer: the others keep serving
                     log.error("release %s: %s; its %s tiles are not served", index.name, exc, layer)
-            if len(names) == len(LAYERS):
-                return ArchiveSource(archives)
-        return TreeSource(self, index)
+            return ArchiveSource(archives)
+        return TreeSource(self, release)
 
     def fetch(self, key: str, start: int | None = None, end: int | None = None) -> bytes | None:
         """The bytes of object `key` (bytes start..end-1 of it, when given), or None when there is no such object."""
@@ -131,19 +130,13 @@ class BucketStore(ReleaseStore):
             return None
 
 
-class BucketArchive(Archive):
+class BucketArchive(RangeArchive):
     """A PMTiles archive that is an object in the bucket: header, directories and tiles read by range
-    requests (directories cached as for a local archive), never downloaded whole."""
+    requests through the store (directories cached as for a local archive), never downloaded whole."""
 
-    def __init__(self, store: BucketStore, key: str, size: int):
-        self.fd = -1  # nothing to close
-        self.name = key
-        self.stat = None
-        self.store = store
-        self._load(size)
-
-    def pread(self, offset: int, length: int) -> bytes:
-        return self.store.fetch(self.name, offset, offset + length) or b""
+    def __init__(self, store: BucketStore, key: str):
+        super().__init__(lambda offset, length: store.fetch(key, offset, offset + length) or b"", key,
+                         int(store._call(store.fs.info, key)["size"]))
 
 
 class FetchingSource(TileSource):
@@ -159,12 +152,12 @@ class FetchingSource(TileSource):
 class TreeSource(FetchingSource):
     """Tiles as objects of the release's tree in the bucket, one GET each."""
 
-    def __init__(self, store: BucketStore, index: ReleaseIndex):
+    def __init__(self, store: BucketStore, release: StoredRelease):
         self.store = store
-        self.index = index
+        self.release = release
 
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
-        data = self.store.fetch(self.index.tile_path(layer, z, x, y))
+        data = self.store.fetch(self.release.tile_key(layer, z, x, y))
         return None if data is None else FetchedSpan(data)
 
 

@@ -8,6 +8,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.serve.files import CORS
 from scale_alibi.serve.stores import StoreUnavailable
 
@@ -17,7 +18,7 @@ STORE_UNAVAILABLE = "the object store holding the releases did not answer; try a
 RETRY_AFTER = (b"retry-after", b"1")  # with every 503: the store is asked again on the next request
 
 
-class ApiError(Exception):
+class ApiError(ScaleAlibiError):
     """A client-facing error: HTTP status and a one-line reason."""
 
     def __init__(self, status: int, detail: str):

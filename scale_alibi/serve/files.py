@@ -14,7 +14,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from scale_alibi.serve.catalog import is_inside
+from scale_alibi.contract.errors import ScaleAlibiError
+from scale_alibi.contract.release import is_below
 
 # Releases are immutable: a tile's URL always names the same bytes.
 CACHE_IMMUTABLE = b"public, max-age=31536000, immutable"
@@ -62,7 +63,7 @@ def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
     return False
 
 
-class RangeNotSatisfiable(Exception):
+class RangeNotSatisfiable(ScaleAlibiError):
     """The Range header asks for bytes the file does not have."""
 
 
@@ -152,7 +153,7 @@ class SafeReader:
     def _dir_inside(self, directory: str) -> bool:
         ok = self._dir_ok.get(directory)
         if ok is None:
-            ok = is_inside(os.path.realpath(directory), self.root)
+            ok = is_below(os.path.realpath(directory), self.root)
             if len(self._dir_ok) > 200_000:
                 self._dir_ok.clear()
             self._dir_ok[directory] = ok
@@ -168,7 +169,7 @@ class SafeReader:
             if exc.errno != errno.ELOOP:
                 return None
             # The file itself is a symlink: follow it only if it stays inside the root.
-            if not is_inside(os.path.realpath(path), self.root):
+            if not is_below(os.path.realpath(path), self.root):
                 return None
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

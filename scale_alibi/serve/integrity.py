@@ -22,12 +22,13 @@ import os
 
 import xxhash
 
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.serve.catalog import ReleaseIndex
 
 log = logging.getLogger(__name__)
 
 
-class DamagedFile(Exception):
+class DamagedFile(ScaleAlibiError):
     """A file's bytes differ from the sha256 its release's manifest records (a 500 naming the repair)."""
 
 

@@ -23,6 +23,7 @@ from typing import cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.serve.coalesce import CoalescingTransport
 from scale_alibi.serve.runner import (
     DEFAULT_HEADER_TIMEOUT,
@@ -32,7 +33,7 @@ from scale_alibi.serve.runner import (
 )
 
 
-class _HeadRefused(Exception):
+class _HeadRefused(ScaleAlibiError):
     """Raised from a parser callback to stop parsing a head over the caps (`_refusal` says which)."""
 
 

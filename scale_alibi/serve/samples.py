@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.contract.release import triplet_files, triplet_tiles
 from scale_alibi.serve import tarstream
 from scale_alibi.serve.catalog import MEMBERS, ReleaseIndex
@@ -23,7 +24,7 @@ from scale_alibi.serve.tilesource import TileSources, TileSpan, close_all
 MEMBER_MTIME = 0
 
 
-class MissingFile(Exception):
+class MissingFile(ScaleAlibiError):
     """A file the manifest lists is missing on disk or resolves outside the data directory."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from scale_alibi.contract.archive import Archive, ArchiveError, release_archives
+from scale_alibi.contract.reader import tile_path
 from scale_alibi.serve.catalog import ReleaseIndex
 from scale_alibi.serve.files import SafeReader
 
@@ -145,7 +146,7 @@ class DirectorySource(TileSource):
         self.reader = reader
 
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
-        opened = self.reader.open_fd(self.index.tile_path(layer, z, x, y))
+        opened = self.reader.open_fd(tile_path(self.index.path, layer, z, x, y))
         if opened is None:
             return None
         fd, st = opened

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from scale_alibi.cli.main import main
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import STATS_NAME, Release
+from tests.cli_errors import one_error_line as _one_error_line
 from tests.release_factory import make_release
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: a build that got past validation would say so
@@ -20,16 +21,6 @@ UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: a build that got past val
 
 def _invoke(*args: str):
     return CliRunner().invoke(main, list(args))
-
-
-def _one_error_line(result, mentions: str) -> str:
-    """The single `error:` line of a refused command (exit 2), which must mention `mentions`."""
-    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert result.exit_code == 2, result.output
-    assert len(errors) == 1 and len(result.output.strip().splitlines()) == 1, result.output
-    assert mentions in errors[0], errors[0]
-    assert "Traceback" not in result.output
-    return errors[0]
 
 
 def _build(out: Path, *args: str):

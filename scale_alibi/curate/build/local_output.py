@@ -16,6 +16,7 @@ from scale_alibi.contract.release import (
     Release,
     atomic_file,
     fsync_paths,
+    writable_release_dir,
     write_bytes_atomic,
     write_manifest_batches,
 )
@@ -76,7 +77,7 @@ class LocalOutput(ReleaseOutput):
 
     def check_writable(self) -> None:
         _check_out(self.out)
-        _confined(self.path, self.out)
+        writable_release_dir(self.out, self.name)  # its own directory, not a link elsewhere
         self.path.mkdir(parents=True, exist_ok=True)
         _confined(self.path / BUILD_DIR, self.out)
 

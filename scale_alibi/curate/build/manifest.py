@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import LAYERS, REQUIRED_COLUMNS
+from scale_alibi.contract.manifest import build_schema
+from scale_alibi.contract.names import LAYERS
 from scale_alibi.curate.build.output import Metatile, ReleaseOutput
 from scale_alibi.curate.build.params import BuildParams
 
@@ -30,18 +31,8 @@ def _versions() -> dict[str, str]:
 
 
 def manifest_columns() -> pa.Schema:
-    """The build's manifest schema: the contract's REQUIRED_COLUMNS and what it records per layer."""
-    schema = dict(REQUIRED_COLUMNS)
-    for layer in ("s2", "s1", "naip"):  # the column order of every manifest built so far
-        schema[f"{layer}_group"] = pa.string()
-        schema[f"{layer}_items"] = pa.list_(pa.string())
-        schema[f"{layer}_datetime"] = pa.string()
-        schema[f"{layer}_valid"] = pa.float64()
-    schema["s2_cloud_cover"] = pa.float64()
-    schema["s1_orbit_state"] = pa.string()
-    schema["s1_relative_orbit"] = pa.int32()
-    schema["naip_year"] = pa.string()
-    return pa.schema(list(schema.items()))
+    """The build's manifest schema: every column the contract defines (scale_alibi.contract.manifest)."""
+    return build_schema()
 
 
 def _manifest_table(rows: list[dict]) -> pa.Table:

@@ -8,7 +8,9 @@ from typing import Any
 
 import mercantile
 
-from scale_alibi.contract.release import HIRES_CHILDREN, content_hash, tile_name
+from scale_alibi.contract.errors import ScaleAlibiError
+from scale_alibi.contract.layout import tile_name  # the one writer of tiles (pyproject: the layout contract)
+from scale_alibi.contract.release import HIRES_CHILDREN, content_hash
 from scale_alibi.curate.build.choose import _choose, _describe
 from scale_alibi.curate.build.output import ReleaseOutput
 from scale_alibi.curate.search import TIMEOUT_S
@@ -33,7 +35,7 @@ def lonlat_bounds(z: int, tiles: Iterable[tuple]) -> tuple[float, float, float, 
     return min(b.west for b in bs), min(b.south for b in bs), max(b.east for b in bs), max(b.north for b in bs)
 
 
-class ReleaseSealed(Exception):
+class ReleaseSealed(ScaleAlibiError):
     """A metatile task ran after its release's manifest was written (its result is discarded)."""
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import fsync_paths, resolves_inside
+from scale_alibi.contract.release import confine, fsync_paths
 from scale_alibi.curate.build.lease import LeaseHolder
 
 
@@ -22,12 +22,10 @@ def _mt_name(mt: tuple[int, int, int]) -> str:
 
 
 def _confined(path: Path, root: Path) -> Path:
-    """`path`, once proven to resolve (symlinks followed) strictly inside `root`; the build writes or
-    deletes nothing that is not, so a crafted name or a planted symlink cannot reach other files."""
-    if not resolves_inside(path, root):
-        raise UserError(f"refusing to write {path}: it resolves outside {root}; remove the link or "
-                        "choose another --out")
-    return path
+    """`path`, once proven to resolve (symlinks followed) strictly inside `root` (the output directory):
+    the build writes or deletes nothing that is not, so a crafted name or a planted symlink cannot
+    reach other files (links into another release: contract.release.writable_release_dir)."""
+    return confine(path, root)
 
 
 def _dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
