@@ -43,7 +43,7 @@ def _render(group, layer: str, grid, read):
     return warp([s for s in srcs if s is not None], grid, np.uint8, 0)
 
 
-def _choose(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_for, read, min_valid: float):
+def choose_layer(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_for, read, min_valid: float):
     """Walk each tile's ranked groups; the first usable one wins. Returns {tile: (group, data, valid_frac)}.
 
     Groups are rendered lazily, over the block of the tiles that still need them, so a fallback
@@ -86,7 +86,7 @@ def _slice(grid, layer, t):
     return grid.tile_slice(*t)
 
 
-def _describe(row: dict, layer: str, group, frac: float, tile_fp) -> None:
+def describe_choice(row: dict, layer: str, group, frac: float, tile_fp) -> None:
     from scale_alibi.curate.selection import footprint
 
     used = [it for it in group.items if footprint(it).intersects(tile_fp)]

@@ -22,7 +22,7 @@ import pyarrow as pa
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import MANIFEST_NAME, write_manifest_batches
 from scale_alibi.contract.storage import join, remote_filesystem
-from scale_alibi.curate.build.output import BUILD_DIR, Metatile, ReleaseOutput, _staged_name
+from scale_alibi.curate.build.output import BUILD_DIR, Metatile, ReleaseOutput, staged_name
 
 LEASE_S = 120.0  # an object-store lease not renewed for this long belongs to a killed build
 
@@ -122,7 +122,7 @@ class ObjectOutput(ReleaseOutput):
         return rows
 
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
-        from scale_alibi.curate.damage import PNG_END
+        from scale_alibi.curate.build.repair import PNG_END
 
         key = self._key(rel)
         try:
@@ -139,7 +139,7 @@ class ObjectOutput(ReleaseOutput):
         return None if tail == PNG_END else f"truncated (no PNG end chunk: {len(tail)}-byte tail differs)"
 
     def stage(self, mt: Metatile, files: dict[str, bytes]) -> None:
-        self._write_many({_staged_name(mt, rel): data for rel, data in files.items()})
+        self._write_many({staged_name(mt, rel): data for rel, data in files.items()})
 
     def publish(self, mt: Metatile, files: dict[str, bytes], record: dict) -> None:
         self._write_many(files)  # final keys: a PUT is atomic, and no manifest names them yet
