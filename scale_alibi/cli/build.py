@@ -9,6 +9,7 @@ import click
 from scale_alibi.contract.errors import UserError
 from scale_alibi.curate.build.params import BuildParams
 from scale_alibi.curate.build.request import RunOptions
+from scale_alibi.curate.plan import MAX_TILES
 
 
 def _years(value: str | None) -> tuple[int, int] | None:
@@ -70,11 +71,15 @@ def _bbox(value: str | None):
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local cluster workers.  [default: number of cores]")
 @click.option("--timeout", "timeout_s", default=RunOptions.timeout_s, show_default=True,
               help="Seconds any one network call (catalog request, COG read) may wait for data before it is retried.")
+@click.option("--search-concurrency", default=RunOptions.search_concurrency, show_default=True, type=click.IntRange(min=1),
+              help="Catalog searches running at once, whatever the cluster's size.")
+@click.option("--max-tiles", type=click.IntRange(min=1), default=MAX_TILES, show_default=True,
+              help="Refuse an area that covers more tiles than this (the plan is held in memory).")
 @click.option("--allow-empty", is_flag=True, help="Seal a release even when no tile has a complete triplet.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def build(region, bbox, zoom, release, out, catalog, datetime_, max_cloud, naip_years, max_gap_days, min_valid,
-          metatile_levels, heldout_fraction, split_levels, signer, scheduler, workers, timeout_s, allow_empty,
-          progress) -> None:
+          metatile_levels, heldout_fraction, split_levels, signer, scheduler, workers, timeout_s, search_concurrency,
+          max_tiles, allow_empty, progress) -> None:
     """Build aligned s1/s2/naip XYZ triplets of a region (or a named release) from a STAC catalog.
 
     Writes OUT/RELEASE/<layer>/<z>/<x>/<y>.png and OUT/RELEASE/manifest.parquet (last). Rerunning
@@ -91,8 +96,9 @@ def build(region, bbox, zoom, release, out, catalog, datetime_, max_cloud, naip_
         region=geometry, release=release, zoom=zoom, catalog=catalog, datetime=datetime_, max_cloud=max_cloud,
         naip_years=_years(naip_years), max_gap_days=max_gap_days, min_valid=min_valid,
         metatile_levels=metatile_levels, heldout_fraction=heldout_fraction, split_levels=split_levels,
+        max_tiles=max_tiles,
     )
     run = RunOptions(signer=signer, scheduler=scheduler, workers=workers, timeout_s=timeout_s, allow_empty=allow_empty,
-                     progress=progress, echo=lambda m: click.echo(m, err=True))
+                     search_concurrency=search_concurrency, progress=progress, echo=lambda m: click.echo(m, err=True))
     result = build_release(out, request, run)
     click.echo(result.location)

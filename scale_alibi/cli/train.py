@@ -92,7 +92,8 @@ def train(url, release, config_name, device, steps, batch_size, run_dir, resume,
         weight_decay=weight_decay, grad_clip=grad_clip, device=dev, compile=compile_,
         deterministic=deterministic, seed=seed, checkpoint_every=checkpoint_every,
     )
-    trainer = Trainer(model, cfg, run_dir, model_config=model_cfg.to_dict(), prepare=prepare)
+    trainer = Trainer(model, cfg, run_dir, model_config=model_cfg.to_dict(), prepare=prepare,
+                      normalization=prepare.record())
     try:
         losses = trainer.fit(source, resume=resume)
     finally:

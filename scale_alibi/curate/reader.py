@@ -100,14 +100,17 @@ def _expiry(href: str) -> float:
 
 
 def signed_href(href: str, signer, force: bool = False) -> str:
-    """The signed form of an unsigned `href`, reused while its token has > 60 s left; re-signed when `force`."""
+    """The signed form of an unsigned `href`, reused while its token has > 60 s left; re-signed when `force`
+    (with a newly requested token where the signer can get one: its `fresh` method)."""
     now = time.time()
     key = (signer, href)  # one process may build with several signers (tests do)
     with _lock:
         cached = _signed.get(key)
     if cached and not force and cached[1] - now > 60:
         return cached[0]
-    fresh = signer(href)  # always from the unsigned href: a signed one would not be re-signed
+    # Always from the unsigned href: a signed one would not be re-signed. Forced: a signer's own
+    # token cache may still hold the token the server just refused.
+    fresh = (getattr(signer, "fresh", signer) if force else signer)(href)
     with _lock:
         _signed[key] = (fresh, _expiry(fresh))
     return fresh

@@ -25,7 +25,7 @@ from scale_alibi.contract.errors import UserError
 from scale_alibi.devworld.build import COLLECTIONS, load_config
 from scale_alibi.devworld.config import WorldConfig
 from scale_alibi.devworld.fileserver import FileServer, _child_setup
-from scale_alibi.devworld.stac import HREF_PREFIX
+from scale_alibi.devworld.stac import HREF_PREFIX, REQUIRES_ACCOUNT
 
 
 def _free_port() -> int:
@@ -120,7 +120,9 @@ def _write_served_catalog(world_dir: Path, files_url: str, tmp: Path) -> list[st
     hrefs = []
     for cid in COLLECTIONS:
         src = world_dir / "catalog"
-        (tmp / f"{cid}.json").write_text((src / f"{cid}.json").read_text())
+        coll = json.loads((src / f"{cid}.json").read_text())
+        coll["msft:requires_account"] = cid in REQUIRES_ACCOUNT  # set when served: a cached world gets it too
+        (tmp / f"{cid}.json").write_text(json.dumps(coll))
         text = (src / f"{cid}-items.json").read_text().replace(HREF_PREFIX, files_url + "/")
         (tmp / f"{cid}-items.json").write_text(text)
         hrefs += [str(tmp / f"{cid}.json"), str(tmp / f"{cid}-items.json")]

@@ -10,6 +10,9 @@ from scale_alibi.devworld.config import WorldConfig
 from scale_alibi.devworld.scenes import COG, Scene, pixel_to_xy
 
 HREF_PREFIX = "{FILES_URL}/"  # replaced by the file server's URL at serve time
+# Collections that declare `msft:requires_account: true`, as Planetary Computer's sentinel-1-rtc does:
+# their tokens need a subscription key when the file server's token service is told to require one.
+REQUIRES_ACCOUNT = ("sentinel-1-rtc",)
 
 _EXT = {
     "sentinel-2-l2a": [

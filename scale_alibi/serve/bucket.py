@@ -21,7 +21,7 @@ from scale_alibi.contract.release import LAYERS, MANIFEST_NAME
 from scale_alibi.contract.storage import join, remote_filesystem
 from scale_alibi.serve.catalog import ReleaseIndex
 from scale_alibi.serve.stores import ReleaseStore, StoreUnavailable
-from scale_alibi.serve.tilesource import FetchedSpan, TileSource, TileSpan
+from scale_alibi.serve.tilesource import FetchedSpan, TileSource, TileSpan, find_in_archive
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,13 @@ class BucketStore(ReleaseStore):
         entries = {basename(entry): entry for entry in listing}
         if not any(entries.get(layer, {}).get("type") == "directory" for layer in LAYERS):
             names = {layer: archive_name(layer) for layer in LAYERS if archive_name(layer) in entries}
-            try:
-                archives = {layer: BucketArchive(self, join(index.path, name), entries[name]["size"])
-                            for layer, name in names.items()}
-            except ArchiveError as exc:
-                log.error("release %s: %s; its tiles are not served", index.name, exc)
-                archives = {}
-            if len(archives) == len(LAYERS):
+            archives: dict[str, BucketArchive] = {}
+            for layer, name in names.items():
+                try:
+                    archives[layer] = BucketArchive(self, join(index.path, name), entries[name]["size"])
+                except ArchiveError as exc:  # only this layer: the release's other archives keep serving
+                    log.error("release %s: %s; its %s tiles are not served", index.name, exc, layer)
+            if len(names) == len(LAYERS):
                 return ArchiveSource(archives)
         return TreeSource(self, index)
 
@@ -174,9 +174,9 @@ class ArchiveSource(FetchingSource):
         self.archives = archives
 
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
-        archive = self.archives.get(layer)
-        found = archive.locate(z, x, y) if archive is not None else None
-        if archive is None or found is None:
+        hit = find_in_archive(self.archives, layer, z, x, y)
+        if hit is None:
             return None
-        data = archive.pread(*found)
-        return FetchedSpan(data) if len(data) == found[1] else None
+        archive, (offset, size) = hit
+        data = archive.pread(offset, size)
+        return FetchedSpan(data) if len(data) == size else None

@@ -4,8 +4,11 @@ manifest last."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import mercantile
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import LAYERS, MANIFEST_NAME, manifest_metadata
@@ -16,7 +19,7 @@ from scale_alibi.curate.build.output import ReleaseOutput
 from scale_alibi.curate.build.params import BuildParams
 from scale_alibi.curate.build.repair import repair_finished, resume_done
 from scale_alibi.curate.build.request import BuildRequest, RunOptions
-from scale_alibi.curate.build.tiling import group_metatiles, metatile_name
+from scale_alibi.curate.build.tiling import group_metatiles, lonlat_bounds, metatile_name
 
 
 @dataclass
@@ -57,7 +60,7 @@ def build_release(out: str | Path, request: BuildRequest, run: RunOptions | None
 
         from scale_alibi.curate.search import open_catalog
 
-        open_catalog(request.catalog, run.timeout_s)  # fail fast, with one line, before planning or starting any cluster
+        client = open_catalog(request.catalog, run.timeout_s)  # fail fast, with one line, before planning or starting any cluster
         tiles = request.plan()
         if not tiles:
             raise UserError("the region covers no tiles at this zoom")
@@ -68,6 +71,8 @@ def build_release(out: str | Path, request: BuildRequest, run: RunOptions | None
         todo = [mt for mt in metatiles if mt not in done]
         echo(f"release {release}: {len(tiles)} tiles at z{zoom} in {len(metatiles)} metatiles "
              f"({len(done)} already done)")
+        if todo:  # a refused token (no or a wrong subscription key) is one line now, before any metatile
+            _check_access(client, request, tiles, run)
 
         failures: list[str] = []
         items_by_block: dict = {}
@@ -114,6 +119,24 @@ def build_release(out: str | Path, request: BuildRequest, run: RunOptions | None
     echo(f"release {release}: {triplets} complete triplets of {len(tiles)} planned tiles in {dt:.1f}s -> "
          f"{output.location}")
     return BuildResult(output.location, triplets, len(tiles), len(metatiles), len(metatiles) - len(todo), seconds=dt)
+
+
+def _check_access(client, request: BuildRequest, tiles: Iterable[mercantile.Tile], run: RunOptions) -> None:
+    """Sign one href of each collection over the build's tiles with Planetary Computer's token service (see
+    scale_alibi.curate.access.check_access); another signer (none, module:function) is only called lazily."""
+    from scale_alibi.curate.access import PlanetaryComputerSigner, check_access
+    from scale_alibi.curate.search import SENSORS, network_reason, resolve_signer
+
+    sign = resolve_signer(run.signer)
+    if not isinstance(sign, PlanetaryComputerSigner):
+        return
+    try:
+        check_access(client, [(s.collection, s.assets) for s in SENSORS.values()], lonlat_bounds(tiles), sign)
+    except UserError:
+        raise
+    except Exception as e:  # pystac_client flattens network errors to text
+        raise UserError(f"STAC search at {request.catalog} failed ({network_reason(e, run.timeout_s)}); check the "
+                        "catalog, or rerun later") from None
 
 
 def _read_manifest(output: ReleaseOutput):

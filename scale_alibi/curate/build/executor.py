@@ -12,7 +12,6 @@ from collections.abc import Iterable
 import mercantile
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import LAYERS
 from scale_alibi.curate.build.manifest import MetatileSummary, summarize
 from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile
 from scale_alibi.curate.build.output import ReleaseOutput
@@ -50,10 +49,13 @@ def _item_meta(item: dict) -> dict:
     return {key: item.get(key) for key in ("id", "collection", "datetime", "updated", "layer")}
 
 
-def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float) -> list:
+def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float, gate, naip: list | None = None) -> list:
+    """One block's search of `layer` on a worker, while holding one of the build's `gate` leases (a Dask
+    Semaphore of opts.concurrency): a cluster of any size sends the catalog a few searches at a time."""
     from scale_alibi.curate.search import search_items
 
-    return search_items(catalog, layer, bbox, opts, timeout_s)
+    with gate:
+        return search_items(catalog, layer, bbox, opts, timeout_s, naip=naip)
 
 
 def run_graph(output: ReleaseOutput, request: BuildRequest, metatiles: dict[Metatile, list], todo: list[Metatile],
@@ -65,7 +67,7 @@ def run_graph(output: ReleaseOutput, request: BuildRequest, metatiles: dict[Meta
     (_item_meta)})."""
     from tqdm import tqdm
 
-    params, catalog, opts = request.params, request.catalog, request.search_options()
+    params, catalog, opts = request.params, request.catalog, request.search_options(run.search_concurrency)
     scheduler, timeout_s, echo = run.scheduler, run.timeout_s, run.echo
     block_of = {mt: b for b, mts in blocks.items() for mt in mts}
     block_bbox = {b: lonlat_bounds(t for mt in mts for t, _ in metatiles[mt]) for b, mts in blocks.items()}
@@ -81,8 +83,11 @@ def run_graph(output: ReleaseOutput, request: BuildRequest, metatiles: dict[Meta
         bar = new_bar()
         from scale_alibi.curate.search import search_items
 
-        items = {(b, layer): search_items(catalog, layer, block_bbox[b], opts, timeout_s)
-                 for b in blocks for layer in LAYERS}
+        items: dict = {}
+        for b in blocks:  # NAIP first: it bounds the S1/S2 searches in time
+            items[(b, "naip")] = search_items(catalog, "naip", block_bbox[b], opts, timeout_s)
+            for layer in ("s1", "s2"):
+                items[(b, layer)] = search_items(catalog, layer, block_bbox[b], opts, timeout_s, naip=items[(b, "naip")])
         for mt in todo:
             b = block_of[mt]
             try:
@@ -122,9 +127,15 @@ def run_graph(output: ReleaseOutput, request: BuildRequest, metatiles: dict[Meta
         link = client.dashboard_link
         echo(f"dask dashboard: {link}" + ("" if _has_bokeh() else " (pip install bokeh to enable it)"))
         bar = new_bar()
-        search_f = {(b, layer): client.submit(_search_block, catalog, layer, block_bbox[b], opts, timeout_s, pure=False,
-                                              key=f"search-{layer}-{b.z}-{b.x}-{b.y}-{time.time_ns()}")
-                    for b in blocks for layer in LAYERS}
+        from distributed import Semaphore
+
+        gate = Semaphore(max_leases=opts.concurrency, name=f"catalog-searches-{time.time_ns()}")
+        search_f: dict = {}
+        for b in blocks:  # NAIP first: its result bounds the block's S1/S2 searches in time
+            for layer in ("naip", "s1", "s2"):
+                naip = search_f[(b, "naip")] if layer != "naip" else None
+                search_f[(b, layer)] = client.submit(_search_block, catalog, layer, block_bbox[b], opts, timeout_s, gate,
+                                                     naip, pure=False, key=f"search-{layer}-{b.z}-{b.x}-{b.y}-{time.time_ns()}")
         futures = {}
         for mt in todo:
             b = block_of[mt]

@@ -16,6 +16,7 @@ import mercantile
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import check_release_name
 from scale_alibi.curate.build.params import BuildParams, check_build_zoom, check_params, split_of
+from scale_alibi.curate.plan import MAX_TILES, check_plan_size
 from scale_alibi.curate.search import PLANETARY_COMPUTER, TIMEOUT_S, SearchOptions
 
 if TYPE_CHECKING:
@@ -42,10 +43,12 @@ class BuildRequest:
     def zoom(self) -> int:
         return self.params.zoom
 
-    def search_options(self) -> SearchOptions:
-        """The filters every STAC search of this build applies."""
+    def search_options(self, concurrency: int = SearchOptions.concurrency) -> SearchOptions:
+        """The filters and time windows every STAC search of this build applies (S1/S2 within
+        max_gap_days of the NAIP captures found), `concurrency` searches at once."""
         p = self.params
-        return SearchOptions(datetime=p.datetime, max_cloud=p.max_cloud, s1_mode=p.s1_mode, naip_years=p.naip_years)
+        return SearchOptions(datetime=p.datetime, max_cloud=p.max_cloud, s1_mode=p.s1_mode, naip_years=p.naip_years,
+                             max_gap_days=p.max_gap_days, concurrency=concurrency)
 
     def plan(self) -> dict[mercantile.Tile, str]:
         """{tile: split} of every tile of the build: a named release's sub-region splits, or a region's
@@ -77,11 +80,13 @@ def resolve_request(
     metatile_levels: int = BuildParams.metatile_levels,
     heldout_fraction: float = BuildParams.heldout_fraction,
     split_levels: int = BuildParams.split_levels,
+    max_tiles: int = MAX_TILES,
 ) -> BuildRequest:
     """Resolve and check a build once: `region` (a name, a GeoJSON path or a shapely geometry) at
     `zoom`, written as `release` (default <region>-z<zoom>); or, with no region, the named release
     `release` of paper Table 1 at its own zoom (a different `zoom` is refused: its tiles are planned
-    at the release's zoom). Raises UserError (one line: what was wrong, what to do)."""
+    at the release's zoom). An area of more than `max_tiles` tiles is refused (a build holds its plan
+    in memory). Raises UserError (one line: what was wrong, what to do)."""
     spec = geometry = None
     if release is not None:
         check_release_name(release)
@@ -123,6 +128,8 @@ def resolve_request(
         from scale_alibi.curate.search import parse_interval
 
         parse_interval(datetime)
+    # Before anything is written: the plan is held in memory, tile by tile.
+    check_plan_size(geometry, spec, zoom, max_tiles, f"release {spec.name}" if spec is not None else "the region")
     return BuildRequest(params, catalog or PLANETARY_COMPUTER, geometry, spec)
 
 
@@ -167,13 +174,15 @@ class RunOptions:
     """How a build runs (never what it builds). `scheduler`: None (LocalCluster sized to the machine),
     "threads", "synchronous" (no Dask: this process, one thread) or a "tcp://host:port" address.
     `signer`: None (Planetary Computer), "none", "module:function", or a picklable callable.
-    `timeout_s`: how long any one network call may wait for an answer. `allow_empty`: seal a release
-    with no complete triplet instead of refusing it."""
+    `timeout_s`: how long any one network call may wait for an answer. `search_concurrency`: catalog
+    searches running at once, whatever the cluster's size. `allow_empty`: seal a release with no
+    complete triplet instead of refusing it."""
 
     signer: Any = None
     scheduler: str | None = None
     workers: int | None = None
     timeout_s: float = TIMEOUT_S
+    search_concurrency: int = SearchOptions.concurrency
     allow_empty: bool = False
     progress: bool = False
     echo: Callable[[str], None] = echo_stderr
@@ -183,3 +192,5 @@ class RunOptions:
             raise UserError(f"--workers {self.workers} must be at least 1")
         if not 0 < self.timeout_s < float("inf"):
             raise UserError(f"--timeout {self.timeout_s} must be a positive number of seconds")
+        if not (isinstance(self.search_concurrency, int) and self.search_concurrency >= 1):
+            raise UserError(f"--search-concurrency {self.search_concurrency} must be a whole number >= 1")

@@ -16,9 +16,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from scale_alibi.contract.archive import tile_reader
 from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.png import TILE_PX, tile_problem
 from scale_alibi.contract.release import (
     MANIFEST_NAME,
     MODALITIES,
@@ -36,6 +38,16 @@ def _reason(e: Exception) -> str:
     return f"{e.__class__.__name__}: {' '.join(str(e).split())[:100]}"
 
 
+def _decode_checked(members: dict[str, bytes]) -> dict[str, torch.Tensor]:
+    """`decode_triplet` of tiles whose headers were checked first: a tile that announces
+    30000 x 30000 px would take gigabytes to decode (ValueError naming the member instead)."""
+    for name, data in members.items():
+        problem = tile_problem(data)
+        if problem is not None:
+            raise ValueError(f"{name} {problem} (tiles are {TILE_PX} px 8-bit PNGs)")
+    return decode_triplet(members)
+
+
 def _sums(release: Release, tiles: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
     """Per modality: [pixel count, per-channel sum, per-channel sum of squares] over `tiles`."""
     acc: dict[str, np.ndarray] = {}
@@ -43,7 +55,7 @@ def _sums(release: Release, tiles: list[tuple[int, int, int]]) -> dict[str, np.n
     for z, x, y in tiles:
         try:
             members = {name: read(*tile) for name, tile in triplet_tiles(z, x, y)}
-            decoded = decode_triplet(members)
+            decoded = _decode_checked(members)
         except Exception as e:  # missing, truncated or corrupt PNG: name the triplet, not the codec's frame
             raise UserError(f"release {release.name!r}: triplet {z}/{x}/{y} cannot be read ({_reason(e)}); "
                             "rebuild the release with `curate build`") from None

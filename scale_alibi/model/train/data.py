@@ -40,9 +40,18 @@ class PrepareBatch:
         from scale_alibi.model.data.transforms import Normalize
 
         stats = dict(stats or {})
+        # Modalities normalised with the fixed constants: recorded with the stats in checkpoints.
+        self.fixed_constants = tuple(m for m in IMAGE_KEYS if m not in stats)
         for m in IMAGE_KEYS:  # a modality without stats gets the fixed constants, same mechanism
             stats.setdefault(m, {"mean": [FALLBACK_MEAN] * CHANNELS[m], "std": [FALLBACK_STD] * CHANNELS[m]})
         self.normalize = Normalize(stats)
+        self.stats = {m: {"mean": [float(v) for v in stats[m]["mean"]], "std": [float(v) for v in stats[m]["std"]]}
+                      for m in IMAGE_KEYS}
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint stores of this normalisation: every modality's mean/std as used, and
+        which of them were the fixed constants (their release had no stats)."""
+        return {"modalities": self.stats, "fixed_constants": list(self.fixed_constants)}
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         out = self.normalize({k: batch[k] for k in IMAGE_KEYS})
