@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from scale_alibi.contract.archive import Archive, ArchiveError, archive_name
 from scale_alibi.contract.release import LAYERS, MANIFEST_NAME
-from scale_alibi.contract.storage import join, remote_filesystem
+from scale_alibi.contract.storage import SERVE_STORE_TIMEOUTS, join, remote_filesystem
 from scale_alibi.serve.catalog import ReleaseIndex
 from scale_alibi.serve.stores import ReleaseStore, StoreUnavailable
 from scale_alibi.serve.tilesource import FetchedSpan, TileSource, TileSpan, find_in_archive
@@ -55,7 +55,9 @@ class BucketStore(ReleaseStore):
 
     def __init__(self, url: str):
         super().__init__(url.rstrip("/"))
-        self.fs, self.root = remote_filesystem(url)  # UserError naming the package when the library is missing
+        # UserError naming the package when the library is missing; requests wait a few seconds at most,
+        # so a silent store is a 503 soon rather than a request held for minutes.
+        self.fs, self.root = remote_filesystem(url, SERVE_STORE_TIMEOUTS)
 
     def _call(self, what: Callable[..., T], *args: object, **kwargs: object) -> T:
         """`what(*args, **kwargs)`, with every failure but a missing object (FileNotFoundError) as StoreUnavailable."""

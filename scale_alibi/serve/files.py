@@ -73,27 +73,27 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
         return None  # other units and multi-range: answer with the whole file
     spec = value[6:].strip()
     first, dash, last = spec.partition(b"-")
-    if not dash:
+    # RFC 9110 positions are 1*DIGIT: int() would also take "1_0", "+1", " 1" or non-ASCII digits,
+    # and a range the client did not write must not be honoured (an invalid one is ignored).
+    if not dash or not _digits(last, empty_ok=True) or not _digits(first, empty_ok=bool(last)):
         return None
-    try:
-        if not first.strip():  # suffix range: the last N bytes
-            n = int(last)
-            if n < 0:
-                return None
-            if n == 0 or size == 0:
-                raise RangeNotSatisfiable
-            return max(0, size - n), size - 1
-        a = int(first)
-        b = int(last) if last.strip() else size - 1
-    except ValueError:
-        return None
-    if a < 0:
-        return None
+    if not first:  # suffix range: the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable
+        return max(0, size - n), size - 1
+    a = int(first)
+    b = int(last) if last else size - 1
     if a >= size:
         raise RangeNotSatisfiable
     if b < a:
         return None
     return a, min(b, size - 1)
+
+
+def _digits(text: bytes, empty_ok: bool) -> bool:
+    """Whether `text` is 1*DIGIT (ASCII only), or empty where `empty_ok`."""
+    return (not text and empty_ok) or (text.isdigit() and text.isascii())
 
 
 def conditional_response(

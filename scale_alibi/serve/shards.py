@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from scale_alibi.serve import tarstream
 from scale_alibi.serve.catalog import ReleaseIndex
-from scale_alibi.serve.errors import STORE_UNAVAILABLE
+from scale_alibi.serve.errors import RETRY_AFTER, STORE_UNAVAILABLE
 from scale_alibi.serve.files import CACHE_IMMUTABLE, CORS, JSON, TAR, etag_matches
 from scale_alibi.serve.integrity import DamagedFile
 from scale_alibi.serve.samples import MissingFile, pack_samples
@@ -97,6 +97,8 @@ class ShardStream(Response):
             status, detail = _failure(exc)
             body = json.dumps({"detail": detail}).encode()
             headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), CORS]
+            if status == 503:
+                headers.append(RETRY_AFTER)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return

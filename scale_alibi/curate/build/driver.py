@@ -12,6 +12,7 @@ import mercantile
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import LAYERS, MANIFEST_NAME, manifest_metadata
+from scale_alibi.contract.storage import StoreTimeouts
 from scale_alibi.curate.build.executor import run_graph, search_blocks
 from scale_alibi.curate.build.manifest import manifest_batches, manifest_columns, params_metadata, software_versions
 from scale_alibi.curate.build.open_output import open_output
@@ -43,7 +44,7 @@ def build_release(out: str | Path, request: BuildRequest, run: RunOptions | None
     echo = run.echo
     params, release, zoom = request.params, request.release, request.zoom
 
-    output = open_output(out, release)
+    output = open_output(out, release, StoreTimeouts.waiting(run.timeout_s))  # --timeout bounds store calls too
     output.check_writable()
     with output.lock():
         if output.is_finished():

@@ -1,30 +1,31 @@
 """`ObjectOutput`: a release built into an object-store prefix (an fsspec URL): whole-object PUTs at
-final keys, done records, and a lease object that keeps a second build out (see output.py)."""
+final keys, done records, and a fenced lease object that keeps a second build out (lease.py).
+
+Every store call waits at most as its `StoreTimeouts` say; a call that still fails (no answer, no
+access) stops the build with one line (a rerun resumes), and every write first checks that the
+lease still names this build."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import tempfile
-import threading
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import MANIFEST_NAME, write_manifest_batches
-from scale_alibi.contract.storage import join, remote_filesystem
+from scale_alibi.contract.storage import STORE_TIMEOUTS, StoreTimeouts, join, remote_filesystem, store_failure
+from scale_alibi.curate.build.lease import LeaseFence, hold_lease, lease_object
 from scale_alibi.curate.build.output import BUILD_DIR, Metatile, ReleaseOutput, staged_name
 
-LEASE_S = 120.0  # an object-store lease not renewed for this long belongs to a killed build
+T = TypeVar("T")
 
 
 class ObjectOutput(ReleaseOutput):
@@ -33,14 +34,16 @@ class ObjectOutput(ReleaseOutput):
     resume_check_deep = False
     PUT_THREADS = 16  # PUTs in flight per metatile: each is a round trip, the store takes many at once
 
-    def __init__(self, url: str, name: str):
+    def __init__(self, url: str, name: str, timeouts: StoreTimeouts = STORE_TIMEOUTS, fence: LeaseFence | None = None):
         self.url = url.rstrip("/")
         self.name = name
+        self.timeouts = timeouts
+        self.fence = fence  # set while this build holds the lease: every write checks it first
         self._fs: Any = None
         self._root = ""
 
     def __reduce__(self):
-        return ObjectOutput, (self.url, self.name)
+        return ObjectOutput, (self.url, self.name, self.timeouts, self.fence)
 
     @property
     def location(self) -> str:
@@ -49,8 +52,25 @@ class ObjectOutput(ReleaseOutput):
     def _opened(self) -> tuple[Any, str]:
         """(fsspec filesystem, root path), opened on first use in each process (workers included)."""
         if self._fs is None:
-            self._fs, self._root = remote_filesystem(self.url)
+            self._fs, self._root = remote_filesystem(self.url, self.timeouts)
         return self._fs, self._root
+
+    def _call(self, what: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """`what(*args, **kwargs)` on the store; a failure other than a missing object (the store did not
+        answer within its timeouts and tries, or refused) is one line: the build stops, a rerun resumes."""
+        try:
+            return what(*args, **kwargs)
+        except (FileNotFoundError, UserError):
+            raise
+        except Exception as exc:  # botocore's errors are not all OSErrors: catch what the library raises
+            raise UserError(f"the object store holding {self.location} failed ({store_failure(exc)}; "
+                            f"{self.timeouts.describe()} at most); check the store's endpoint and credentials "
+                            "(AWS_* variables for s3://) and rerun: finished metatiles are kept") from None
+
+    def _fenced(self) -> None:
+        """Raise LeaseLost unless this build still holds the lease (nothing to check outside a build)."""
+        if self.fence is not None:
+            self.fence.check(lambda: self.read(".lock"))
 
     @property
     def fs(self) -> Any:
@@ -61,38 +81,41 @@ class ObjectOutput(ReleaseOutput):
 
     def read(self, rel: str) -> bytes | None:
         try:
-            return self.fs.cat_file(self._key(rel))
+            return self._call(self.fs.cat_file, self._key(rel))
         except FileNotFoundError:
             return None
 
     def read_size(self, rel: str) -> int | None:
         try:
-            return int(self.fs.info(self._key(rel))["size"])
+            return int(self._call(self.fs.info, self._key(rel))["size"])
         except FileNotFoundError:
             return None
 
     def write(self, rel: str, data: bytes) -> None:
-        self.fs.pipe_file(self._key(rel), data)
+        self._fenced()
+        self._call(self.fs.pipe_file, self._key(rel), data)
 
     def _write_many(self, files: dict[str, bytes]) -> None:
+        self._fenced()
         keys = {self._key(rel): data for rel, data in files.items()}
         if len(keys) <= 1:
             for key, data in keys.items():
-                self.fs.pipe_file(key, data)
+                self._call(self.fs.pipe_file, key, data)
             return
         with ThreadPoolExecutor(min(self.PUT_THREADS, len(keys))) as pool:
-            list(pool.map(lambda kv: self.fs.pipe_file(*kv), keys.items()))
+            list(pool.map(lambda kv: self._call(self.fs.pipe_file, *kv), keys.items()))
 
     def delete(self, rel: str) -> None:
+        self._fenced()
         key = self._key(rel)
         try:
-            self.fs.rm(key, recursive=True)
+            self._call(self.fs.rm, key, recursive=True)
         except FileNotFoundError:
             pass
 
     def names(self, rel_dir: str) -> list[str]:
         try:
-            found = self.fs.ls(self._key(rel_dir), detail=True)
+            found = self._call(self.fs.ls, self._key(rel_dir), detail=True)
         except FileNotFoundError:
             return []
         return sorted(f["name"].rsplit("/", 1)[-1] for f in found if f["type"] == "file")
@@ -100,16 +123,28 @@ class ObjectOutput(ReleaseOutput):
     def check_writable(self) -> None:
         probe = f".write-probe-{socket.gethostname()}-{os.getpid()}"
         try:
-            self.write(probe, b"")
-            self.delete(probe)
+            self.fs.pipe_file(self._key(probe), b"")
+            self.fs.rm(self._key(probe))
         except UserError:
             raise
-        except Exception as e:  # botocore/aiohttp errors: credentials, endpoint, permissions, no bucket
-            raise UserError(f"cannot write to {self.location} ({type(e).__name__}: {str(e)[:160]}); check the "
-                            "bucket exists and the credentials (AWS_* variables for s3://) allow writing") from None
+        except Exception as e:  # botocore/aiohttp errors: credentials, endpoint, permissions, no bucket, no answer
+            raise UserError(f"cannot write to {self.location} ({store_failure(e)[:200]}; {self.timeouts.describe()} "
+                            "at most); check the bucket exists, the endpoint answers and the credentials (AWS_* "
+                            "variables for s3://) allow writing") from None
 
     def lock(self) -> AbstractContextManager[Any]:
-        return _lease(self)
+        return self._leased()
+
+    @contextmanager
+    def _leased(self) -> Iterator[None]:
+        """Hold the release's lease; while held, this output (and its copies on workers) is fenced by it."""
+        lease = lease_object(self.fs, self._key(".lock"))
+        with hold_lease(lease, f"{self.location}/.lock", self.name) as fence:
+            self.fence = fence
+            try:
+                yield
+            finally:
+                self.fence = None
 
     def write_manifest(self, batches: Iterable[pa.Table], schema: pa.Schema, metadata: dict[str, object]) -> int:
         # Written to a local file first: a store's multipart upload would make a half-written
@@ -118,7 +153,8 @@ class ObjectOutput(ReleaseOutput):
             local = Path(tmp) / MANIFEST_NAME
             with open(local, "wb") as f:
                 rows = write_manifest_batches(f, batches, schema, metadata)
-            self.fs.put_file(str(local), self._key(MANIFEST_NAME))
+            self._fenced()
+            self._call(self.fs.put_file, str(local), self._key(MANIFEST_NAME))
         return rows
 
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
@@ -127,11 +163,11 @@ class ObjectOutput(ReleaseOutput):
         key = self._key(rel)
         try:
             if deep:
-                data = self.fs.cat_file(key)
+                data = self._call(self.fs.cat_file, key)
                 if hashlib.sha256(data).hexdigest() == digest:
                     return None
                 return f"sha256 differs from the manifest ({len(data)} bytes)"
-            tail = self.fs.cat_file(key, start=-len(PNG_END))
+            tail = self._call(self.fs.cat_file, key, start=-len(PNG_END))
         except FileNotFoundError:
             return "missing"
         except OSError as e:
@@ -155,81 +191,7 @@ class ObjectOutput(ReleaseOutput):
 
     def names_of_dirs(self, rel_dir: str) -> list[str]:
         try:
-            found = self.fs.ls(self._key(rel_dir), detail=True)
+            found = self._call(self.fs.ls, self._key(rel_dir), detail=True)
         except FileNotFoundError:
             return []
         return sorted(f["name"].rstrip("/").rsplit("/", 1)[-1] for f in found if f["type"] == "directory")
-
-
-@dataclass(frozen=True)
-class _LeaseHolder:
-    host: str
-    pid: int
-    renewed: float
-
-    def encode(self) -> bytes:
-        return json.dumps({"host": self.host, "pid": self.pid, "renewed": self.renewed}).encode()
-
-
-@contextmanager
-def _lease(output: ObjectOutput) -> Iterator[None]:
-    """Hold `output`'s lease object `.lock`: created only if absent (a conditional PUT), renewed every
-    LEASE_S / 4 by a thread, deleted on exit; a lease older than LEASE_S is a killed build's, taken over."""
-    key = output._key(".lock")
-
-    def holder() -> bytes:
-        return _LeaseHolder(socket.gethostname(), os.getpid(), time.time()).encode()
-
-    def create() -> bool:
-        try:
-            with output.fs.open(key, "xb") as f:
-                f.write(holder())
-            return True
-        except FileExistsError:
-            return False
-
-    if not create():
-        try:
-            current = json.loads(output.fs.cat_file(key))
-            age = time.time() - float(current["renewed"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            current, age = {}, LEASE_S  # vanished or unreadable: treat as expired
-        if current.get("host") == socket.gethostname() and not _pid_alive(current.get("pid")):
-            age = LEASE_S  # a build on this machine that was killed: no need to wait for its lease to expire
-        if age < LEASE_S:
-            raise UserError(f"another build is writing release {output.name} (lease {output.location}/.lock held "
-                            f"by {current.get('host')} pid {current.get('pid')}, renewed {age:.0f}s ago); wait for "
-                            f"it, or if that build was killed, rerun after {LEASE_S - age:.0f}s")
-        output.delete(".lock")
-        if not create():
-            raise UserError(f"another build took over the expired lease of release {output.name} just now; "
-                            "wait for it or build another --release")
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(LEASE_S / 4):
-            try:
-                output.fs.pipe_file(key, holder())
-            except Exception:  # noqa: BLE001 - a missed renewal is retried; the next one may succeed
-                pass
-
-    thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        output.delete(".lock")
-
-
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True

@@ -10,8 +10,9 @@ records and cuts every other metatile again; the manifest is written last, in on
 - An object store has no rename, but a PUT is atomic: a metatile's PNGs are PUT at their final keys
   (one request each, no copy), then its done record. Objects of a metatile that failed before its
   record are not in any manifest, so never served, and the retry overwrites them. A second build is
-  kept out by a lease object created with a conditional PUT (If-None-Match) and renewed while the
-  build runs; a killed build's lease expires after LEASE_S (at once when it ran on this machine).
+  kept out by a fenced lease object (lease.py): created with a conditional PUT (If-None-Match),
+  renewed and released only if unchanged (If-Match), checked before every write; a killed build's
+  lease expires after LEASE_S (at once when it ran on this machine).
 
 Outputs are plain data (a path or a URL) so metatile tasks can carry them to Dask workers.
 """

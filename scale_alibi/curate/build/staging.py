@@ -6,11 +6,15 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import socket
+import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import fsync_paths, resolves_inside
+from scale_alibi.curate.build.lease import LeaseHolder
 from scale_alibi.curate.build.tiling import Metatile, metatile_name
 
 
@@ -77,26 +81,61 @@ def check_out_writable(out: Path) -> None:
 
 
 class ReleaseLock:
-    """An exclusive flock on OUT/<release>/.lock (released by the kernel if the build is killed)."""
+    """An exclusive flock on OUT/<release>/.lock (released by the kernel if the build is killed).
+
+    The file names its holder (host, pid, a token): bytes that are not a holder are treated as held
+    (refused, not taken over); the flock is checked to be on the file the path names now (a file
+    replaced under a running build is not its lock), and the file is removed on exit only if it is
+    still this build's."""
 
     def __init__(self, path: Path):
         self.path = path
         self.fd: int | None = None
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)  # never a planted link
+        release = self.path.parent.name
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)  # never a planted link
+        except OSError as e:  # a directory, a link (or a loop of links), no permission
+            raise UserError(f"cannot open the lock file {self.path} of release {release} ({e.strerror or e}); it "
+                            "must be a regular file: remove it if no build of that release is running") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise UserError(f"another build is writing release {self.path.parent.name} "
+            os.close(fd)
+            raise UserError(f"another build is writing release {release} "
                             f"(lock {self.path}); wait for it or build another --release") from None
+        try:
+            if not _same_file(fd, self.path):
+                raise UserError(f"the lock file {self.path} was replaced while this build took it; another build "
+                                f"may be writing release {release}: wait for it, or rerun")
+            held = os.pread(fd, 4096, 0)
+            if held.strip() and LeaseHolder.parse(held) is None:
+                raise UserError(f"the lock file {self.path} of release {release} is unreadable, so it is treated "
+                                "as held; if no build of that release is running, remove it and rerun")
+            # A readable holder without the flock is a killed build's: taken over.
+            mine = LeaseHolder(socket.gethostname(), os.getpid(), time.time(), uuid.uuid4().hex).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, mine, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
         return self
 
     def __exit__(self, *exc):
         if self.fd is not None:
             try:
-                self.path.unlink(missing_ok=True)
+                if _same_file(self.fd, self.path):
+                    self.path.unlink(missing_ok=True)  # never a file that replaced ours
             finally:
                 os.close(self.fd)
+                self.fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` (not followed) is the file open as `fd`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except FileNotFoundError:
+        return False
