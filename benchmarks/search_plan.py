@@ -34,19 +34,19 @@ def _pages(items: float, page: int) -> int:
 
 
 def main() -> None:
-    from scale_alibi.curate.build import BuildParams, group_metatiles, plan_tiles, search_blocks
+    from scale_alibi.curate.build import BuildParams, group_metatiles, resolve_request, search_blocks
     from scale_alibi.curate.search import PAGE_LIMIT, SearchOptions, search_window
     from scale_alibi.regions import load_release
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--release", default="small")
     p.add_argument("--naip-years", help="FIRST-LAST as given to curate build  [default: NAIP's whole archive]")
-    p.add_argument("--max-gap-days", type=float, default=730.0)
+    p.add_argument("--max-gap-days", type=float, default=BuildParams.max_gap_days)
     p.add_argument("--until", default="2026-01-01", help="the archive's end (fixed, so figures are reproducible)")
     a = p.parse_args()
     spec = load_release(a.release)
-    params = BuildParams(release=spec.name, zoom=spec.zoom, region=f"release:{spec.name}")
-    blocks = search_blocks(group_metatiles(plan_tiles(params, spec=spec), spec.zoom, params.metatile_levels))
+    request = resolve_request(release=spec.name)
+    blocks = search_blocks(group_metatiles(request.plan(), request.params.metatile_levels))
     until = date.fromisoformat(a.until)
     first, last = (int(v) for v in a.naip_years.split("-")) if a.naip_years else NAIP_ARCHIVE
     naip_years = last - first + 1

@@ -46,12 +46,13 @@ def built_release_info(world, tmp_path_factory):
     requests it fetched: {"root", "name", "result", "requests", "bytes"}."""
     from shapely.geometry import box
 
-    from scale_alibi.curate.build import build_release
+    from scale_alibi.curate.build import RunOptions, build_release, resolve_request
 
     root = tmp_path_factory.mktemp("built-release")
     world.files.reset_stats()
-    result = build_release(root, zoom=17, region=box(*world.bbox), release="world-z17", catalog=world.stac_url,
-                           signer="none", workers=2, progress=False, echo=lambda m: None)
+    result = build_release(root, resolve_request(zoom=17, region=box(*world.bbox), release="world-z17",
+                                                 catalog=world.stac_url),
+                           RunOptions(signer="none", workers=2, progress=False, echo=lambda m: None))
     stats = world.files.stats()
     return {"root": root, "name": "world-z17", "result": result, **stats}
 
@@ -63,12 +64,13 @@ def z16(world, tmp_path_factory):
     from shapely.geometry import box
 
     from scale_alibi.contract.release import Release
-    from scale_alibi.curate.build import build_release
+    from scale_alibi.curate.build import RunOptions, build_release, resolve_request
 
     root = tmp_path_factory.mktemp("z16")
     world.files.reset_stats()
-    build_release(root, zoom=16, region=box(*world.bbox), release="w16", catalog=world.stac_url,
-                  metatile_levels=1, scheduler="synchronous", signer="none", progress=False, echo=lambda m: None)
+    build_release(root, resolve_request(zoom=16, region=box(*world.bbox), release="w16", catalog=world.stac_url,
+                                        metatile_levels=1),
+                  RunOptions(scheduler="synchronous", signer="none", progress=False, echo=lambda m: None))
     return Release(root, "w16"), world.files.stats()
 
 

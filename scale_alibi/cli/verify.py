@@ -2,8 +2,8 @@
 manifest, and repair them.
 
 Every file a manifest row names is re-hashed (sha256) against the row; damage is a file that is
-missing, unreadable, truncated or whose hash differs (scale_alibi.curate.damage). `--repair` re-cuts
-only the metatiles that hold damaged files (scale_alibi.curate.verify).
+missing, unreadable, truncated or whose hash differs. `--repair` re-cuts only the metatiles that hold
+damaged files. Both: scale_alibi.curate.build.repair, which a rerun of `curate build` uses too.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import click
 from scale_alibi.contract.reader import StoredRelease
 from scale_alibi.contract.release import TRIPLET_MEMBERS
 from scale_alibi.curate.build.open_output import open_output
+from scale_alibi.curate.build.repair import find_damage, repair
+from scale_alibi.curate.build.request import RunOptions
 from scale_alibi.curate.content import MAX_CONSTANT, constant_tiles
-from scale_alibi.curate.damage import find_damage
-from scale_alibi.curate.verify import repair
 
 
 @click.command("verify")
@@ -62,7 +62,8 @@ def verify(data_dir: str, release: str, do_repair: bool, catalog: str | None, si
         click.echo(f"release {release}: {len(damage)} of {total} files damaged in {triplets} triplets; run "
                    f"`curate verify --data {data_dir} --release {release} --repair` to re-cut them")
         sys.exit(1)
-    left = repair(output, damage, catalog, signer, progress, lambda m: click.echo(m, err=True))
+    left = repair(output, damage, catalog,
+                  RunOptions(signer=signer, progress=progress, echo=lambda m: click.echo(m, err=True)))
     if left:
         for line in left:
             click.echo(f"not repaired: {line}")

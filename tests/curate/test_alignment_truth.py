@@ -13,7 +13,7 @@ import pytest
 from shapely.geometry import box
 
 from scale_alibi.contract.release import HIRES_CHILDREN, Release
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.build import RunOptions, build_release, resolve_request
 from scale_alibi.curate.encode import decode_png, encode_tile, to_rgb8
 from tests.alignment import measure, measure_gradient
 from tests.world_rows import across_edge, expected_rows, zone_edge
@@ -95,10 +95,11 @@ def z15_offset(world, tmp_path_factory):
     """z15 builds: the default one, and one restricted to dates that select the descending S1 pass
     (grid offset by half a pixel) and the S2 date with a nodata swath edge."""
     root = tmp_path_factory.mktemp("z15")
-    build_release(root, zoom=15, region=box(*world.bbox), release="w15", catalog=world.stac_url,
-                  scheduler="synchronous", **QUIET)
-    build_release(root, zoom=15, region=box(*world.bbox), release="w15-late", catalog=world.stac_url,
-                  datetime="/".join(_late_window(world)), scheduler="synchronous", **QUIET)
+    build_release(root, resolve_request(zoom=15, region=box(*world.bbox), release="w15", catalog=world.stac_url),
+                  RunOptions(scheduler="synchronous", **QUIET))
+    build_release(root, resolve_request(zoom=15, region=box(*world.bbox), release="w15-late", catalog=world.stac_url,
+                                        datetime="/".join(_late_window(world))),
+                  RunOptions(scheduler="synchronous", **QUIET))
     return Release(root, "w15"), Release(root, "w15-late")
 
 
@@ -139,8 +140,9 @@ def speckle_free(tmp_path_factory):
         root = tmp_path_factory.mktemp("speckle-free")
         releases = {}
         for key, z, window in ((15, 15, None), ("15-late", 15, _late_window(served)), (16, 16, None), (17, 17, None)):
-            build_release(root, zoom=z, region=box(*served.bbox), release=f"sf{key}", catalog=served.stac_url,
-                          datetime=window and "/".join(window), scheduler="synchronous", **QUIET)
+            build_release(root, resolve_request(zoom=z, region=box(*served.bbox), release=f"sf{key}",
+                                                catalog=served.stac_url, datetime=window and "/".join(window)),
+                          RunOptions(scheduler="synchronous", **QUIET))
             releases[key] = Release(root, f"sf{key}")
         yield releases, cfg
     finally:
@@ -229,8 +231,9 @@ def z12(world, tmp_path_factory):
     """A z12 build of the default world: S1/S2 come from the COGs' 1/2 overviews, NAIP Y+1 from the
     1/8 ones. The ~4 km world covers about a third of the one z12 tile, so --min-valid is lowered."""
     root = tmp_path_factory.mktemp("z12")
-    build_release(root, zoom=12, region=box(*world.bbox), release="w12", catalog=world.stac_url,
-                  min_valid=0.05, scheduler="synchronous", **QUIET)
+    build_release(root, resolve_request(zoom=12, region=box(*world.bbox), release="w12", catalog=world.stac_url,
+                                        min_valid=0.05),
+                  RunOptions(scheduler="synchronous", **QUIET))
     return Release(root, "w12")
 
 
@@ -293,8 +296,10 @@ def test_a_one_source_pixel_shift_fails_the_check(z16, world, tmp_path, monkeypa
         return src
 
     monkeypatch.setattr(reader, "_read", shifted)
-    build_release(tmp_path, zoom=16, region=box(sub.west + 1e-6, sub.south + 1e-6, sub.east - 1e-6, sub.north - 1e-6),
-                  release="bad", catalog=world.stac_url, scheduler="synchronous", **QUIET)
+    build_release(tmp_path, resolve_request(zoom=16,
+                                            region=box(sub.west + 1e-6, sub.south + 1e-6, sub.east - 1e-6, sub.north - 1e-6),
+                                            release="bad", catalog=world.stac_url),
+                  RunOptions(scheduler="synchronous", **QUIET))
     bad = Release(tmp_path, "bad")
     t = [(centre["x"], centre["y"])]
     for layer, z, tiles in (("s2", 16, t), ("naip", 17, [(2 * t[0][0], 2 * t[0][1])])):

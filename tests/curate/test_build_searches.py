@@ -9,7 +9,7 @@ from shapely.geometry import box
 
 from scale_alibi.contract.release import Release
 from scale_alibi.curate import search
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.build import RunOptions, build_release, resolve_request
 from scale_alibi.devworld.stac_proxy import CatalogProxy
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}
@@ -27,8 +27,9 @@ def test_a_builds_searches_run_at_most_search_concurrency_at_once(world, tmp_pat
     for concurrency in (1, 3):
         with CatalogProxy(world.stac_url) as proxy:
             proxy.search_delay_s = 1.0  # long enough that searches allowed to overlap do
-            build_release(tmp_path / str(concurrency), zoom=16, region=region, release="gate", catalog=proxy.url,
-                          scheduler="threads", workers=4, search_concurrency=concurrency, **QUIET)
+            build_release(tmp_path / str(concurrency),
+                          resolve_request(zoom=16, region=region, release="gate", catalog=proxy.url),
+                          RunOptions(scheduler="threads", workers=4, search_concurrency=concurrency, **QUIET))
             seen[concurrency] = proxy.max_in_flight
     assert seen[1] == 1
     assert seen[3] >= 2  # S1 and S2 of a block, both waiting on its NAIP, do overlap when allowed
@@ -39,13 +40,13 @@ def test_a_build_whose_pages_lose_their_next_link_still_finds_every_scene(world,
     # (not fewer: NAIP quarter-quads of one flight overlap, with one timestamp: cuts cannot part them)
     region = _middle(world, 0.3)
     ref = Release(tmp_path / "ref", "pages")
-    build_release(ref.root, zoom=16, region=region, release="pages", catalog=world.stac_url, scheduler="synchronous",
-                  **QUIET)
+    build_release(ref.root, resolve_request(zoom=16, region=region, release="pages", catalog=world.stac_url),
+                  RunOptions(scheduler="synchronous", **QUIET))
     with CatalogProxy(world.stac_url) as proxy:
         proxy.drop_next_links = -1  # every page, as Planetary Computer's were in January 2026
         got = Release(tmp_path / "got", "pages")
-        build_release(got.root, zoom=16, region=region, release="pages", catalog=proxy.url, scheduler="synchronous",
-                      **QUIET)
+        build_release(got.root, resolve_request(zoom=16, region=region, release="pages", catalog=proxy.url),
+                      RunOptions(scheduler="synchronous", **QUIET))
         assert proxy.dropped > 0
     a, b = got.read_manifest(), ref.read_manifest()
     assert a.num_rows == b.num_rows > 0

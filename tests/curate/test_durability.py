@@ -11,7 +11,7 @@ import pytest
 from shapely.geometry import box
 
 from scale_alibi.contract.release import Release
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.build import RunOptions, build_release, resolve_request
 
 
 def _spy(monkeypatch) -> list[tuple[str, str, str]]:
@@ -43,8 +43,8 @@ def test_files_are_fsynced_before_their_commit_and_get_the_umasks_mode(world, tm
     events = _spy(monkeypatch)
     previous = os.umask(umask)
     try:
-        build_release(tmp_path, zoom=15, region=box(*world.bbox), release="d", catalog=world.stac_url,
-                      signer="none", scheduler="synchronous", progress=False, echo=lambda m: None)
+        build_release(tmp_path, resolve_request(zoom=15, region=box(*world.bbox), release="d", catalog=world.stac_url),
+                      RunOptions(signer="none", scheduler="synchronous", progress=False, echo=lambda m: None))
         write_stats(StoredRelease(tmp_path, "d"), {"release": "d"})
     finally:
         os.umask(previous)

@@ -18,7 +18,7 @@ from shapely.geometry import box
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import Release
 from scale_alibi.contract.storage import remote_filesystem
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.build import RunOptions, build_release, resolve_request
 from scale_alibi.curate.build.object_output import ObjectOutput
 from tests.release_factory import file_tree
 
@@ -36,7 +36,8 @@ def _region(world):
 def local(world, tmp_path_factory) -> Release:
     """The reference: the same release built into a local directory in this process."""
     root = tmp_path_factory.mktemp("local")
-    build_release(root, region=_region(world), catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
+    build_release(root, resolve_request(region=_region(world), catalog=world.stac_url, **BUILD),
+                  RunOptions(scheduler="synchronous", **QUIET))
     return Release(root, BUILD["release"])
 
 
@@ -49,14 +50,15 @@ def _bucket_tree(url: str) -> dict[str, bytes]:
 
 def test_a_build_on_a_local_cluster_into_a_bucket_is_byte_identical_to_a_local_build(world, local, s3_bucket):
     out = f"{s3_bucket}/releases"
-    result = build_release(out, region=_region(world), catalog=world.stac_url, workers=2, **BUILD, **QUIET)
+    result = build_release(out, resolve_request(region=_region(world), catalog=world.stac_url, **BUILD),
+                           RunOptions(workers=2, **QUIET))
     assert result.triplets > 4 and result.location == f"{out}/{BUILD['release']}"
     # Every object, manifest included; no lease, done record or staging object is left.
     assert _bucket_tree(f"{out}/{BUILD['release']}") == file_tree(local.path)
 
     world.files.reset_stats()
-    again = build_release(out, region=_region(world), catalog=world.stac_url, scheduler="synchronous", **BUILD,
-                          **QUIET)
+    again = build_release(out, resolve_request(region=_region(world), catalog=world.stac_url, **BUILD),
+                          RunOptions(scheduler="synchronous", **QUIET))
     assert again.already_finished and world.files.stats()["bytes"] == 0
 
 
@@ -99,8 +101,8 @@ def test_a_second_build_of_a_release_in_a_bucket_is_refused_while_the_first_hold
     output = ObjectOutput(f"{s3_bucket}/l", "mid")
     with output.lock():
         with pytest.raises(UserError, match="another build is writing release mid"):
-            build_release(f"{s3_bucket}/l", region=_region(world), catalog=world.stac_url,
-                          scheduler="synchronous", **BUILD, **QUIET)
+            build_release(f"{s3_bucket}/l", resolve_request(region=_region(world), catalog=world.stac_url, **BUILD),
+                          RunOptions(scheduler="synchronous", **QUIET))
         with pytest.raises(UserError, match="another build is writing"):
             with ObjectOutput(f"{s3_bucket}/l", "mid").lock():
                 pass
@@ -114,7 +116,8 @@ def test_damage_in_a_bucket_is_found_by_verify_and_re_cut_by_a_rerun(world, loca
     from scale_alibi.cli.main import main as cli
 
     out = f"{s3_bucket}/d"
-    build_release(out, region=_region(world), catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
+    build_release(out, resolve_request(region=_region(world), catalog=world.stac_url, **BUILD),
+                  RunOptions(scheduler="synchronous", **QUIET))
     fs, root = remote_filesystem(out)
     tiles = sorted(k for k in fs.find(f"{root}/mid") if k.endswith(".png"))
     deleted, truncated, flipped = tiles[0], tiles[5], tiles[9]
@@ -130,7 +133,8 @@ def test_damage_in_a_bucket_is_found_by_verify_and_re_cut_by_a_rerun(world, loca
     assert named == {k[len(root) + len("/mid/"):] for k in (deleted, truncated, flipped)}
 
     # A rerun's cheap check (presence and PNG end) re-cuts the deleted and truncated files...
-    build_release(out, region=_region(world), catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
+    build_release(out, resolve_request(region=_region(world), catalog=world.stac_url, **BUILD),
+                  RunOptions(scheduler="synchronous", **QUIET))
     # ...and `verify --repair` the bit flip, which only a full hash finds.
     repaired = CliRunner().invoke(cli, ["verify", "--data", out, "--release", "mid", "--repair", "--signer", "none",
                                         "--no-progress"])
@@ -184,8 +188,8 @@ def test_an_unreadable_lease_is_treated_as_held_and_left_in_place(world, s3_buck
     fs, root = remote_filesystem(f"{s3_bucket}/g")
     fs.pipe_file(f"{root}/mid/.lock", b"\x00 not a lease")
     with pytest.raises(UserError, match="lease .* is unreadable, so it is treated as held"):
-        build_release(f"{s3_bucket}/g", region=_region(world), catalog=world.stac_url, scheduler="synchronous",
-                      **BUILD, **QUIET)
+        build_release(f"{s3_bucket}/g", resolve_request(region=_region(world), catalog=world.stac_url, **BUILD),
+                      RunOptions(scheduler="synchronous", **QUIET))
     assert fs.cat_file(f"{root}/mid/.lock") == b"\x00 not a lease"
     assert not fs.exists(f"{root}/mid/.build")  # nothing written
 

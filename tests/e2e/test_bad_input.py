@@ -112,6 +112,22 @@ def test_bad_numbers_give_one_error_line_naming_the_option(tmp_path, args, menti
     _one_error_line(_build(tmp_path / "data", "--zoom", "15", *args), mentions)
 
 
+def test_a_named_release_at_another_zoom_is_refused_before_anything_is_written(tmp_path):
+    """`--release small --zoom 16` planned small's z15 tiles and cut their x/y as z16 tiles (other places,
+    no error). Like `curate plan`, build refuses it: one line naming both zooms, --out not created."""
+    from scale_alibi.regions import load_release
+
+    own = load_release("small").zoom  # the preset's zoom, read from the preset itself
+    for other in (own + 1, own - 1):
+        line = _one_error_line(_build(tmp_path / "data", "--release", "small", "--zoom", str(other)),
+                               f"--zoom {other}")
+        assert f"zoom {own}" in line, line
+        assert not (tmp_path / "data").exists()
+    # The preset's own zoom given explicitly is the same build as omitting it: it passes validation,
+    # and the unreachable catalog is what stops it.
+    _one_error_line(_build(tmp_path / "data", "--release", "small", "--zoom", str(own)), "STAC catalog")
+
+
 def test_stats_on_a_corrupt_manifest_or_png_gives_one_error_line(tmp_path):
     release = make_release(tmp_path, "r", nx=2, ny=1)
     png = release.tile_path("s2", 15, 5240, 12660)

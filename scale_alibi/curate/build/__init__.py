@@ -1,5 +1,8 @@
 """`curate build`: STAC scenes to aligned XYZ triplets, as a Dask graph of pure functions.
 
+Entry: ``build_release(out, resolve_request(...), RunOptions(...))``; the request (what to build) is
+resolved and checked once, and tiles travel as ``mercantile.Tile`` from the plan to the rename.
+
 Graph: ``search(block, layer)`` tasks -> ``cut_metatile(job, items...)`` tasks (each reprojects one
 block of tiles once per scene group, picks per tile the best group of each sensor, encodes PNGs
 and stages them) -> the driver commits staged files and writes the manifest last.
@@ -20,24 +23,34 @@ present, same parameters) reads nothing at all.
 
 from scale_alibi.curate.build.driver import BuildResult, build_release
 from scale_alibi.curate.build.executor import search_blocks
-from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile, group_metatiles, lonlat_bounds, metatile_key
-from scale_alibi.curate.build.params import BuildParams, plan_tiles, split_of
-from scale_alibi.curate.build.repair import recut_files
-from scale_alibi.curate.build.staging import _Lock, commit_staging
+from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile
+from scale_alibi.curate.build.params import BuildParams, split_of
+from scale_alibi.curate.build.repair import Damage, find_damage, recut_files, repair
+from scale_alibi.curate.build.request import BuildRequest, RunOptions, recorded_request, resolve_request
+from scale_alibi.curate.build.staging import ReleaseLock, commit_staging
+from scale_alibi.curate.build.tiling import Metatile, group_metatiles, lonlat_bounds, metatile_name, metatile_of
 
 __all__ = [
     "BuildParams",
+    "BuildRequest",
     "BuildResult",
+    "Damage",
+    "Metatile",
     "MetatileJob",
-    "_Lock",
+    "ReleaseLock",
+    "RunOptions",
     "build_release",
     "commit_staging",
     "cut_metatile",
+    "find_damage",
     "group_metatiles",
     "lonlat_bounds",
-    "metatile_key",
-    "plan_tiles",
+    "metatile_name",
+    "metatile_of",
+    "recorded_request",
     "recut_files",
+    "repair",
+    "resolve_request",
     "search_blocks",
     "split_of",
 ]

@@ -79,7 +79,7 @@ def _render(group, layer: str, grid, read):
     return warp(srcs, grid, np.uint8, 0)
 
 
-def _choose(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_for, read, min_valid: float):
+def choose_layer(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_for, read, min_valid: float):
     """Walk each tile's ranked groups; the first usable one wins. Returns {tile: (group, data, valid_frac)}.
 
     Groups are rendered lazily, over the block of the tiles that still need them, so a fallback
@@ -122,7 +122,7 @@ def _slice(grid, layer, t):
     return grid.tile_slice(*t)
 
 
-def _describe(row: dict, layer: str, group, frac: float, tile_fp) -> None:
+def describe_choice(row: dict, layer: str, group, frac: float, tile_fp) -> None:
     used = [it for it in group.items if it.footprint.intersects(tile_fp)]
     row[f"{layer}_group"] = group.key
     row[f"{layer}_items"] = [it.id for it in used]

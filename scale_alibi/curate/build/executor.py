@@ -13,11 +13,11 @@ import mercantile
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.curate.build.manifest import MetatileSummary, summarize
-from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile, lonlat_bounds
+from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile
 from scale_alibi.curate.build.output import ReleaseOutput
-from scale_alibi.curate.build.staging import _mt_name
+from scale_alibi.curate.build.request import BuildRequest, RunOptions
+from scale_alibi.curate.build.tiling import Metatile, lonlat_bounds, metatile_name
 from scale_alibi.curate.scene import Scene, format_time
-from scale_alibi.curate.search import TIMEOUT_S
 
 SEARCH_ZOOM = 9  # one STAC search per layer per z9 block (~78 km): bounded result pages anywhere
 
@@ -34,12 +34,11 @@ LOCAL_CLUSTER_CONFIG = {
 }
 
 
-def search_blocks(metatiles: Iterable[tuple[int, int, int]]) -> dict[mercantile.Tile, list]:
+def search_blocks(metatiles: Iterable[Metatile]) -> dict[mercantile.Tile, list[Metatile]]:
     """Metatiles grouped by the SEARCH_ZOOM block whose STAC searches feed them (one task per block and layer)."""
-    blocks: dict[mercantile.Tile, list] = {}
+    blocks: dict[mercantile.Tile, list[Metatile]] = {}
     for mt in metatiles:
-        tile = mercantile.Tile(mt[1], mt[2], mt[0])
-        blocks.setdefault(mercantile.parent(tile, zoom=SEARCH_ZOOM) if mt[0] > SEARCH_ZOOM else tile, []).append(mt)
+        blocks.setdefault(mercantile.parent(mt, zoom=SEARCH_ZOOM) if mt.z > SEARCH_ZOOM else mt, []).append(mt)
     return blocks
 
 
@@ -73,21 +72,26 @@ def _search_block(catalog: str, layer: str, bbox, opts, timeout_s: float, gate, 
         return search_items(catalog, layer, bbox, opts, timeout_s, naip=naip)
 
 
-def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, signer, scheduler, workers, progress, echo, failures,
-         timeout_s: float = TIMEOUT_S, commit: bool = True):
-    """Execute the graph (search tasks -> metatile tasks) on the chosen scheduler (`commit`: see MetatileJob).
-    Returns ({metatile: MetatileSummary} of the metatiles cut, {search block: items found (_item_meta)})."""
+def run_graph(output: ReleaseOutput, request: BuildRequest, metatiles: dict[Metatile, list], todo: list[Metatile],
+              blocks: dict[mercantile.Tile, list[Metatile]], run: RunOptions, failures: list[str],
+              commit: bool = True) -> tuple[dict[Metatile, MetatileSummary], dict[mercantile.Tile, list[dict]]]:
+    """Execute the graph (search tasks over `blocks` -> metatile tasks for `todo`) on `run.scheduler`
+    (`commit`: see MetatileJob); a metatile that fails with a fault a rerun may resume is appended to
+    `failures`. Returns ({metatile: MetatileSummary} of the metatiles cut, {search block: items found
+    (_item_meta)})."""
     from tqdm import tqdm
 
+    params, catalog, opts = request.params, request.catalog, request.search_options(run.search_concurrency)
+    scheduler, timeout_s, echo = run.scheduler, run.timeout_s, run.echo
     block_of = {mt: b for b, mts in blocks.items() for mt in mts}
-    block_bbox = {b: lonlat_bounds(params.zoom, [t[:2] for mt in mts for t in metatiles[mt]]) for b, mts in blocks.items()}
-    jobs = {mt: MetatileJob(output, params.zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
-                            signer=signer, catalog=catalog, timeout_s=timeout_s, commit=commit) for mt in todo}
-    records: dict[tuple[int, int, int], MetatileSummary] = {}
+    block_bbox = {b: lonlat_bounds(t for mt in mts for t, _ in metatiles[mt]) for b, mts in blocks.items()}
+    jobs = {mt: MetatileJob(output, mt, metatiles[mt], params.min_valid, params.max_gap_days,
+                            signer=run.signer, catalog=catalog, timeout_s=timeout_s, commit=commit) for mt in todo}
+    records: dict[Metatile, MetatileSummary] = {}
     faults = _faults(on_dask=scheduler != "synchronous")
 
     def new_bar():
-        return tqdm(total=len(todo), unit="metatile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        return tqdm(total=len(todo), unit="metatile", disable=not run.progress, file=sys.stderr, dynamic_ncols=True)
 
     if scheduler == "synchronous":
         bar = new_bar()
@@ -103,7 +107,7 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
             try:
                 records[mt] = summarize(cut_metatile(jobs[mt], items[(b, "s2")], items[(b, "s1")], items[(b, "naip")]))
             except faults as e:  # a scene kept failing: report, keep going, resume on rerun
-                failures.append(f"metatile {_mt_name(mt)}: {str(e)[:200]}")
+                failures.append(f"metatile {metatile_name(mt)}: {str(e)[:200]}")
             bar.update(1)
         bar.close()
         return records, {b: [_item_meta(it) for layer in ("s2", "s1", "naip") for it in items[(b, layer)]]
@@ -124,7 +128,7 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
             raise UserError(f"cannot connect to Dask scheduler {scheduler} ({str(e)[:120]}); start one with "
                             "`dask scheduler` or omit --scheduler") from None
     else:
-        n = workers or os.cpu_count() or 1
+        n = run.workers or os.cpu_count() or 1
         import dask
 
         with dask.config.set(LOCAL_CLUSTER_CONFIG):  # read by the scheduler, nannies and workers as they start
@@ -153,14 +157,14 @@ def _run(output: ReleaseOutput, params, metatiles, todo, blocks, catalog, opts, 
         for mt in todo:
             b = block_of[mt]
             f = client.submit(cut_metatile, jobs[mt], search_f[(b, "s2")], search_f[(b, "s1")], search_f[(b, "naip")],
-                              pure=False, key=f"metatile-{_mt_name(mt)}-{time.time_ns()}")
+                              pure=False, key=f"metatile-{metatile_name(mt)}-{time.time_ns()}")
             futures[f] = mt
         for f in as_completed(list(futures)):
             mt = futures[f]
             try:
                 records[mt] = summarize(f.result())
             except faults as e:
-                failures.append(f"metatile {_mt_name(mt)}: {str(e)[:200]}")
+                failures.append(f"metatile {metatile_name(mt)}: {str(e)[:200]}")
             # Released at once: were the worker holding this result lost later, Dask would otherwise
             # run the task again to recompute it, and that run could write after the manifest.
             f.release()

@@ -22,14 +22,14 @@ from scale_alibi.contract.release import (
 )
 from scale_alibi.curate.build.output import BUILD_DIR, Metatile, ReleaseOutput
 from scale_alibi.curate.build.staging import (
-    _check_out,
-    _clean_tmp,
-    _confined,
-    _dirs_up_to,
-    _Lock,
-    _mt_name,
+    ReleaseLock,
+    check_out_writable,
+    clean_tmp,
     commit_staging,
+    confined,
+    dirs_up_to,
 )
+from scale_alibi.curate.build.tiling import metatile_name
 
 
 class LocalOutput(ReleaseOutput):
@@ -49,7 +49,7 @@ class LocalOutput(ReleaseOutput):
         return str(self.path)
 
     def _file(self, rel: str) -> Path:
-        return _confined(self.path / rel, self.out)
+        return confined(self.path / rel, self.out)
 
     def read(self, rel: str) -> bytes | None:
         try:
@@ -76,32 +76,32 @@ class LocalOutput(ReleaseOutput):
         return sorted(p.name for p in d.iterdir() if p.is_file()) if d.is_dir() else []
 
     def check_writable(self) -> None:
-        _check_out(self.out)
+        check_out_writable(self.out)
         writable_release_dir(self.out, self.name)  # its own directory, not a link elsewhere
         self.path.mkdir(parents=True, exist_ok=True)
-        _confined(self.path / BUILD_DIR, self.out)
+        confined(self.path / BUILD_DIR, self.out)
 
     def lock(self) -> AbstractContextManager[Any]:
-        return _Lock(self.path / ".lock")
+        return ReleaseLock(self.path / ".lock")
 
     def write_manifest(self, batches: Iterable[pa.Table], schema: pa.Schema, metadata: dict[str, object]) -> int:
         with atomic_file(self._file(MANIFEST_NAME)) as f:
             return write_manifest_batches(f, batches, schema, metadata)
 
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
-        from scale_alibi.curate.damage import check_file
+        from scale_alibi.curate.build.repair import check_file
 
         return check_file(self.path / rel, digest, deep)
 
     def stage(self, mt: Metatile, files: dict[str, bytes]) -> None:
-        staging = self._file(f"{BUILD_DIR}/staging/{_mt_name(mt)}")
+        staging = self._file(f"{BUILD_DIR}/staging/{metatile_name(mt)}")
         staged = []
         for rel, data in files.items():
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)  # private until the done record commits it
             staged.append(target)
-        fsync_paths([*staged, *_dirs_up_to(staged, staging.parent)])  # durable before a record names them
+        fsync_paths([*staged, *dirs_up_to(staged, staging.parent)])  # durable before a record names them
 
     def publish(self, mt: Metatile, files: dict[str, bytes], record: dict) -> None:
         self.stage(mt, files)
@@ -112,4 +112,4 @@ class LocalOutput(ReleaseOutput):
         commit_staging(self.path, mt, record)
 
     def clean(self, recorded: set[str]) -> None:
-        _clean_tmp(self.path, recorded)
+        clean_tmp(self.path, recorded)

@@ -15,9 +15,10 @@ from scale_alibi.contract.manifest import build_schema
 from scale_alibi.contract.names import LAYERS
 from scale_alibi.curate.build.output import Metatile, ReleaseOutput
 from scale_alibi.curate.build.params import BuildParams
+from scale_alibi.curate.build.tiling import metatile_name
 
 
-def _versions() -> dict[str, str]:
+def software_versions() -> dict[str, str]:
     import dask
     import imagecodecs
     import pystac_client
@@ -35,7 +36,7 @@ def manifest_columns() -> pa.Schema:
     return build_schema()
 
 
-def _manifest_table(rows: list[dict]) -> pa.Table:
+def manifest_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=manifest_columns())
 
 
@@ -61,21 +62,21 @@ def manifest_batches(output: ReleaseOutput, done: Iterable[Metatile]) -> Iterato
     metatiles (same x range), sorted by (x, y): batches in manifest order, memory one column."""
     columns: dict[int, list[Metatile]] = {}
     for mt in done:
-        columns.setdefault(mt[1], []).append(mt)
+        columns.setdefault(mt.x, []).append(mt)
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for x in sorted(columns):
             rows = []
             for mt, record in zip(columns[x], pool.map(output.read_record, columns[x])):
                 if record is None:  # removed since its task reported: a lost worker's late retry, or a person
-                    raise UserError(f"the done record of metatile {'-'.join(map(str, mt))} vanished from "
+                    raise UserError(f"the done record of metatile {metatile_name(mt)} vanished from "
                                     f"{output.location} before the manifest was written; rerun the same command "
                                     "(it cuts that metatile again)")
                 rows.extend(record["rows"])
             rows.sort(key=lambda r: (r["z"], r["x"], r["y"]))
-            yield _manifest_table(rows)
+            yield manifest_table(rows)
 
 
-def _params_meta(params: BuildParams) -> dict:
+def params_metadata(params: BuildParams) -> dict:
     d = asdict(params)
     d["naip_years"] = list(params.naip_years) if params.naip_years else None
     return d

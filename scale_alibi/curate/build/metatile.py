@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,28 +10,10 @@ import mercantile
 from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.contract.layout import tile_name  # the one writer of tiles (pyproject: the layout contract)
 from scale_alibi.contract.release import HIRES_CHILDREN, content_hash
-from scale_alibi.curate.build.choose import _choose, _describe
+from scale_alibi.curate.build.choose import choose_layer, describe_choice
 from scale_alibi.curate.build.output import ReleaseOutput
+from scale_alibi.curate.build.tiling import Metatile, lonlat_bounds, metatile_name
 from scale_alibi.curate.search import TIMEOUT_S
-
-
-def metatile_key(z: int, x: int, y: int, levels: int) -> tuple[int, int, int]:
-    k = max(0, z - levels)
-    return k, x >> (z - k), y >> (z - k)
-
-
-def group_metatiles(tiles: dict[tuple[int, int], str], z: int, levels: int) -> dict[tuple[int, int, int], list]:
-    """Tiles grouped by their metatile (ancestor `levels` up), each list sorted, metatiles in (x, y) order."""
-    out: dict[tuple[int, int, int], list] = {}
-    for (x, y), split in sorted(tiles.items()):
-        out.setdefault(metatile_key(z, x, y, levels), []).append((x, y, split))
-    return dict(sorted(out.items(), key=lambda kv: (kv[0][2], kv[0][1])))
-
-
-def lonlat_bounds(z: int, tiles: Iterable[tuple]) -> tuple[float, float, float, float]:
-    """Lon/lat bounds of a set of tiles at zoom z."""
-    bs = [mercantile.bounds(t[0], t[1], z) for t in tiles]
-    return min(b.west for b in bs), min(b.south for b in bs), max(b.east for b in bs), max(b.north for b in bs)
 
 
 class ReleaseSealed(ScaleAlibiError):
@@ -44,9 +25,8 @@ class MetatileJob:
     """One task's input: a metatile's tiles and where its output goes (plain data: picklable)."""
 
     output: ReleaseOutput
-    z: int
-    metatile: tuple[int, int, int]
-    tiles: list[tuple[int, int, str]]
+    metatile: Metatile
+    tiles: list[tuple[mercantile.Tile, str]]  # (tile, split), all at one zoom
     min_valid: float
     max_gap_days: float
     signer: Any = None
@@ -54,6 +34,25 @@ class MetatileJob:
     timeout_s: float = TIMEOUT_S  # per network wait
     extra: dict = field(default_factory=dict)
     commit: bool = True  # False: stage only (a repair checks the staged bytes before using them)
+
+    @property
+    def z(self) -> int:
+        """The zoom of the job's tiles."""
+        return self.tiles[0][0].z
+
+    # On the wire (to a Dask worker) the tiles travel as plain ints, one zoom per job: a Tile object
+    # per tile would make a CONUS graph's pickled task inputs about half as large again.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["tiles"] = (self.z, [(t.x, t.y, split) for t, split in self.tiles])
+        state["metatile"] = tuple(self.metatile)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        z, tiles = state["tiles"]
+        state["tiles"] = [(mercantile.Tile._make((x, y, z)), split) for x, y, split in tiles]
+        state["metatile"] = mercantile.Tile._make(state["metatile"])
+        self.__dict__.update(state)
 
 
 def _tile_lonlat(z: int, x: int, y: int):
@@ -80,9 +79,9 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
         return read_window(href, signer, bounds, res, timeout_s=job.timeout_s, **options)
 
     z = job.z
-    tiles = [(x, y) for x, y, _ in job.tiles]
-    split = {(x, y): s for x, y, s in job.tiles}
-    bounds = lonlat_bounds(z, tiles)
+    tiles = [(t.x, t.y) for t, _ in job.tiles]  # the cut works on one zoom's grid: (x, y) within it
+    split = {(t.x, t.y): s for t, s in job.tiles}
+    bounds = lonlat_bounds(t for t, _ in job.tiles)
     footprints = {t: _tile_lonlat(z, *t) for t in tiles}
 
     def ranked_for(groups, rank):
@@ -96,7 +95,7 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
 
     with gdal_env(job.timeout_s):
         naip_groups = groups_touching(make_groups(naip_items), bounds)
-        naip = _choose("naip", tiles, ranked_for(naip_groups, lambda gs, t: rank_naip(gs)),
+        naip = choose_layer("naip", tiles, ranked_for(naip_groups, lambda gs, t: rank_naip(gs)),
                        lambda ts: block_grid(z + 1, [(2 * x + dx, 2 * y + dy) for x, y in ts for dx in (0, 1) for dy in (0, 1)]),
                        read, job.min_valid)
         have = [t for t in tiles if t in naip]
@@ -107,14 +106,14 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             for t in have:
                 here = [g for g in groups if any(_fp(it).intersects(footprints[t]) for it in g.items)]
                 ranked[t] = rank_by_gap(here, naip[t][0].datetime, job.max_gap_days)
-            chosen[layer] = _choose(layer, have, ranked, lambda ts: block_grid(z, ts), read, job.min_valid)
+            chosen[layer] = choose_layer(layer, have, ranked, lambda ts: block_grid(z, ts), read, job.min_valid)
             have = [t for t in have if t in chosen[layer]]
 
     output = job.output
     if job.commit and output.is_finished():
         # A late duplicate of this task (its worker was presumed lost, or the driver moved on): the
         # release is sealed, and nothing may be written into it any more.
-        raise ReleaseSealed(f"release {output.name} is finished; metatile {job.metatile} not written again")
+        raise ReleaseSealed(f"release {output.name} is finished; metatile {metatile_name(job.metatile)} not written again")
     output.begin(job.metatile)
     rows, files = [], {}
     for t in have:
@@ -125,7 +124,7 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             png = encode_hwc(layer, data)
             files[tile_name(layer, z, x, y)] = png
             row[f"hash_{layer}"] = content_hash(png)
-            _describe(row, layer, g, frac, footprints[t])
+            describe_choice(row, layer, g, frac, footprints[t])
         g, hires, frac = naip[t]
         png = encode_hwc("naip", box_down2(hires))
         files[tile_name("naip", z, x, y)] = png
@@ -137,9 +136,9 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
             files[tile_name("naip", z + 1, 2 * x + dx, 2 * y + dy)] = png
             hashes.append(content_hash(png))
         row["hash_naip_hires"] = hashes
-        _describe(row, "naip", g, frac, footprints[t])
+        describe_choice(row, "naip", g, frac, footprints[t])
         rows.append(row)
-    record = {"metatile": list(job.metatile), "rows": rows, "files": list(files)}
+    record = {"metatile": [job.metatile.z, job.metatile.x, job.metatile.y], "rows": rows, "files": list(files)}
     if job.commit:
         output.publish(job.metatile, files, record)
     else:

@@ -23,7 +23,7 @@ from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import MANIFEST_NAME, write_manifest_batches
 from scale_alibi.contract.storage import STORE_TIMEOUTS, StoreTimeouts, join, remote_filesystem, store_failure
 from scale_alibi.curate.build.lease import LeaseFence, hold_lease, lease_object
-from scale_alibi.curate.build.output import BUILD_DIR, Metatile, ReleaseOutput, _staged_name
+from scale_alibi.curate.build.output import BUILD_DIR, Metatile, ReleaseOutput, staged_name
 
 T = TypeVar("T")
 
@@ -158,7 +158,7 @@ class ObjectOutput(ReleaseOutput):
         return rows
 
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
-        from scale_alibi.curate.damage import PNG_END
+        from scale_alibi.curate.build.repair import PNG_END
 
         key = self._key(rel)
         try:
@@ -175,7 +175,7 @@ class ObjectOutput(ReleaseOutput):
         return None if tail == PNG_END else f"truncated (no PNG end chunk: {len(tail)}-byte tail differs)"
 
     def stage(self, mt: Metatile, files: dict[str, bytes]) -> None:
-        self._write_many({_staged_name(mt, rel): data for rel, data in files.items()})
+        self._write_many({staged_name(mt, rel): data for rel, data in files.items()})
 
     def publish(self, mt: Metatile, files: dict[str, bytes], record: dict) -> None:
         self._write_many(files)  # final keys: a PUT is atomic, and no manifest names them yet

@@ -29,27 +29,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scale_alibi.contract.release import MANIFEST_NAME
-from scale_alibi.curate.build.staging import _mt_name
+from scale_alibi.curate.build.tiling import Metatile, metatile_name, parse_metatile_name
 
-Metatile = tuple[int, int, int]
 BUILD_DIR = ".build"  # the build's working state inside the release; removed once the manifest exists
 
 
-def _metatile_of(name: str) -> Metatile | None:
-    """The metatile a done record's file name stands for (None: not a record's name)."""
-    try:
-        k, x, y = (int(v) for v in name.removesuffix(".json").split("-"))
-    except ValueError:
-        return None
-    return k, x, y
-
-
 def _record_name(mt: Metatile) -> str:
-    return f"{BUILD_DIR}/done/{_mt_name(mt)}.json"
+    return f"{BUILD_DIR}/done/{metatile_name(mt)}.json"
 
 
-def _staged_name(mt: Metatile, rel: str) -> str:
-    return f"{BUILD_DIR}/staging/{_mt_name(mt)}/{rel}"
+def staged_name(mt: Metatile, rel: str) -> str:
+    return f"{BUILD_DIR}/staging/{metatile_name(mt)}/{rel}"
 
 
 class ReleaseOutput(ABC):
@@ -93,7 +83,7 @@ class ReleaseOutput(ABC):
 
     @abstractmethod
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
-        """What is wrong with file `rel` (None: nothing); see scale_alibi.curate.damage.check_file."""
+        """What is wrong with file `rel` (None: nothing); see scale_alibi.curate.build.repair.check_file."""
 
     @abstractmethod
     def publish(self, mt: Metatile, files: dict[str, bytes], record: dict) -> None:
@@ -109,7 +99,7 @@ class ReleaseOutput(ABC):
 
     @abstractmethod
     def clean(self, recorded: set[str]) -> None:
-        """Remove what an interrupted build left for metatiles without a done record (names: `_mt_name`)."""
+        """Remove what an interrupted build left for metatiles without a done record (names: `metatile_name`)."""
 
     # How a resume checks done metatiles' files: a full re-hash on a local disk (cheap, and finds
     # damage done between runs); presence and the PNG end on a store (a PUT is whole; re-hashing would
@@ -133,7 +123,7 @@ class ReleaseOutput(ABC):
 
     def done_metatiles(self) -> list[Metatile]:
         """Metatiles that have a done record."""
-        found = (_metatile_of(name) for name in self.names(f"{BUILD_DIR}/done") if name.endswith(".json"))
+        found = (parse_metatile_name(name) for name in self.names(f"{BUILD_DIR}/done") if name.endswith(".json"))
         return [mt for mt in found if mt is not None]
 
     def read_record(self, mt: Metatile) -> dict | None:
@@ -152,10 +142,10 @@ class ReleaseOutput(ABC):
         """A new attempt at `mt` (Dask reruns a lost worker's task): drop an earlier attempt's record
         first, or a rerun would trust it over files this attempt replaces."""
         self.forget(mt)
-        self.delete(f"{BUILD_DIR}/staging/{_mt_name(mt)}")
+        self.delete(f"{BUILD_DIR}/staging/{metatile_name(mt)}")
 
     def staged(self, mt: Metatile, rel: str) -> bytes | None:
-        return self.read(_staged_name(mt, rel))
+        return self.read(staged_name(mt, rel))
 
     def finish(self) -> None:
         """Remove the build's working state (after the manifest is written, or before a repair)."""

@@ -15,20 +15,17 @@ from pathlib import Path
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import confine, fsync_paths
 from scale_alibi.curate.build.lease import LeaseHolder
+from scale_alibi.curate.build.tiling import Metatile, metatile_name
 
 
-def _mt_name(mt: tuple[int, int, int]) -> str:
-    return f"{mt[0]}-{mt[1]}-{mt[2]}"
-
-
-def _confined(path: Path, root: Path) -> Path:
+def confined(path: Path, root: Path) -> Path:
     """`path`, once proven to resolve (symlinks followed) strictly inside `root` (the output directory):
     the build writes or deletes nothing that is not, so a crafted name or a planted symlink cannot
     reach other files (links into another release: contract.release.writable_release_dir)."""
     return confine(path, root)
 
 
-def _dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
+def dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
     """Every directory from each file's parent up to `top`: new directories are entries to sync too."""
     dirs: set[Path] = set()
     for f in files:
@@ -41,37 +38,37 @@ def _dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
     return sorted(dirs)
 
 
-def commit_staging(release_dir: Path, metatile, record: dict) -> None:
+def commit_staging(release_dir: Path, metatile: Metatile, record: dict) -> None:
     """Move a recorded metatile's staged files into the public tree (idempotent; renames only)."""
-    staging = _confined(release_dir / ".build" / "staging" / _mt_name(metatile), release_dir.parent)
+    staging = confined(release_dir / ".build" / "staging" / metatile_name(metatile), release_dir.parent)
     if not staging.exists():
         return
     moved = []
     for rel in record["files"]:
         src = staging / rel
         if src.exists():
-            dst = _confined(release_dir / rel, release_dir.parent)
+            dst = confined(release_dir / rel, release_dir.parent)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
             moved.append(dst)
-    fsync_paths(_dirs_up_to(moved, release_dir))  # the renames are durable before a manifest names the files
+    fsync_paths(dirs_up_to(moved, release_dir))  # the renames are durable before a manifest names the files
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _clean_tmp(release_dir: Path, recorded: set[str]) -> None:
+def clean_tmp(release_dir: Path, recorded: set[str]) -> None:
     """Remove what an interrupted build left: staging of unrecorded metatiles and temp files."""
-    staging = _confined(release_dir / ".build" / "staging", release_dir.parent)
+    staging = confined(release_dir / ".build" / "staging", release_dir.parent)
     if staging.exists():
         for d in staging.iterdir():
             if d.name not in recorded:
                 shutil.rmtree(d, ignore_errors=True)
-    for d in (release_dir, _confined(release_dir / ".build" / "done", release_dir.parent)):
+    for d in (release_dir, confined(release_dir / ".build" / "done", release_dir.parent)):
         if d.exists():
             for p in d.glob(".*.tmp"):
                 p.unlink(missing_ok=True)  # unlinks a planted symlink itself, never its target
 
 
-def _check_out(out: Path) -> None:
+def check_out_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-probe-{os.getpid()}"
@@ -81,7 +78,7 @@ def _check_out(out: Path) -> None:
         raise UserError(f"output directory {out} is not writable ({e.strerror or e}); pass a writable --out") from None
 
 
-class _Lock:
+class ReleaseLock:
     """An exclusive flock on OUT/<release>/.lock (released by the kernel if the build is killed).
 
     The file names its holder (host, pid, a token): bytes that are not a holder are treated as held
