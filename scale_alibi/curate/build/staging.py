@@ -3,7 +3,9 @@ and the confinement of every path the build writes or deletes to the output dire
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -16,6 +18,8 @@ from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import confine, fsync_paths
 from scale_alibi.curate.build.lease import LeaseHolder
 from scale_alibi.curate.build.tiling import Metatile, metatile_name
+
+log = logging.getLogger(__name__)
 
 
 def confined(path: Path, root: Path) -> Path:
@@ -114,7 +118,13 @@ class ReleaseLock:
             # A readable holder without the flock is a killed build's: taken over.
             mine = LeaseHolder(socket.gethostname(), os.getpid(), time.time(), uuid.uuid4().hex).encode()
             os.ftruncate(fd, 0)
-            os.pwrite(fd, mine, 0)
+            try:
+                os.pwrite(fd, mine, 0)
+            except OSError as e:  # a full disk: the flock alone excludes other builds (an empty lock is no one's)
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                log.warning("cannot record this build in %s (%s); the lock is held all the same", self.path,
+                            e.strerror)
         except BaseException:
             os.close(fd)
             raise
