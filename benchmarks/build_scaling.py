@@ -92,7 +92,7 @@ class TreeCpu:
 
 def build(world_stac: str, out: Path, zoom: int, region, scheduler: str, workers: int | None, cpu: TreeCpu) -> dict:
     """One build; tiles (PNG files), wall seconds, CPU-seconds over all its processes."""
-    from scale_alibi.curate.build import build_release
+    from scale_alibi.curate.pipeline import build_release
 
     shutil.rmtree(out, ignore_errors=True)
     cpu.start()

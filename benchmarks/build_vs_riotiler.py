@@ -38,7 +38,7 @@ def _pin(cores: set[int]) -> None:
 
 def project(world, out: Path, zoom: int, region, scheduler: str, workers: int | None = None) -> dict:
     """One build; returns tiles (PNG files), seconds, requests, bytes."""
-    from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
     shutil.rmtree(out, ignore_errors=True)
     world.files.reset_stats()

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from dask.utils import parse_bytes  # noqa: E402
 from shapely.geometry import box  # noqa: E402
 
-from scale_alibi.curate.build import RunOptions, build_release, resolve_request  # noqa: E402
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request  # noqa: E402
 from scale_alibi.curate.reader import GDAL_ENV  # noqa: E402
 from scale_alibi.devworld import DEFAULT_WORLD, build_world, default_world_dir, start_world  # noqa: E402
 from tests.dask_cluster import dask_cluster, process_tree  # noqa: E402

@@ -4,7 +4,7 @@ before, and the obvious way), measured in the same run with tracemalloc at two r
 
     python benchmarks/manifest_bench.py [--rows 16000 64000] [--column 1024]
 
-Done records are written by scale_alibi.curate.build.local_output.LocalOutput into a temporary release, 64
+Done records are written by scale_alibi.curate.pipeline.local_output.LocalOutput into a temporary release, 64
 rows per metatile (8x8 tiles) and `--column` rows per column of metatiles, rows shaped as a build's
 (benchmarks/scale_bench.py `manifest_row`). Streaming should stay flat as the release grows; holding
 grows with it (scale_bench.py projects the held bytes to CONUS z15).
@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_bench import hex_strings, manifest_row  # noqa: E402
 
 from scale_alibi.contract.release import manifest_bytes, write_manifest_batches  # noqa: E402
-from scale_alibi.curate.build.local_output import LocalOutput  # noqa: E402
-from scale_alibi.curate.build.manifest import (  # noqa: E402
+from scale_alibi.curate.pipeline.local_output import LocalOutput  # noqa: E402
+from scale_alibi.curate.pipeline.manifest import (  # noqa: E402
     manifest_batches,
     manifest_columns,
     manifest_table,
     summarize,
 )
-from scale_alibi.curate.build.tiling import metatile_of  # noqa: E402
+from scale_alibi.curate.pipeline.tiling import metatile_of  # noqa: E402
 
 PER_METATILE = 64
 SCENE_TILES = {"naip": 32, "s2": 4096, "s1": 16384}

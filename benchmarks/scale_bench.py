@@ -268,8 +268,8 @@ def measure(sizes: list[int], args, work: Path) -> list[dict]:
 def conus_graph(region: str, zoom: int) -> dict:
     """Plan `curate build --region R --zoom Z` into the tasks it submits, fetching nothing."""
     from scale_alibi.contract.release import LAYERS
-    from scale_alibi.curate.build import MetatileJob, group_metatiles, resolve_request, search_blocks
-    from scale_alibi.curate.build.local_output import LocalOutput
+    from scale_alibi.curate.pipeline import MetatileJob, group_metatiles, resolve_request, search_blocks
+    from scale_alibi.curate.pipeline.local_output import LocalOutput
 
     t = time.perf_counter()
     base = peak_rss()
@@ -290,7 +290,7 @@ def conus_graph(region: str, zoom: int) -> dict:
 
 
 def manifest_row(i: int, hexes: list[str]) -> dict:
-    """Manifest row `i` shaped as cut_metatile returns it (scale_alibi/curate/build/choose.py `describe_choice`),
+    """Manifest row `i` shaped as cut_metatile returns it (scale_alibi/curate/pipeline/choose.py `describe_choice`),
     its seven hashes from `hexes[7 i: 7 i + 7]`; row i lies in column 6000 + i // 8 of a z15 block."""
     h = hexes[7 * i: 7 * i + 7]
     return {"z": 15, "x": 6000 + i // 8, "y": 12000 + i % 8, "split": "train", "hash_s1": h[0], "hash_s2": h[1],

@@ -34,7 +34,7 @@ def _pages(items: float, page: int) -> int:
 
 
 def main() -> None:
-    from scale_alibi.curate.build import BuildParams, group_metatiles, resolve_request, search_blocks
+    from scale_alibi.curate.pipeline import BuildParams, group_metatiles, resolve_request, search_blocks
     from scale_alibi.curate.search import PAGE_LIMIT, SearchOptions, search_window
     from scale_alibi.regions import load_release
 

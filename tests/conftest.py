@@ -39,14 +39,14 @@ def _world_faults_cleared(request):
         clear_http_cache()  # GDAL remembers a 403 per URL in-process: don't let it outlive the test
 
 
-# -- curate build (scale_alibi/curate/build/) -----------------------------------------------------------
+# -- curate build (scale_alibi/curate/pipeline/) -----------------------------------------------------------
 @pytest.fixture(scope="session")
 def built_release_info(world, tmp_path_factory):
     """A z17 build of the whole default world (local Dask cluster, 2 workers), with the bytes and
     requests it fetched: {"root", "name", "result", "requests", "bytes"}."""
     from shapely.geometry import box
 
-    from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
     root = tmp_path_factory.mktemp("built-release")
     world.files.reset_stats()
@@ -64,7 +64,7 @@ def z16(world, tmp_path_factory):
     from shapely.geometry import box
 
     from scale_alibi.contract.release import Release
-    from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
     root = tmp_path_factory.mktemp("z16")
     world.files.reset_stats()

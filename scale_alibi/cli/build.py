@@ -1,4 +1,4 @@
-"""`curate build`: the command line of scale_alibi.curate.build.build_release."""
+"""`curate build`: the command line of scale_alibi.curate.pipeline.build_release."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import click
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.curate.build.params import BuildParams
-from scale_alibi.curate.build.request import RunOptions
+from scale_alibi.curate.pipeline.params import BuildParams
+from scale_alibi.curate.pipeline.request import RunOptions
 from scale_alibi.curate.plan import MAX_TILES
 
 
@@ -84,7 +84,7 @@ def build(region, bbox, zoom, release, out, catalog, datetime_, max_cloud, naip_
 
     Writes OUT/RELEASE/<layer>/<z>/<x>/<y>.png and OUT/RELEASE/manifest.parquet (last). Rerunning
     resumes where an interrupted build stopped."""
-    from scale_alibi.curate.build import build_release, resolve_request
+    from scale_alibi.curate.pipeline import build_release, resolve_request
 
     if region and bbox:
         raise UserError("give either --region or --bbox, not both")

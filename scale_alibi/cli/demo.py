@@ -29,7 +29,7 @@ def demo(out: Path, zoom: int, train_steps: int, keep_serving: bool) -> None:
     """Make and serve the synthetic world, build a release from it, serve it, train on it."""
     from shapely.geometry import box
 
-    from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
     from scale_alibi.devworld import DEFAULT_WORLD, build_world, serve_world
     from scale_alibi.serve.process import ServerProcess
 

@@ -3,7 +3,7 @@ manifest, and repair them.
 
 Every file a manifest row names is re-hashed (sha256) against the row; damage is a file that is
 missing, unreadable, truncated or whose hash differs. `--repair` re-cuts only the metatiles that hold
-damaged files. Both: scale_alibi.curate.build.repair, which a rerun of `curate build` uses too.
+damaged files. Both: scale_alibi.curate.pipeline.repair, which a rerun of `curate build` uses too.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import click
 
 from scale_alibi.contract.reader import StoredRelease
 from scale_alibi.contract.release import TRIPLET_MEMBERS
-from scale_alibi.curate.build.open_output import open_output
-from scale_alibi.curate.build.repair import find_damage, repair
-from scale_alibi.curate.build.request import RunOptions
 from scale_alibi.curate.content import MAX_CONSTANT, constant_tiles
+from scale_alibi.curate.pipeline.open_output import open_output
+from scale_alibi.curate.pipeline.repair import find_damage, repair
+from scale_alibi.curate.pipeline.request import RunOptions
 
 
 @click.command("verify")

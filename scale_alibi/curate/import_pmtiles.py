@@ -9,7 +9,7 @@ present in all three whose four NAIP Y+1 children are present too; tiles of no t
 out. Every tile is read once: checked to be a PNG, hashed (sha256, the manifest's hash) and
 written to ``OUT/R/<layer>.pmtiles`` (the layout of `curate pack`, served as is by `curate
 serve`) or, with ``--unpack``, to the XYZ tree ``OUT/R/<layer>/<z>/<x>/<y>.png``. The manifest
-comes last. Splits are `scale_alibi.curate.build.split_of`, computed as for a region build.
+comes last. Splits are `scale_alibi.curate.pipeline.split_of`, computed as for a region build.
 
 Manifest: the required columns only (`scale_alibi.contract.release.REQUIRED_COLUMNS`). The columns `curate
 build` adds (scene ids, groups, acquisition dates, valid fractions, cloud cover, orbit, NAIP
@@ -41,8 +41,8 @@ from scale_alibi.contract.release import (
     writable_release_dir,
     write_manifest,
 )
-from scale_alibi.curate.build import split_of
 from scale_alibi.curate.pack import layer_tiles, tile_id_order, write_layer
+from scale_alibi.curate.pipeline import split_of
 
 _TILE_COMPRESSION_OK = (Compression.NONE, Compression.UNKNOWN)  # PNG bytes stored as they are
 

@@ -13,8 +13,8 @@ import pytest
 from shapely.geometry import box
 
 from scale_alibi.contract.release import HIRES_CHILDREN, Release
-from scale_alibi.curate.build import RunOptions, build_release, resolve_request
 from scale_alibi.curate.encode import decode_png, encode_tile, to_rgb8
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 from tests.alignment import measure, measure_gradient
 from tests.world_rows import across_edge, expected_rows, zone_edge
 

@@ -20,7 +20,7 @@ from shapely.geometry import box
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import MANIFEST_NAME, Release, manifest_metadata
-from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
 QUIET = {"scheduler": "synchronous", "progress": False, "echo": lambda m: None}
 
@@ -217,7 +217,7 @@ def test_a_permanent_403_fails_fast_with_advice_about_the_key(world, tiny, tmp_p
 
 
 def test_a_bug_in_a_metatile_is_raised_as_it_is_not_retried_as_a_network_fault(world, tiny, tmp_path, monkeypatch):
-    import scale_alibi.curate.build.metatile as metatile  # where cut_metatile looks up describe_choice
+    import scale_alibi.curate.pipeline.metatile as metatile  # where cut_metatile looks up describe_choice
 
     region, _ = tiny
 

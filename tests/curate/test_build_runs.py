@@ -13,7 +13,7 @@ import pytest
 from shapely.geometry import box
 
 from scale_alibi.contract.release import Release
-from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 from tests.release_factory import file_tree
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}
@@ -139,7 +139,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(world, tmp_path):
 
 def test_a_second_build_of_one_release_is_refused(world, tmp_path):
     from scale_alibi.contract.errors import UserError
-    from scale_alibi.curate.build import ReleaseLock
+    from scale_alibi.curate.pipeline import ReleaseLock
 
     (tmp_path / "r").mkdir()
     with ReleaseLock(tmp_path / "r" / ".lock"):

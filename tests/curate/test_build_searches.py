@@ -9,7 +9,7 @@ from shapely.geometry import box
 
 from scale_alibi.contract.release import Release
 from scale_alibi.curate import search
-from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 from scale_alibi.devworld.stac_proxy import CatalogProxy
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}

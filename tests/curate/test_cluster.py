@@ -16,7 +16,7 @@ from shapely.geometry import box
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import Release
-from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 from tests.dask_cluster import dask_cluster, process_tree
 from tests.release_factory import file_tree
 
@@ -105,9 +105,9 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
                                                                            monkeypatch):
     """Attempt 1 of a metatile writes its done record and dies half-way through its renames; Dask's
     retry (attempt 2) dies too, before staging anything; the rerun must still give every file."""
-    import scale_alibi.curate.build as build
-    import scale_alibi.curate.build.local_output as output  # where a local output looks up commit_staging
     import scale_alibi.curate.encode as encode
+    import scale_alibi.curate.pipeline as build
+    import scale_alibi.curate.pipeline.local_output as output  # where a local output looks up commit_staging
     from scale_alibi.curate.search import SearchOptions, search_items
 
     region, local = region_and_local
@@ -150,9 +150,9 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
 def test_a_late_duplicate_of_a_metatile_task_writes_nothing_into_a_sealed_release(world, region_and_local):
     """A task Dask runs again after the driver moved on (a recomputed result, a worker presumed lost)
     finds the manifest and leaves the finished release untouched: no done record, no staging."""
-    import scale_alibi.curate.build as build
-    from scale_alibi.curate.build.local_output import LocalOutput
-    from scale_alibi.curate.build.metatile import ReleaseSealed
+    import scale_alibi.curate.pipeline as build
+    from scale_alibi.curate.pipeline.local_output import LocalOutput
+    from scale_alibi.curate.pipeline.metatile import ReleaseSealed
     from scale_alibi.curate.search import SearchOptions, search_items
 
     _, local = region_and_local

@@ -11,7 +11,7 @@ import pytest
 from shapely.geometry import box
 
 from scale_alibi.contract.release import Release
-from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
 
 def _spy(monkeypatch) -> list[tuple[str, str, str]]:

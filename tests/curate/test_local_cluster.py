@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from scale_alibi.curate.build.executor import LOCAL_CLUSTER_CONFIG
+from scale_alibi.curate.pipeline.executor import LOCAL_CLUSTER_CONFIG
 
 IDLE_S = 8.0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.curate.build.local_output import LocalOutput
+from scale_alibi.curate.pipeline.local_output import LocalOutput
 
 
 def _build(out: Path) -> subprocess.CompletedProcess:

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scale_alibi.contract.release import REQUIRED_COLUMNS, manifest_bytes, manifest_metadata, write_manifest_batches
-from scale_alibi.curate.build.local_output import LocalOutput
-from scale_alibi.curate.build.manifest import manifest_batches, manifest_columns, manifest_table
+from scale_alibi.curate.pipeline.local_output import LocalOutput
+from scale_alibi.curate.pipeline.manifest import manifest_batches, manifest_columns, manifest_table
 
 Z = 15
 LEVELS = 2  # 4x4-tile metatiles

@@ -18,8 +18,8 @@ from shapely.geometry import box
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import Release
 from scale_alibi.contract.storage import remote_filesystem
-from scale_alibi.curate.build import RunOptions, build_release, resolve_request
-from scale_alibi.curate.build.object_output import ObjectOutput
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
+from scale_alibi.curate.pipeline.object_output import ObjectOutput
 from tests.release_factory import file_tree
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}

@@ -14,8 +14,8 @@ import pytest
 from shapely.geometry import Polygon, box
 
 from scale_alibi.contract.release import HIRES_CHILDREN, Release
-from scale_alibi.curate.build import build_release
 from scale_alibi.curate.encode import decode_png
+from scale_alibi.curate.pipeline import build_release
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None, "scheduler": "synchronous"}
 MIN_VALID = 0.99  # the build's default

@@ -13,7 +13,7 @@ from shapely.geometry import box
 
 from scale_alibi.cli.main import main
 from scale_alibi.contract.release import Release, triplet_files
-from scale_alibi.curate.build import RunOptions, build_release, resolve_request
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 from tests.release_factory import file_tree
 
 

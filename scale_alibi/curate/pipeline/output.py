@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scale_alibi.contract.release import MANIFEST_NAME
-from scale_alibi.curate.build.tiling import Metatile, metatile_name, parse_metatile_name
+from scale_alibi.curate.pipeline.tiling import Metatile, metatile_name, parse_metatile_name
 
 BUILD_DIR = ".build"  # the build's working state inside the release; removed once the manifest exists
 
@@ -83,7 +83,7 @@ class ReleaseOutput(ABC):
 
     @abstractmethod
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
-        """What is wrong with file `rel` (None: nothing); see scale_alibi.curate.build.repair.check_file."""
+        """What is wrong with file `rel` (None: nothing); see scale_alibi.curate.pipeline.repair.check_file."""
 
     @abstractmethod
     def publish(self, mt: Metatile, files: dict[str, bytes], record: dict) -> None:

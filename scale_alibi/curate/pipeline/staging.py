@@ -16,8 +16,8 @@ from pathlib import Path
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import confine, fsync_paths
-from scale_alibi.curate.build.lease import LeaseHolder
-from scale_alibi.curate.build.tiling import Metatile, metatile_name
+from scale_alibi.curate.pipeline.lease import LeaseHolder
+from scale_alibi.curate.pipeline.tiling import Metatile, metatile_name
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 import mercantile
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.curate.build.manifest import MetatileSummary, summarize
-from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile
-from scale_alibi.curate.build.output import ReleaseOutput
-from scale_alibi.curate.build.request import BuildRequest, RunOptions
-from scale_alibi.curate.build.tiling import Metatile, lonlat_bounds, metatile_name
+from scale_alibi.curate.pipeline.manifest import MetatileSummary, summarize
+from scale_alibi.curate.pipeline.metatile import MetatileJob, cut_metatile
+from scale_alibi.curate.pipeline.output import ReleaseOutput
+from scale_alibi.curate.pipeline.request import BuildRequest, RunOptions
+from scale_alibi.curate.pipeline.tiling import Metatile, lonlat_bounds, metatile_name
 from scale_alibi.curate.scene import Scene, format_time
 
 SEARCH_ZOOM = 9  # one STAC search per layer per z9 block (~78 km): bounded result pages anywhere

@@ -13,9 +13,9 @@ import pyarrow as pa
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.manifest import build_schema
 from scale_alibi.contract.names import LAYERS
-from scale_alibi.curate.build.output import Metatile, ReleaseOutput
-from scale_alibi.curate.build.params import BuildParams
-from scale_alibi.curate.build.tiling import metatile_name
+from scale_alibi.curate.pipeline.output import Metatile, ReleaseOutput
+from scale_alibi.curate.pipeline.params import BuildParams
+from scale_alibi.curate.pipeline.tiling import metatile_name
 
 
 def software_versions() -> dict[str, str]:

@@ -20,8 +20,8 @@ from scale_alibi.contract.release import (
     write_bytes_atomic,
     write_manifest_batches,
 )
-from scale_alibi.curate.build.output import BUILD_DIR, Metatile, ReleaseOutput
-from scale_alibi.curate.build.staging import (
+from scale_alibi.curate.pipeline.output import BUILD_DIR, Metatile, ReleaseOutput
+from scale_alibi.curate.pipeline.staging import (
     ReleaseLock,
     check_out_writable,
     clean_tmp,
@@ -29,7 +29,7 @@ from scale_alibi.curate.build.staging import (
     confined,
     dirs_up_to,
 )
-from scale_alibi.curate.build.tiling import metatile_name
+from scale_alibi.curate.pipeline.tiling import metatile_name
 
 
 class LocalOutput(ReleaseOutput):
@@ -89,7 +89,7 @@ class LocalOutput(ReleaseOutput):
             return write_manifest_batches(f, batches, schema, metadata)
 
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
-        from scale_alibi.curate.build.repair import check_file
+        from scale_alibi.curate.pipeline.repair import check_file
 
         return check_file(self.path / rel, digest, deep)
 

@@ -10,9 +10,9 @@ import mercantile
 from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.contract.layout import tile_name  # the one writer of tiles (pyproject: the layout contract)
 from scale_alibi.contract.release import HIRES_CHILDREN, content_hash
-from scale_alibi.curate.build.choose import choose_layer, describe_choice
-from scale_alibi.curate.build.output import ReleaseOutput
-from scale_alibi.curate.build.tiling import Metatile, lonlat_bounds, metatile_name
+from scale_alibi.curate.pipeline.choose import choose_layer, describe_choice
+from scale_alibi.curate.pipeline.output import ReleaseOutput
+from scale_alibi.curate.pipeline.tiling import Metatile, lonlat_bounds, metatile_name
 from scale_alibi.curate.search import TIMEOUT_S
 
 

@@ -13,14 +13,14 @@ import mercantile
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import LAYERS, MANIFEST_NAME, manifest_metadata
 from scale_alibi.contract.storage import StoreTimeouts
-from scale_alibi.curate.build.executor import run_graph, search_blocks
-from scale_alibi.curate.build.manifest import manifest_batches, manifest_columns, params_metadata, software_versions
-from scale_alibi.curate.build.open_output import open_output
-from scale_alibi.curate.build.output import ReleaseOutput
-from scale_alibi.curate.build.params import BuildParams
-from scale_alibi.curate.build.repair import repair_finished, resume_done
-from scale_alibi.curate.build.request import BuildRequest, RunOptions
-from scale_alibi.curate.build.tiling import group_metatiles, lonlat_bounds, metatile_name
+from scale_alibi.curate.pipeline.executor import run_graph, search_blocks
+from scale_alibi.curate.pipeline.manifest import manifest_batches, manifest_columns, params_metadata, software_versions
+from scale_alibi.curate.pipeline.open_output import open_output
+from scale_alibi.curate.pipeline.output import ReleaseOutput
+from scale_alibi.curate.pipeline.params import BuildParams
+from scale_alibi.curate.pipeline.repair import repair_finished, resume_done
+from scale_alibi.curate.pipeline.request import BuildRequest, RunOptions
+from scale_alibi.curate.pipeline.tiling import group_metatiles, lonlat_bounds, metatile_name
 
 
 @dataclass

@@ -21,14 +21,14 @@ without reading a COG byte), discards other staging, and a rerun of a finished r
 present, same parameters) reads nothing at all.
 """
 
-from scale_alibi.curate.build.driver import BuildResult, build_release
-from scale_alibi.curate.build.executor import search_blocks
-from scale_alibi.curate.build.metatile import MetatileJob, cut_metatile
-from scale_alibi.curate.build.params import BuildParams, split_of
-from scale_alibi.curate.build.repair import Damage, find_damage, recut_files, repair
-from scale_alibi.curate.build.request import BuildRequest, RunOptions, recorded_request, resolve_request
-from scale_alibi.curate.build.staging import ReleaseLock, commit_staging
-from scale_alibi.curate.build.tiling import Metatile, group_metatiles, lonlat_bounds, metatile_name, metatile_of
+from scale_alibi.curate.pipeline.driver import BuildResult, build_release
+from scale_alibi.curate.pipeline.executor import search_blocks
+from scale_alibi.curate.pipeline.metatile import MetatileJob, cut_metatile
+from scale_alibi.curate.pipeline.params import BuildParams, split_of
+from scale_alibi.curate.pipeline.repair import Damage, find_damage, recut_files, repair
+from scale_alibi.curate.pipeline.request import BuildRequest, RunOptions, recorded_request, resolve_request
+from scale_alibi.curate.pipeline.staging import ReleaseLock, commit_staging
+from scale_alibi.curate.pipeline.tiling import Metatile, group_metatiles, lonlat_bounds, metatile_name, metatile_of
 
 __all__ = [
     "BuildParams",

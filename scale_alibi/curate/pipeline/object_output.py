@@ -22,8 +22,8 @@ import pyarrow as pa
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import MANIFEST_NAME, write_manifest_batches
 from scale_alibi.contract.storage import STORE_TIMEOUTS, StoreTimeouts, join, remote_filesystem, store_failure
-from scale_alibi.curate.build.lease import LeaseFence, hold_lease, lease_object
-from scale_alibi.curate.build.output import BUILD_DIR, Metatile, ReleaseOutput, staged_name
+from scale_alibi.curate.pipeline.lease import LeaseFence, hold_lease, lease_object
+from scale_alibi.curate.pipeline.output import BUILD_DIR, Metatile, ReleaseOutput, staged_name
 
 T = TypeVar("T")
 
@@ -158,7 +158,7 @@ class ObjectOutput(ReleaseOutput):
         return rows
 
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None:
-        from scale_alibi.curate.build.repair import PNG_END
+        from scale_alibi.curate.pipeline.repair import PNG_END
 
         key = self._key(rel)
         try:

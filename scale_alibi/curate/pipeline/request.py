@@ -15,7 +15,7 @@ import mercantile
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import check_release_name
-from scale_alibi.curate.build.params import BuildParams, check_build_zoom, check_params, split_of
+from scale_alibi.curate.pipeline.params import BuildParams, check_build_zoom, check_params, split_of
 from scale_alibi.curate.plan import MAX_TILES, check_plan_size
 from scale_alibi.curate.search import PLANETARY_COMPUTER, TIMEOUT_S, SearchOptions
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 
 from scale_alibi.contract.storage import STORE_TIMEOUTS, StoreTimeouts, is_remote, local_path
-from scale_alibi.curate.build.local_output import LocalOutput
-from scale_alibi.curate.build.output import ReleaseOutput
+from scale_alibi.curate.pipeline.local_output import LocalOutput
+from scale_alibi.curate.pipeline.output import ReleaseOutput
 
 
 def open_output(out: str | os.PathLike[str], release: str, timeouts: StoreTimeouts = STORE_TIMEOUTS) -> ReleaseOutput:
     """The output for release `release` under `out`: a local directory or an fsspec URL (whose
     every request waits at most as `timeouts` say)."""
     if is_remote(out):
-        from scale_alibi.curate.build.object_output import ObjectOutput  # the store's library, only when used
+        from scale_alibi.curate.pipeline.object_output import ObjectOutput  # the store's library, only when used
 
         return ObjectOutput(os.fspath(out), release, timeouts)
     return LocalOutput(local_path(out), release)

@@ -25,11 +25,11 @@ import pyarrow as pa
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import HASH_COLUMNS, Release, content_hash, manifest_metadata, triplet_files
-from scale_alibi.curate.build.executor import run_graph, search_blocks
-from scale_alibi.curate.build.manifest import MetatileSummary, summarize
-from scale_alibi.curate.build.output import ReleaseOutput
-from scale_alibi.curate.build.request import BuildRequest, RunOptions, recorded_request
-from scale_alibi.curate.build.tiling import Metatile, group_metatiles, metatile_name, metatile_of
+from scale_alibi.curate.pipeline.executor import run_graph, search_blocks
+from scale_alibi.curate.pipeline.manifest import MetatileSummary, summarize
+from scale_alibi.curate.pipeline.output import ReleaseOutput
+from scale_alibi.curate.pipeline.request import BuildRequest, RunOptions, recorded_request
+from scale_alibi.curate.pipeline.tiling import Metatile, group_metatiles, metatile_name, metatile_of
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # every PNG ends with this empty IEND chunk
 _CHUNK = 1 << 20
@@ -38,7 +38,7 @@ _CHUNK = 1 << 20
 # ------------------------------------------------------------------ finding damage
 
 class ReleaseFiles(Protocol):
-    """A release's files wherever they are stored (scale_alibi.curate.build.output.ReleaseOutput)."""
+    """A release's files wherever they are stored (scale_alibi.curate.pipeline.output.ReleaseOutput)."""
 
     def check_file(self, rel: str, digest: str, deep: bool) -> str | None: ...
 
