@@ -15,9 +15,9 @@ from shapely.geometry import Polygon, box
 
 from scale_alibi.contract.release import HIRES_CHILDREN, Release
 from scale_alibi.curate.encode import decode_png
-from scale_alibi.curate.pipeline import build_release
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
-QUIET = {"signer": "none", "progress": False, "echo": lambda m: None, "scheduler": "synchronous"}
+QUIET = RunOptions(signer="none", progress=False, echo=lambda m: None, scheduler="synchronous")
 MIN_VALID = 0.99  # the build's default
 
 
@@ -62,8 +62,8 @@ def late_z15(world, tmp_path_factory):
     has an untagged black swath edge."""
     cfg = world.config
     root = tmp_path_factory.mktemp("late")
-    build_release(root, zoom=15, region=box(*world.bbox), release="late", catalog=world.stac_url,
-                  datetime=f"2023-06-08/{max(cfg.s2_dates)}", **QUIET)
+    build_release(root, resolve_request(zoom=15, region=box(*world.bbox), release="late", catalog=world.stac_url,
+                                        datetime=f"2023-06-08/{max(cfg.s2_dates)}"), QUIET)
     return Release(root, "late")
 
 
@@ -124,7 +124,7 @@ def test_the_30cm_naip_year_is_used_but_not_its_black_collar(world, tmp_path):
 
     (fine,) = [i for i in search(world, "naip") if i.properties["naip:year"] == world.config.naip_fine_year]
     area = box(*fine.bbox)
-    build_release(tmp_path, zoom=17, region=area, release="fine", catalog=world.stac_url, **QUIET)
+    build_release(tmp_path, resolve_request(zoom=17, region=area, release="fine", catalog=world.stac_url), QUIET)
     rel = Release(tmp_path, "fine")
     rows = rel.read_manifest().to_pylist()
     years = {r["naip_year"] for r in rows}
