@@ -4,6 +4,9 @@
 #                 runs a torch.compile'd FlexAttention, and Triton compiles at its first kernel
 # Both hold the package with its `s3` extra and the torch version the README pins (TORCH_VERSION);
 # the CPU image also holds bokeh, for the Dask dashboard the scheduler publishes.
+# Docker's classic builder (docker-compose 1.29, `docker build` without BuildKit) builds every stage
+# before the target, so `--target gpu` builds `cpu` too (cached when the stack was built first);
+# BuildKit builds only what the target needs.
 #
 # Build arguments:
 #   BASE_IMAGE       any Debian-like image with python3 (3.10+) and its venv module, e.g. where Docker
@@ -49,16 +52,16 @@ EXPOSE 8000 8786 8787
 
 FROM base AS gpu
 ARG TORCH_VERSION=2.13.0
-ARG WHEELS_URL=
-# PyPI's torch of that version is its CUDA build. python3-dev only where the base lacks Python.h
-# (Triton's launcher is compiled against it; the python images ship it).
+# PyPI's torch of that version is its CUDA build (no WHEELS_URL here: a local +cpu wheel would
+# outrank it). python3-dev only where the base lacks Python.h (Triton's launcher is compiled
+# against it; the python images ship it).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
       $(python3 -c "import os, sysconfig; print('' if os.path.exists(sysconfig.get_paths()['include'] + '/Python.h') else 'python3-dev')") \
  && rm -rf /var/lib/apt/lists/* \
- && pip install ${WHEELS_URL:+--find-links ${WHEELS_URL}} "torch==${TORCH_VERSION}" \
+ && pip install "torch==${TORCH_VERSION}" \
  && python -c "import sys, torch; sys.exit(0 if torch.version.cuda else f'the GPU image got torch {torch.__version__} without CUDA')" \
- && pip install ${WHEELS_URL:+--find-links ${WHEELS_URL}} -r /app/requirements.txt
+ && pip install -r /app/requirements.txt
 COPY scale_alibi scale_alibi
 COPY docker/gpu-check.sh /usr/local/bin/gpu-check
 RUN pip install --no-deps . && rm -rf build && curate --version

@@ -33,7 +33,8 @@ GOALS = {"world": "healthy", "scheduler": "running", "worker": "running", "build
          "server": "healthy", "trainer": "exit 0"}
 
 # Run inside a container of the stack (the `trainer` service: the release volume, the compose
-# network): one tile over HTTP from the server next to the file and the manifest, and the run.
+# network): one tile over HTTP from the server next to the file and the manifest, the run, and the
+# scheduler's dashboard.
 PROBE = """
 import hashlib, json, pathlib, urllib.request
 import pyarrow.parquet as pq
@@ -49,7 +50,8 @@ print(json.dumps({{"tile": f"{{z}}/{{x}}/{{y}}", "served_sha256": hashlib.sha256
                   "disk_sha256": hashlib.sha256(on_disk).hexdigest(), "manifest_sha256": row["hash_s2"],
                   "png": served[:8].hex(), "latest": latest,
                   "checkpoint_files": sorted(p.name for p in (run / latest).iterdir()) if latest else [],
-                  "stats": (root / "stats.json").is_file(), "uid": __import__("os").getuid()}}))
+                  "stats": (root / "stats.json").is_file(), "uid": __import__("os").getuid(),
+                  "dashboard": urllib.request.urlopen("http://scheduler:8787/status", timeout=30).status}}))
 """
 
 WORKERS = """
@@ -133,7 +135,10 @@ def test_compose_up_world_cluster_build_serve_train(tmp_path, capsys):
         watcher.start()
         try:
             # Returns once every dependency condition held and the trainer was started.
-            stack.compose("up", "-d", "--no-build", timeout_s=1500)
+            up = stack.compose("up", "-d", "--no-build", timeout_s=1500, check=False)
+            if up.returncode != 0:
+                tails = stack.compose("logs", "--no-color", "--tail", "15", check=False).stdout
+                pytest.fail(f"docker-compose up failed ({up.returncode}): {up.stderr[-1500:]}\n{tails[-4000:]}")
             docker("wait", stack.container("trainer"), timeout_s=900)
             deadline = time.monotonic() + 10
             while len(reached) < len(GOALS) and time.monotonic() < deadline:
@@ -168,6 +173,7 @@ def test_compose_up_world_cluster_build_serve_train(tmp_path, capsys):
         assert seen["served_sha256"] == seen["disk_sha256"] == seen["manifest_sha256"], seen
         assert seen["latest"] == f"step-{STEPS:09d}" and seen["checkpoint_files"], seen
         assert seen["stats"] and seen["uid"] != 0, seen  # curate stats ran; the image runs as non-root
+        assert seen["dashboard"] == 200, seen  # bokeh is in the scheduler's image
         lines.append(f"tile      {seen['tile']} through http://server:8000 = the volume's file = the manifest's sha256")
         lines.append(f"trainer   checkpoint {seen['latest']}: {', '.join(seen['checkpoint_files'])}")
     finally:
