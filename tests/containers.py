@@ -107,11 +107,17 @@ def pip_setting(name: str) -> str | None:
     return os.environ.get(f"PIP_{name.upper().replace('-', '_')}") or None
 
 
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Static files without a log line per request (pip asks for the index once per package)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @contextmanager
 def served_directory(path: Path) -> Iterator[str]:
     """`path` over HTTP on loopback (what the image build's WHEELS_URL reaches with --network host)."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    handler = functools.partial(QuietFiles, directory=str(path))
     try:  # one fixed port when free: the URL is a build argument, and a new value rebuilds its layers
         server = http.server.ThreadingHTTPServer(("127.0.0.1", WHEELS_PORT), handler)
     except OSError:
