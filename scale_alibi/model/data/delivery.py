@@ -89,7 +89,7 @@ def as_not_delivered(exc: BaseException) -> BatchNotDelivered | None:
         return BatchNotDelivered(f"a DataLoader worker could not hand its batch over: shared memory ran out ({shm_summary()}); {MORE_SHM}")
     m = _WORKER_DIED.search(str(exc)) if isinstance(exc, RuntimeError) else None
     if m is not None:
-        how = f"was killed by signal {m.group(2).strip()}" if m.group(2) else "exited"
+        how = f"was killed by signal {m.group(2).strip()}" if m.group(2) else "exited unexpectedly"
         return BatchNotDelivered(f"DataLoader worker (pid {m.group(1).strip()}) {how} before delivering its batch "
                                  f"(the out-of-memory killer, or a crash; {shm_summary()}); {MORE_MEMORY}")
     return None
