@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from scale_bench import wrk_random  # noqa: E402
 from serve_bench import CLIENT_CORE, SERVER_CORE, curl_mbps  # noqa: E402
 
-from scale_alibi.contract.archive import Archive, archive_name  # noqa: E402
-from scale_alibi.contract.release import LAYERS, triplet_files, triplet_tiles  # noqa: E402
+from scale_alibi.contract.archive import Archive  # noqa: E402
+from scale_alibi.contract.release import LAYERS, Release, triplet_files, triplet_tiles  # noqa: E402
 from scale_alibi.contract.storage import remote_filesystem  # noqa: E402
 from scale_alibi.serve.bucket import FETCH_THREADS  # noqa: E402
 from scale_alibi.serve.process import ServerProcess  # noqa: E402
@@ -71,12 +71,12 @@ def store_rate(url: str, reads: list[tuple[str, int | None, int | None]], repeat
 
 def archive_reads(packed: Path, rows: list[dict]) -> list[tuple[str, int, int]]:
     """(archive key, first byte, end byte) of every tile of the release in its PMTiles archives."""
-    archives = {layer: Archive.open(packed / "bench" / archive_name(layer)) for layer in LAYERS}
+    archives = {layer: Archive.open(Release(packed, "bench").archive_path(layer)) for layer in LAYERS}
     reads = []
     for row in rows:
         for _, (layer, z, x, y) in triplet_tiles(row["z"], row["x"], row["y"]):
             offset, length = archives[layer].locate(z, x, y)
-            reads.append((f"bench/{archive_name(layer)}", offset, offset + length))
+            reads.append((f"bench/{Release(packed, 'bench').archive_path(layer).name}", offset, offset + length))
     return reads
 
 

@@ -38,13 +38,13 @@ def _pin(cores: set[int]) -> None:
 
 def project(world, out: Path, zoom: int, region, scheduler: str, workers: int | None = None) -> dict:
     """One build; returns tiles (PNG files), seconds, requests, bytes."""
-    from scale_alibi.curate.build import build_release
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
     shutil.rmtree(out, ignore_errors=True)
     world.files.reset_stats()
     t0 = time.perf_counter()
-    result = build_release(out, zoom=zoom, region=region, release="bench", catalog=world.stac_url, signer="none",
-                           scheduler=scheduler, workers=workers, progress=False, echo=lambda m: None)
+    result = build_release(out, resolve_request(zoom=zoom, region=region, release="bench", catalog=world.stac_url),
+                           RunOptions(signer="none", scheduler=scheduler, workers=workers, progress=False, echo=lambda m: None))
     dt = time.perf_counter() - t0
     stats = world.files.stats()
     from scale_alibi.contract.release import Release

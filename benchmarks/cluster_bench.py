@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from dask.utils import parse_bytes  # noqa: E402
 from shapely.geometry import box  # noqa: E402
 
-from scale_alibi.curate.build import build_release  # noqa: E402
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request  # noqa: E402
 from scale_alibi.curate.reader import GDAL_ENV  # noqa: E402
 from scale_alibi.devworld import DEFAULT_WORLD, build_world, default_world_dir, start_world  # noqa: E402
 from tests.dask_cluster import dask_cluster, process_tree  # noqa: E402
@@ -49,9 +49,8 @@ def main() -> None:
             time.sleep(2)  # let the workers settle after joining
             idle = max(worker_rss(cluster))
             peak, result = idle, []
-            build = threading.Thread(target=lambda: result.append(build_release(
-                Path(tmp) / "out", zoom=args.zoom, region=box(*world.bbox), release="mem", catalog=world.stac_url,
-                scheduler=cluster.address, signer="none", progress=False, echo=lambda m: None)))
+            build = threading.Thread(target=lambda: result.append(build_release(Path(tmp) / "out", resolve_request(zoom=args.zoom, region=box(*world.bbox), release="mem", catalog=world.stac_url),
+                                                                                RunOptions(scheduler=cluster.address, signer="none", progress=False, echo=lambda m: None))))
             t = time.perf_counter()
             build.start()
             while build.is_alive():

@@ -4,7 +4,7 @@ before, and the obvious way), measured in the same run with tracemalloc at two r
 
     python benchmarks/manifest_bench.py [--rows 16000 64000] [--column 1024]
 
-Done records are written by scale_alibi.curate.build.local_output.LocalOutput into a temporary release, 64
+Done records are written by scale_alibi.curate.pipeline.local_output.LocalOutput into a temporary release, 64
 rows per metatile (8x8 tiles) and `--column` rows per column of metatiles, rows shaped as a build's
 (benchmarks/scale_bench.py `manifest_row`). Streaming should stay flat as the release grows; holding
 grows with it (scale_bench.py projects the held bytes to CONUS z15).
@@ -21,19 +21,22 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import mercantile
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale_bench import hex_strings, manifest_row  # noqa: E402
 
 from scale_alibi.contract.release import manifest_bytes, write_manifest_batches  # noqa: E402
-from scale_alibi.curate.build.local_output import LocalOutput  # noqa: E402
-from scale_alibi.curate.build.manifest import (  # noqa: E402
-    _manifest_table,
+from scale_alibi.curate.pipeline.local_output import LocalOutput  # noqa: E402
+from scale_alibi.curate.pipeline.manifest import (  # noqa: E402
     manifest_batches,
     manifest_columns,
+    manifest_table,
     summarize,
 )
+from scale_alibi.curate.pipeline.tiling import metatile_of  # noqa: E402
 
 PER_METATILE = 64
 SCENE_TILES = {"naip": 32, "s2": 4096, "s1": 16384}
@@ -53,8 +56,8 @@ def make_records(root: Path, rows: int, column: int) -> tuple[LocalOutput, list]
             # Scenes cover many tiles (at z15: a NAIP quarter-quad ~40, an S2 granule ~10^4, an S1 scene more).
             for layer, tiles_per_scene in SCENE_TILES.items():
                 row[f"{layer}_items"] = [f"{layer}-scene-{i // tiles_per_scene:08d}"]
-        mt = (12, chunk[0]["x"] // 8, chunk[0]["y"] // 8)
-        output.write_record(mt, {"metatile": list(mt), "rows": chunk, "files": []})
+        mt = metatile_of(mercantile.Tile(chunk[0]["x"], chunk[0]["y"], 15), 3)
+        output.write_record(mt, {"metatile": [mt.z, mt.x, mt.y], "rows": chunk, "files": []})
         done.append(mt)
     return output, done
 
@@ -62,7 +65,7 @@ def make_records(root: Path, rows: int, column: int) -> tuple[LocalOutput, list]
 def held(output: LocalOutput, done: list, sink: Path) -> None:
     """Every row kept until the end, then one table and one write."""
     rows = [row for mt in done for row in output.read_record(mt)["rows"]]
-    sink.write_bytes(manifest_bytes(_manifest_table(rows), {"release": "bench"}))
+    sink.write_bytes(manifest_bytes(manifest_table(rows), {"release": "bench"}))
 
 
 def streamed(output: LocalOutput, done: list, sink: Path) -> None:

@@ -268,25 +268,19 @@ def measure(sizes: list[int], args, work: Path) -> list[dict]:
 def conus_graph(region: str, zoom: int) -> dict:
     """Plan `curate build --region R --zoom Z` into the tasks it submits, fetching nothing."""
     from scale_alibi.contract.release import LAYERS
-    from scale_alibi.curate.build import (
-        BuildParams,
-        MetatileJob,
-        group_metatiles,
-        plan_tiles,
-        search_blocks,
-    )
-    from scale_alibi.curate.build.local_output import LocalOutput
-    from scale_alibi.regions import load_region
+    from scale_alibi.curate.pipeline import MetatileJob, group_metatiles, resolve_request, search_blocks
+    from scale_alibi.curate.pipeline.local_output import LocalOutput
 
     t = time.perf_counter()
     base = peak_rss()
-    params = BuildParams(release=f"{region}-z{zoom}", zoom=zoom, region=region)
-    tiles = plan_tiles(params, geometry=load_region(region))
+    request = resolve_request(region=region, zoom=zoom)
+    params = request.params
+    tiles = request.plan()
     planned = time.perf_counter() - t
-    metatiles = group_metatiles(tiles, zoom, params.metatile_levels)
+    metatiles = group_metatiles(tiles, params.metatile_levels)
     blocks = search_blocks(metatiles)
-    jobs = [MetatileJob(LocalOutput(Path("/out"), params.release), zoom, mt, metatiles[mt], params.min_valid, params.max_gap_days,
-                        catalog="https://planetarycomputer.microsoft.com/api/stac/v1") for mt in metatiles]
+    jobs = [MetatileJob(LocalOutput(Path("/out"), params.release), mt, metatiles[mt], params.min_valid, params.max_gap_days,
+                        catalog=request.catalog) for mt in metatiles]
     peak = peak_rss()
     pickled = sum(len(pickle.dumps(j, protocol=5)) for j in jobs)
     return {"tiles": len(tiles), "metatiles": len(metatiles), "search_tasks": len(blocks) * len(LAYERS),
@@ -296,7 +290,7 @@ def conus_graph(region: str, zoom: int) -> dict:
 
 
 def manifest_row(i: int, hexes: list[str]) -> dict:
-    """Manifest row `i` shaped as cut_metatile returns it (scale_alibi/curate/build/choose.py `_describe`),
+    """Manifest row `i` shaped as cut_metatile returns it (scale_alibi/curate/pipeline/choose.py `describe_choice`),
     its seven hashes from `hexes[7 i: 7 i + 7]`; row i lies in column 6000 + i // 8 of a z15 block."""
     h = hexes[7 * i: 7 * i + 7]
     return {"z": 15, "x": 6000 + i // 8, "y": 12000 + i % 8, "split": "train", "hash_s1": h[0], "hash_s2": h[1],

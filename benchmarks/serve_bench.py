@@ -111,9 +111,9 @@ class _Subprocess:
 
 
 class Nginx(_Subprocess):
-    """nginx with one worker on core SERVER_CORE, serving `root` as static files."""
+    """nginx with one worker on core `core` (None: any), serving `root` as static files."""
 
-    def __init__(self, root: Path, work: Path):
+    def __init__(self, root: Path, work: Path, core: str | None = SERVER_CORE):
         self.port = free_port()
         self.work = work
         conf = work / "nginx.conf"
@@ -134,7 +134,8 @@ class Nginx(_Subprocess):
                 server {{ listen 127.0.0.1:{self.port}; root {root}; location /tiles/ {{ alias {root}/; }} }}
             }}
         """))
-        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, "nginx", "-c", str(conf), "-p", str(work)],
+        pin = ["taskset", "-c", core] if core is not None else []
+        self.proc = subprocess.Popen([*pin, "nginx", "-c", str(conf), "-p", str(work)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -197,6 +198,24 @@ def decode_rate(release: Release, row: dict, seconds: float = 2.0) -> float:
             imagecodecs.png_decode(b)
         n += 1
     return n / (time.perf_counter() - t0)
+
+
+def check_cost_us_per_mb(body: bytes) -> dict[str, float]:
+    """CPU microseconds per MB that each per-read integrity check costs over `body` (one core): the
+    sha256 of a first read and the XXH3 of every later read (scale_alibi.serve.integrity)."""
+    import hashlib
+
+    from scale_alibi.serve.integrity import checksum
+
+    members = [body[i : i + 131072] for i in range(0, len(body), 131072)]  # tile-sized pieces
+    costs = {}
+    for name, fn in (("sha256", lambda b: hashlib.sha256(b).digest()), ("xxh3", checksum)):
+        t0 = time.process_time()
+        for _ in range(3):
+            for m in members:
+                fn(m)
+        costs[name] = (time.process_time() - t0) / 3 / (len(body) / 1e6) * 1e6
+    return costs
 
 
 def main() -> None:
@@ -279,6 +298,11 @@ def main() -> None:
         print(f"\nshards ({len(rows)} triplets, {size / 1e6:.1f} MB, best of {args.repeats})")
         print(f"  curate serve {ours_mbps:8.1f} MB/s vs anchor nginx (same bytes, one file) {nginx_mbps:8.1f} MB/s: "
               f"ratio {ours_mbps / nginx_mbps:.1%} (goal >= 50%)")
+        stream_us = 1e6 / ours_mbps  # wall microseconds per MB of the shard stream
+        cost = check_cost_us_per_mb(static.read_bytes())
+        print(f"  integrity check of every read: xxh3 {cost['xxh3']:.0f} us/MB = {cost['xxh3'] / stream_us:.1%} of the "
+              f"stream's {stream_us:.0f} us/MB (a sha256 of every read would cost {cost['sha256']:.0f} us/MB = "
+              f"{cost['sha256'] / stream_us:.1%})")
         print(f"  = {served:,.0f} triplets/s served vs {loader:,.0f} triplets/s one core decodes "
               f"({len(HIRES_NAMES) + 3} PNGs each): {served / loader:.1f}x (goal >= 5x)")
     finally:

@@ -39,19 +39,20 @@ def _world_faults_cleared(request):
         clear_http_cache()  # GDAL remembers a 403 per URL in-process: don't let it outlive the test
 
 
-# -- curate build (scale_alibi/curate/build/) -----------------------------------------------------------
+# -- curate build (scale_alibi/curate/pipeline/) -----------------------------------------------------------
 @pytest.fixture(scope="session")
 def built_release_info(world, tmp_path_factory):
     """A z17 build of the whole default world (local Dask cluster, 2 workers), with the bytes and
     requests it fetched: {"root", "name", "result", "requests", "bytes"}."""
     from shapely.geometry import box
 
-    from scale_alibi.curate.build import build_release
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
     root = tmp_path_factory.mktemp("built-release")
     world.files.reset_stats()
-    result = build_release(root, zoom=17, region=box(*world.bbox), release="world-z17", catalog=world.stac_url,
-                           signer="none", workers=2, progress=False, echo=lambda m: None)
+    result = build_release(root, resolve_request(zoom=17, region=box(*world.bbox), release="world-z17",
+                                                 catalog=world.stac_url),
+                           RunOptions(signer="none", workers=2, progress=False, echo=lambda m: None))
     stats = world.files.stats()
     return {"root": root, "name": "world-z17", "result": result, **stats}
 
@@ -63,12 +64,13 @@ def z16(world, tmp_path_factory):
     from shapely.geometry import box
 
     from scale_alibi.contract.release import Release
-    from scale_alibi.curate.build import build_release
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
     root = tmp_path_factory.mktemp("z16")
     world.files.reset_stats()
-    build_release(root, zoom=16, region=box(*world.bbox), release="w16", catalog=world.stac_url,
-                  metatile_levels=1, scheduler="synchronous", signer="none", progress=False, echo=lambda m: None)
+    build_release(root, resolve_request(zoom=16, region=box(*world.bbox), release="w16", catalog=world.stac_url,
+                                        metatile_levels=1),
+                  RunOptions(scheduler="synchronous", signer="none", progress=False, echo=lambda m: None))
     return Release(root, "w16"), world.files.stats()
 
 
@@ -106,13 +108,13 @@ def served(built_release):
     import json
     from pathlib import Path
 
-    from scale_alibi.contract.release import Release
+    from scale_alibi.contract.reader import StoredRelease
     from scale_alibi.model.data.stats import compute_stats
     from scale_alibi.serve.process import ServerProcess
 
     data_root, name = built_release
     stats_file = Path(data_root) / name / "stats.json"
-    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else compute_stats(Release(Path(data_root), name), limit=64)
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else compute_stats(StoredRelease(data_root, name), limit=64)
     with ServerProcess(data_root) as server:
         yield server.url, name, stats["modalities"]
 

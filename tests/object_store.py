@@ -4,8 +4,11 @@ test, reached the way users reach S3: through the standard AWS environment varia
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -24,6 +27,14 @@ def s3_environment(endpoint: str) -> dict[str, str]:
 @contextmanager
 def s3_server() -> Iterator[str]:
     """The endpoint URL of `moto_server` (in-memory S3) on a free loopback port; stopped on exit."""
+    with s3_server_process() as (endpoint, _):
+        yield endpoint
+
+
+@contextmanager
+def s3_server_process() -> Iterator[tuple[str, subprocess.Popen]]:
+    """(endpoint URL, process) of `moto_server` on a free loopback port, for tests that stop it
+    (SIGSTOP: a store that accepts connections and stops answering); killed on exit."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -38,10 +49,43 @@ def s3_server() -> Iterator[str]:
                 if server.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"moto_server did not start on {endpoint}") from None
                 time.sleep(0.1)
-        yield endpoint
+        yield endpoint, server
     finally:
+        server.send_signal(signal.SIGCONT)  # a stopped server cannot act on SIGTERM
         server.terminate()
         server.wait(10)
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """The URL of a TCP endpoint on loopback that accepts connections and never answers a byte:
+    a store (or a proxy in front of one) that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # kept open, never read from or written to
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
 
 
 def new_bucket(endpoint: str) -> str:

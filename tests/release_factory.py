@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from scale_alibi.contract.release import HIRES_CHILDREN, LAYERS, Release, content_hash, write_manifest
@@ -136,3 +137,19 @@ def file_tree(root: Path) -> dict[str, bytes]:
     """Every file under `root` ('/'-relative path -> bytes): two releases compared byte for byte,
     leftovers (staging, locks, temp files) included."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def rewritten_manifest(raw: bytes, edit) -> bytes:
+    """The manifest in `raw` with its table edited by `edit` (pa.Table -> pa.Table), written back by
+    pyarrow with the footer's key-value metadata kept: a manifest edited as a person or a tool would
+    (`pq.write_table(edit(pq.read_table(...)))` with its metadata), not through `write_manifest`."""
+    f = pq.ParquetFile(pa.BufferReader(raw))
+    kv = {k: v for k, v in f.metadata.metadata.items() if k != b"ARROW:schema"}
+    sink = io.BytesIO()
+    pq.write_table(edit(f.read()).replace_schema_metadata(kv), sink)
+    return sink.getvalue()
+
+
+def edit_manifest(release: Release, edit) -> None:
+    """Rewrite `release`'s manifest in place with `rewritten_manifest`."""
+    release.manifest_path.write_bytes(rewritten_manifest(release.manifest_path.read_bytes(), edit))

@@ -25,7 +25,7 @@ def world_items(world) -> dict[str, list]:
 
 
 def expected_rows(world, z: int, min_valid: float = 0.99, datetime_window=None):
-    """Complete tiles implied by the world's scene footprints alone (independent of scale_alibi.curate.build):
+    """Complete tiles implied by the world's scene footprints alone (independent of scale_alibi.curate.pipeline):
     a tile is complete when, for every sensor, one mosaic group (S2: a day with cloud <= 20 %; S1:
     a day+orbit; NAIP: a year) covers >= min_valid of it. Returns (complete, ambiguous)."""
     items = world_items(world)

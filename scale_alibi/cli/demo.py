@@ -29,7 +29,7 @@ def demo(out: Path, zoom: int, train_steps: int, keep_serving: bool) -> None:
     """Make and serve the synthetic world, build a release from it, serve it, train on it."""
     from shapely.geometry import box
 
-    from scale_alibi.curate.build import build_release
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
     from scale_alibi.devworld import DEFAULT_WORLD, build_world, serve_world
     from scale_alibi.serve.process import ServerProcess
 
@@ -41,16 +41,17 @@ def demo(out: Path, zoom: int, train_steps: int, keep_serving: bool) -> None:
     with serve_world(world_dir) as world:
         click.echo(f"      STAC API {world.stac_url}   COG files {world.files_url}")
         click.echo(f"[2/4] curate build --region <world bbox> --zoom {zoom} --catalog {world.stac_url} --release {release}")
-        result = build_release(out / "releases", zoom=zoom, region=box(*world.bbox), release=release,
-                               catalog=world.stac_url, signer="none", progress=True, echo=click.echo)
+        request = resolve_request(region=box(*world.bbox), zoom=zoom, release=release, catalog=world.stac_url)
+        result = build_release(out / "releases", request, RunOptions(signer="none", progress=True, echo=click.echo))
     tiles = out / "releases" / release
     click.echo(f"      {result.triplets} complete triplets of {result.planned} planned tiles in {result.seconds:.0f} s")
     click.echo(f"      tiles: {tiles}/{{s1,s2,naip}}/<z>/<x>/<y>.png   manifest: {tiles / 'manifest.parquet'}")
 
-    from scale_alibi.contract.release import Release
+    from scale_alibi.contract.reader import StoredRelease
     from scale_alibi.model.data.stats import compute_stats, write_stats
 
-    stats_path = write_stats(Release(out / "releases", release), compute_stats(Release(out / "releases", release)))
+    built = StoredRelease(out / "releases", release)
+    stats_path = write_stats(built, compute_stats(built))
     click.echo(f"      curate stats: per-channel normalisation stats in {stats_path}")
 
     click.echo(f"[3/4] curate serve --data {out / 'releases'}")

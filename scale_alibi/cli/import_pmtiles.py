@@ -20,7 +20,7 @@ from scale_alibi.curate.import_pmtiles import import_release
 @click.option("--zoom", type=int, default=None, help="Triplet zoom Y.  [default: the one zoom the archives fit]")
 @click.option("--unpack", is_flag=True, help="Write the XYZ tile tree instead of archives.")
 @click.option("--heldout-fraction", default=0.25, show_default=True, help="Fraction of spatial blocks held out.")
-@click.option("--split-levels", default=2, show_default=True, help="Split blocks are ancestors this many levels up.")
+@click.option("--split-levels", default=2, show_default=True, type=click.IntRange(min=0), help="Split blocks are ancestors this many levels up.")
 def import_pmtiles(s1, s2, naip, out, release, zoom, unpack, heldout_fraction, split_levels) -> None:
     """Make a release from one PMTiles archive per modality (the paper's published layout)."""
     rel = import_release(out, release, {"s1": s1, "s2": s2, "naip": naip}, zoom=zoom, unpack=unpack,

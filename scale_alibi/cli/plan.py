@@ -7,7 +7,7 @@ import json
 import click
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.curate.plan import plan_region, plan_release, scene_summary
+from scale_alibi.curate.plan import MAX_TILES, plan_region, plan_release, scene_summary
 from scale_alibi.regions import load_region, load_release
 
 
@@ -37,8 +37,10 @@ def _print_plan(plan: dict) -> None:
 @click.option("--scenes", is_flag=True, help="Also search the catalog: scenes per layer and bytes to fetch (online).")
 @click.option("--catalog", default=None, metavar="URL", help="STAC API for --scenes [default: Planetary Computer].")
 @click.option("--datetime", "interval", default=None, metavar="A/B", help="STAC datetime interval for --scenes.")
+@click.option("--max-tiles", type=click.IntRange(min=1), default=MAX_TILES, show_default=True,
+              help="Refuse an area that covers more tiles than this (counting stops there).")
 def plan(release: str | None, region: str | None, zoom: int | None, as_json: bool,
-         scenes: bool, catalog: str | None, interval: str | None) -> None:
+         scenes: bool, catalog: str | None, interval: str | None, max_tiles: int) -> None:
     """Count the tiles a release or region covers (offline, geometry only; --scenes asks a catalog)."""
     if (catalog or interval) and not scenes:
         raise UserError("--catalog and --datetime only apply with --scenes")
@@ -46,12 +48,12 @@ def plan(release: str | None, region: str | None, zoom: int | None, as_json: boo
         case str(), None:
             if zoom is not None:
                 raise UserError(f"--zoom applies to --region only; release {release!r} has its own zoom")
-            result = plan_release(release)
+            result = plan_release(release, max_tiles)
             areas = [s.geometry for s in load_release(release).subregions] if scenes else []
         case None, str():
             if zoom is None:
                 raise UserError("--region needs --zoom (0-22), e.g. --zoom 15")
-            result = plan_region(region, zoom)
+            result = plan_region(region, zoom, max_tiles)
             areas = [load_region(region)] if scenes else []
         case _:
             raise UserError("give exactly one of --release NAME or --region NAME|PATH")

@@ -70,6 +70,7 @@ def serve_cmd(world_dir: Path, host: str, stac_port: int, files_port: int, adver
     with serve_world(world_dir, host=host, stac_port=stac_port, files_port=files_port, advertise=advertise) as w:
         click.echo(f"STAC API:    {w.stac_url}")
         click.echo(f"file server: {w.files_url}")
+        click.echo(f"tokens:      {w.files.token_url}  (PC_SDK_SAS_URL for the default --signer)")
         click.echo(f"bbox:        {','.join(f'{v:.5f}' for v in w.bbox)}")
         click.echo("Ctrl-C to stop.", err=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -1,1 +1,2 @@
-"""The contract every stage shares: the release layout on disk, tile maths, shared names, errors."""
+"""The contract every stage shares: the release reader, the release layout, the manifest, tile maths,
+shared names, errors."""

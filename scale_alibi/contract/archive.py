@@ -19,6 +19,7 @@ import gzip
 import json
 import os
 import threading
+import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -37,41 +38,47 @@ from pmtiles.tile import (
     zxy_to_tileid,
 )
 
-from scale_alibi.contract.release import LAYERS, Release, atomic_file
+from scale_alibi.contract import layout
+from scale_alibi.contract.errors import ScaleAlibiError
+from scale_alibi.contract.release import LAYERS, atomic_file
 
 HEADER_SIZE = 127
 ROOT_LIMIT = 16384  # the header and the root directory must lie in the first 16 KiB
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Archives come from elsewhere (the paper's published ones): every size below is checked before
+# anything is allocated or decompressed. A directory entry takes at least 4 bytes, so 16 MiB
+# holds 4 million entries (this project's leaves hold 4096 or more: tens to hundreds of KiB).
+DIRECTORY_LIMIT = 16 << 20  # decompressed bytes of one directory
+METADATA_LIMIT = 16 << 20  # bytes of the JSON metadata, stored and decompressed
+MAX_RUN = 1 << 31  # tiles one entry may repeat (the reference writers count runs in 32 bits)
 _LEAF_CACHE = 256  # parsed leaf directories kept per open archive (4096+ entries, ~128 KiB each)
+_LEAF_CACHE_ENTRIES = 1 << 23  # ...and at most this many entries in all (32 bytes each: 256 MiB)
 _ROOT_TRY = 65536  # larger directories go straight to leaves
 
 
-def archive_name(layer: str) -> str:
-    """The file name of a layer's archive beside the manifest: `OUT/<release>/<layer>.pmtiles`."""
-    return f"{layer}.pmtiles"
-
-
-def has_tree(release_dir: str | os.PathLike[str]) -> bool:
-    """Whether a release directory holds any layer of the XYZ tile tree (which then takes precedence)."""
-    return any(os.path.isdir(os.path.join(release_dir, layer)) for layer in LAYERS)
-
-
 def release_archives(release_dir: str | os.PathLike[str],
-                     open_fd: Callable[[str], int | None] | None = None) -> dict[str, Archive] | None:
+                     open_fd: Callable[[str], int | None] | None = None,
+                     on_error: Callable[[str, ArchiveError], None] | None = None) -> dict[str, Archive] | None:
     """The three layer archives of a release that has no tile tree, open; None when it has a tree or
     lacks an archive. `open_fd(path)` opens a file for reading (None: missing or refused).
-    ArchiveError when a file is not a readable archive."""
-    if has_tree(release_dir):
+    ArchiveError when a file is not a readable archive; with `on_error`, that archive's layer is
+    instead reported (`on_error(layer, error)`) and left out, and the other layers returned."""
+    if not layout.reads_archives(lambda name: os.path.isdir(os.path.join(release_dir, name)),
+                                 lambda name: os.path.isfile(os.path.join(release_dir, name))):
         return None
     open_fd = open_fd or _open_existing
     archives: dict[str, Archive] = {}
     try:
         for layer in LAYERS:
-            path = os.path.join(release_dir, archive_name(layer))
+            path = os.path.join(release_dir, layout.archive_name(layer))
             fd = open_fd(path)
             if fd is None:
                 break
-            archives[layer] = Archive(fd, path)
+            try:
+                archives[layer] = Archive(fd, path)
+            except ArchiveError as exc:
+                if on_error is None:
+                    raise
+                on_error(layer, exc)
         else:
             return archives
     except BaseException:
@@ -83,22 +90,6 @@ def release_archives(release_dir: str | os.PathLike[str],
     return None
 
 
-def tile_reader(release: Release) -> Callable[[str, int, int, int], bytes]:
-    """`read(layer, z, x, y)`: a tile's bytes from the release's tree or, without one, its archives
-    (for tools that read a release directly, e.g. `curate stats`). FileNotFoundError if missing."""
-    archives = release_archives(release.path)
-    if archives is None:
-        return lambda layer, z, x, y: release.tile_path(layer, z, x, y).read_bytes()
-
-    def read(layer: str, z: int, x: int, y: int) -> bytes:
-        data = archives[layer].read(z, x, y)
-        if data is None:
-            raise FileNotFoundError(f"{release.name}: no {layer} tile {z}/{x}/{y} in {archive_name(layer)}")
-        return data
-
-    return read
-
-
 def _open_existing(path: str) -> int | None:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -106,7 +97,7 @@ def _open_existing(path: str) -> int | None:
         return None
 
 
-class ArchiveError(ValueError):
+class ArchiveError(ScaleAlibiError, ValueError):
     """A file that is not a PMTiles v3 archive this project can read (the message says why)."""
 
 
@@ -205,6 +196,13 @@ class Directory:
         if len(v) != 1 + 4 * n:
             raise ArchiveError(f"a directory announces {n} entries but holds {(len(v) - 1) / 4:g}")
         ids, runs, lengths, offs = (v[1 + k * n : 1 + (k + 1) * n] for k in range(4))
+        # Sums that pass 2^63 would wrap in uint64 and pass every later check: refuse them here
+        # (float64 sums are exact enough to see that).
+        if n and (float(ids.sum(dtype=np.float64)) >= 2.0**63 or float(lengths.sum(dtype=np.float64)) >= 2.0**63
+                  or int(offs.max()) >= 1 << 63):
+            raise ArchiveError("a directory holds tile ids, offsets or lengths beyond 2^63")
+        if n > 1 and not bool(np.all(ids[1:] > 0)):
+            raise ArchiveError("a directory's tile ids are not increasing")
         tile_id = np.cumsum(ids, dtype=np.uint64)
         # offset 0 means "right after the previous entry": carry the last explicit offset forward.
         explicit = offs != 0
@@ -311,7 +309,7 @@ class ArchiveWriter:
 
 @contextmanager
 def write_archive(path: Path) -> Iterator[ArchiveWriter]:
-    """An ArchiveWriter on `curate.release.atomic_file(path)`: when the block ends without error (after
+    """An ArchiveWriter on `contract.release.atomic_file(path)`: when the block ends without error (after
     the caller's `finish`), the archive appears whole and durable; readers never see half of it."""
     with atomic_file(path) as f:
         yield ArchiveWriter(f)
@@ -319,12 +317,24 @@ def write_archive(path: Path) -> Iterator[ArchiveWriter]:
 
 # ---------------------------------------------------------------------------------- reading
 
-def _decompress(raw: bytes, compression: Compression) -> bytes:
-    if compression == Compression.GZIP:
-        return gzip.decompress(raw)
+def _decompress(raw: bytes, compression: Compression, limit: int, what: str) -> bytes:
+    """`raw` decompressed, refused (ArchiveError) past `limit` bytes without inflating the rest:
+    a few KiB of gzip can stand for gigabytes of zeros."""
     if compression == Compression.NONE:
-        return raw
-    raise ArchiveError(f"internal compression {compression.name} is not supported (gzip or none)")
+        out = raw
+    elif compression == Compression.GZIP:
+        try:
+            inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # one gzip member, as the writers make
+            out = inflate.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            raise ArchiveError(f"{what} is not valid gzip ({exc})") from None
+        if not inflate.eof and len(out) <= limit:
+            raise ArchiveError(f"{what} is cut short (its gzip stream does not end)")
+    else:
+        raise ArchiveError(f"internal compression {compression.name} is not supported (gzip or none)")
+    if len(out) > limit:
+        raise ArchiveError(f"{what} holds over {limit >> 20} MiB once decompressed (a decompression bomb?)")
+    return out
 
 
 class Archive:
@@ -357,7 +367,10 @@ class Archive:
                       h["tile_data_offset"] + h["tile_data_length"])
             if end > size:
                 raise ArchiveError(f"{name} is truncated: its header addresses {end} bytes, the file has {size}")
-            self.root = self._directory(h["root_offset"], h["root_length"])
+            if h["root_offset"] + h["root_length"] > ROOT_LIMIT:
+                raise ArchiveError(f"{name} has a root directory beyond its first {ROOT_LIMIT} bytes, "
+                                   "which the PMTiles v3 specification forbids")
+            self.root = self._directory(h["root_offset"], h["root_length"], "root directory")
         except BaseException:
             self.close()
             raise
@@ -390,17 +403,42 @@ class Archive:
     def metadata(self) -> dict:
         """The archive's JSON metadata."""
         h = self.header
-        raw = _decompress(self.pread(h["metadata_offset"], h["metadata_length"]), h["internal_compression"])
+        if h["metadata_length"] > METADATA_LIMIT:
+            raise ArchiveError(f"{self.name} has {h['metadata_length']} bytes of metadata, over the "
+                               f"{METADATA_LIMIT >> 20} MiB a tile archive's JSON metadata can need")
+        raw = _decompress(self.pread(h["metadata_offset"], h["metadata_length"]), h["internal_compression"],
+                          METADATA_LIMIT, f"{self.name}'s metadata")
         try:
-            return json.loads(raw) if raw else {}
+            meta = json.loads(raw) if raw else {}
         except ValueError:
             raise ArchiveError(f"{self.name} has metadata that is not JSON") from None
+        if not isinstance(meta, dict):
+            raise ArchiveError(f"{self.name} has metadata that is not a JSON object")
+        return meta
 
-    def _directory(self, offset: int, length: int) -> Directory:
+    def _directory(self, offset: int, length: int, what: str) -> Directory:
+        """The directory at `offset` (absolute), checked: every entry addresses bytes inside its section."""
+        raw = self.pread(offset, length)
+        if len(raw) != length:
+            raise ArchiveError(f"{self.name} is truncated: its {what} lies past the end of the file")
         try:
-            return Directory.parse(_decompress(self.pread(offset, length), self.header["internal_compression"]))
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise ArchiveError(f"{self.name} has a corrupt directory ({exc})") from None
+            d = Directory.parse(_decompress(raw, self.header["internal_compression"], DIRECTORY_LIMIT, f"its {what}"))
+        except ArchiveError as exc:
+            raise ArchiveError(f"{self.name} has a corrupt {what} ({exc})") from None
+        h = self.header
+        tiles = d.run_length > 0
+        for entries, section, kind in ((tiles, h["tile_data_length"], "tile"), (~tiles, h["leaf_directory_length"], "leaf")):
+            limit = np.uint64(section)
+            lengths, offsets = d.length[entries], d.offset[entries]
+            # offset <= limit - length once length <= limit: no sum that could wrap.
+            if not bool(np.all(lengths <= limit)) or not bool(np.all(offsets <= limit - lengths)):
+                raise ArchiveError(f"{self.name} has a corrupt {what}: a {kind} entry lies outside the "
+                                   f"{section}-byte {kind} section")
+        if bool(np.any(d.length[~tiles] == 0)):
+            raise ArchiveError(f"{self.name} has a corrupt {what}: an empty leaf directory")
+        if len(d.run_length) and int(d.run_length.max()) > MAX_RUN:
+            raise ArchiveError(f"{self.name} has a corrupt {what}: a run of {int(d.run_length.max())} tiles")
+        return d
 
     def _leaf(self, offset: int, length: int) -> Directory:
         key = (offset, length)
@@ -409,10 +447,12 @@ class Archive:
             if found is not None:
                 self._leaves.move_to_end(key)
                 return found
-        leaf = self._directory(self.header["leaf_directory_offset"] + offset, length)
+        leaf = self._directory(self.header["leaf_directory_offset"] + offset, length, "leaf directory")
         with self._lock:
             self._leaves[key] = leaf
-            while len(self._leaves) > _LEAF_CACHE:
+            # Bounded in entries too: an archive's leaves may each be as large as DIRECTORY_LIMIT allows.
+            while len(self._leaves) > 1 and (len(self._leaves) > _LEAF_CACHE or sum(
+                    len(d.tile_id) for d in self._leaves.values()) > _LEAF_CACHE_ENTRIES):
                 self._leaves.popitem(last=False)
         return leaf
 
@@ -445,18 +485,26 @@ class Archive:
 
     def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tile ids, absolute offsets, lengths) of every addressed tile, sorted by tile id (runs expanded)."""
-        parts = list(self._walk(self.root, 0))
+        h = self.header
+        # Runs expand to 24 bytes per tile here: no more tiles than the header counts (or, when it
+        # does not count them, than its zooms hold).
+        budget = [h["addressed_tiles_count"] or ((1 << (2 * (min(h["max_zoom"], 31) + 1))) - 1) // 3]
+        parts = list(self._walk(self.root, 0, budget))
         ids, offsets, lengths = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, np.uint64)
                                  for k in range(3))
         if len(ids) > 1 and not bool(np.all(np.diff(ids) > 0)):
             raise ArchiveError(f"{self.name} has directory entries out of tile-id order")
         return ids, offsets, lengths
 
-    def _walk(self, d: Directory, depth: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _walk(self, d: Directory, depth: int, budget: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         if depth > 3:
             raise ArchiveError(f"{self.name} nests leaf directories deeper than the specification allows")
         tiles = d.run_length > 0
         runs = d.run_length[tiles].astype(np.int64)
+        budget[0] -= int(runs.sum())
+        if budget[0] < 0:
+            raise ArchiveError(f"{self.name}'s directories address more tiles than its header counts "
+                               f"({self.header['addressed_tiles_count']})")
         starts = np.cumsum(runs) - runs
         step = (np.arange(int(runs.sum())) - np.repeat(starts, runs)).astype(np.uint64)
         base = np.uint64(self.header["tile_data_offset"])
@@ -472,8 +520,9 @@ class Archive:
                 yield ids, np.repeat(d.offset[tiles][lo:hi], runs[lo:hi]) + base, np.repeat(d.length[tiles][lo:hi], runs[lo:hi])
             if k < len(leaves):
                 i = int(leaves[k])
-                leaf = self._directory(self.header["leaf_directory_offset"] + int(d.offset[i]), int(d.length[i]))
-                yield from self._walk(leaf, depth + 1)
+                leaf = self._directory(self.header["leaf_directory_offset"] + int(d.offset[i]), int(d.length[i]),
+                                       "leaf directory")
+                yield from self._walk(leaf, depth + 1, budget)
 
 
 def e7(degrees: float) -> int:

@@ -1,13 +1,17 @@
-"""The on-disk release: a public contract shared by `curate build` (writer), `serve` and the loader.
+"""A release directory: a public contract shared by `curate build` (writer), `serve` and the loader.
 
-Layout (the paper's, standard XYZ so any web map can show a layer directly)::
+Layout (the paper's, standard XYZ so any web map can show a layer directly; written once, in
+`scale_alibi.contract.layout`)::
 
     OUT/<release>/<layer>/<z>/<x>/<y>.png      layer in s1, s2, naip; naip also at z+1
     OUT/<release>/manifest.parquet             one row per complete triplet; written last
     OUT/<release>/<layer>.pmtiles              optional: the layer as one PMTiles archive
                                                (`curate pack`); serves a release without the tree
 
-A release without ``manifest.parquet`` is unfinished: it is never served or trained on.
+A release without ``manifest.parquet`` is unfinished: it is never served or trained on. This module
+holds the local `Release`, manifest writing (sealed: `scale_alibi.contract.manifest`), durable file
+writes, the write guard (`writable_release_dir`) and the shard order; reading a release anywhere
+(a directory or a bucket) is `scale_alibi.contract.reader`.
 """
 
 from __future__ import annotations
@@ -30,50 +34,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-LAYERS: tuple[str, ...] = ("s1", "s2", "naip")
-# Credit each layer's data requires; served in TileJSON and written into PMTiles archives.
-ATTRIBUTION: dict[str, str] = {
-    "s1": "Contains modified Copernicus Sentinel data (Sentinel-1)",
-    "s2": "Contains modified Copernicus Sentinel data (Sentinel-2)",
-    "naip": "NAIP imagery: USDA Farm Production and Conservation Business Center, public domain",
-}
+from scale_alibi.contract import layout
+from scale_alibi.contract.layout import tile_name
+from scale_alibi.contract.manifest import MANIFEST_SCHEMA_VERSION as MANIFEST_SCHEMA_VERSION
+from scale_alibi.contract.manifest import REQUIRED_COLUMNS, RowsDigest
+from scale_alibi.contract.manifest import SPLITS as SPLITS
+from scale_alibi.contract.names import ATTRIBUTION as ATTRIBUTION
+from scale_alibi.contract.names import CHANNELS as CHANNELS
+from scale_alibi.contract.names import HIRES_CHILDREN as HIRES_CHILDREN
+from scale_alibi.contract.names import HIRES_NAMES as HIRES_NAMES
+from scale_alibi.contract.names import LAYERS as LAYERS
+from scale_alibi.contract.names import MODALITIES as MODALITIES
+from scale_alibi.contract.names import TRIPLET_MEMBERS as TRIPLET_MEMBERS
+from scale_alibi.contract.names import triplet_tiles as triplet_tiles
+
 MANIFEST_NAME = "manifest.parquet"
 STATS_NAME = "stats.json"  # `curate stats`: per-channel mean/std beside the manifest
-
-# The four NAIP tiles at zoom z+1 that make the 512 px image of tile (z, x, y), in row-major
-# order: (dx, dy) offsets of the child (2x+dx, 2y+dy). Names are the triplet/shard member names.
-HIRES_CHILDREN: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (0, 1), (1, 1))
-HIRES_NAMES: tuple[str, ...] = ("naip_hires_0", "naip_hires_1", "naip_hires_2", "naip_hires_3")
-TRIPLET_MEMBERS: tuple[str, ...] = ("s1", "s2", "naip", *HIRES_NAMES)
-# A triplet decoded: one image per modality, naip_hires assembled from the four HIRES_NAMES tiles.
-MODALITIES: tuple[str, ...] = ("s1", "s2", "naip", "naip_hires")
-# Channels kept per modality: s1 PNGs are RGB with R empty, G = VV, B = VH.
-CHANNELS: dict[str, int] = {"s1": 2, "s2": 3, "naip": 3, "naip_hires": 3}
-SPLITS: tuple[str, ...] = ("train", "heldout")  # values of the manifest's `split` column
-
-
-def triplet_tiles(z: int, x: int, y: int) -> list[tuple[str, tuple[str, int, int, int]]]:
-    """(member name, tile address (layer, z, x, y)) of every tile of triplet (z, x, y), in TRIPLET_MEMBERS order."""
-    out = [(layer, (layer, z, x, y)) for layer in LAYERS]
-    out += [(name, ("naip", z + 1, 2 * x + dx, 2 * y + dy)) for name, (dx, dy) in zip(HIRES_NAMES, HIRES_CHILDREN)]
-    return out
-
-
-# Version of the manifest contract (REQUIRED_COLUMNS and their meaning), recorded in PMTiles archives.
-MANIFEST_SCHEMA_VERSION = 1
-
-# Columns every manifest has; `curate build` may add more (documented in docs/manifest.md).
-REQUIRED_COLUMNS: dict[str, pa.DataType] = {
-    "z": pa.int32(),
-    "x": pa.int64(),
-    "y": pa.int64(),
-    "split": pa.string(),  # "train" or "heldout"
-    "hash_s1": pa.string(),  # sha256 hex of the PNG bytes
-    "hash_s2": pa.string(),
-    "hash_naip": pa.string(),
-    "hash_naip_hires": pa.list_(pa.string()),  # four hashes in HIRES_CHILDREN order
-}
-
 
 MAX_RELEASE_NAME = 100
 _RELEASE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
@@ -96,9 +72,56 @@ def check_release_name(name: str) -> str:
     return name
 
 
+def is_below(real_path: str, real_root: str) -> bool:
+    """Whether the resolved path `real_path` lies strictly below the resolved directory `real_root`
+    (for callers that resolved both already: `resolves_inside` resolves them)."""
+    return real_path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
 def resolves_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
     """True when `path`, with every symlink resolved, lies strictly below `root` (also resolved)."""
-    return os.path.realpath(path).startswith(os.path.realpath(root).rstrip(os.sep) + os.sep)
+    return is_below(os.path.realpath(path), os.path.realpath(root))
+
+
+def writable_release_dir(root: str | os.PathLike[str], name: str) -> Path:
+    """`root/name`, the release directory a command is about to write into, once proven to be its
+    own. UserError when the directory itself is a link (it must resolve to exactly its place below
+    `root`), or when a layer directory in it resolves outside `root` or into another finished
+    release (a directory of `root` with a manifest), whose files a write would replace. The one
+    guard of every command that writes a release (build, pack, stats, import-pmtiles, verify --repair)."""
+    from scale_alibi.contract.errors import UserError
+
+    def refuse(entry: Path, why: str) -> UserError:
+        return UserError(f"refusing to write release {name!r}: {entry} resolves outside {why} (to "
+                         f"{os.path.realpath(entry)}); remove the link or choose another output directory")
+
+    release = Path(root) / check_release_name(name)
+    real_root = os.path.realpath(root)
+    own = os.path.join(real_root, name)
+    if os.path.lexists(release) and os.path.realpath(release) != own:
+        raise refuse(release, f"its own place {own} (a link out of the root or into another release)")
+    for layer in LAYERS:
+        entry = release / layer
+        if not os.path.lexists(entry):
+            continue
+        real = os.path.realpath(entry)
+        if not is_below(real, real_root):
+            raise refuse(entry, f"the output directory {real_root}")
+        top = os.path.join(real_root, os.path.relpath(real, real_root).split(os.sep, 1)[0])
+        if top != own and os.path.isfile(os.path.join(top, MANIFEST_NAME)):
+            raise refuse(entry, f"release {name!r}: into the release {os.path.basename(top)!r}")
+    return release
+
+
+def confine(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Path:
+    """`path`, once proven to resolve (symlinks followed) strictly inside `root` (a release or output
+    directory); UserError if not: nothing is written or deleted where a planted link sends it."""
+    from scale_alibi.contract.errors import UserError
+
+    if not resolves_inside(path, root):
+        raise UserError(f"refusing to write {path}: it resolves outside {root} (to {os.path.realpath(path)}); "
+                        "remove the link or choose another output directory")
+    return Path(path)
 
 
 def content_hash(data: bytes) -> str:
@@ -179,17 +202,21 @@ class Release:
     def tile_path(self, layer: str, z: int, x: int, y: int) -> Path:
         return self.path / tile_name(layer, z, x, y)
 
+    def archive_path(self, layer: str) -> Path:
+        """The PMTiles archive of `layer` beside the manifest."""
+        return self.path / layout.archive_name(layer)
+
+    @property
+    def has_tree(self) -> bool:
+        """Whether the release directory holds any layer of the XYZ tile tree (which then takes precedence)."""
+        return layout.has_tree(lambda name: (self.path / name).is_dir())
+
     def triplet_paths(self, z: int, x: int, y: int) -> dict[str, Path]:
         """Every file of the triplet at (z, x, y), keyed by its member name (TRIPLET_MEMBERS)."""
         return {name: self.tile_path(*tile) for name, tile in triplet_tiles(z, x, y)}
 
     def read_manifest(self) -> pa.Table:
         return read_manifest(self.manifest_path)
-
-
-def tile_name(layer: str, z: int, x: int, y: int) -> str:
-    """The path of tile (layer, z, x, y) relative to its release ('/'-separated: also an object key)."""
-    return f"{layer}/{z}/{x}/{y}.png"
 
 
 HASH_COLUMNS: tuple[str, ...] = ("z", "x", "y", "hash_s1", "hash_s2", "hash_naip", "hash_naip_hires")
@@ -228,6 +255,7 @@ def write_manifest_batches(sink: BinaryIO, batches: Iterable[pa.Table], schema: 
     sorted); memory is one row group, not the whole manifest. Returns the number of rows."""
     schema = manifest_schema(schema, metadata)
     rows, last = 0, None
+    digest = RowsDigest()
     pending: list[pa.Table] = []
     with pq.ParquetWriter(sink, schema) as writer:
         def flush() -> None:
@@ -245,10 +273,12 @@ def write_manifest_batches(sink: BinaryIO, batches: Iterable[pa.Table], schema: 
                 raise ValueError("manifest batches are not in strictly increasing (z, x, y) order")
             last = keys[-1]
             pending.append(batch)
+            digest.update(batch)
             rows += batch.num_rows
             if sum(t.num_rows for t in pending) >= MANIFEST_ROW_GROUP:
                 flush()
         flush()
+        writer.add_key_value_metadata(digest.seal())  # in the footer, written after every row
     return rows
 
 
@@ -261,8 +291,9 @@ def manifest_bytes(table: pa.Table, metadata: dict[str, object]) -> bytes:
 
 
 def read_manifest(path: Path | pa.NativeFile) -> pa.Table:
-    """Read a manifest written by `write_manifest` (from a path, or from its bytes in a pa.BufferReader)."""
-    return pq.read_table(path)
+    """Read a manifest written by `write_manifest` (from a path, or from its bytes in a pa.BufferReader),
+    with its footer's key-value metadata (the seal among it) as the schema's metadata."""
+    return pq.ParquetFile(path if isinstance(path, pa.NativeFile) else os.fspath(path)).read()
 
 
 def manifest_metadata(table: pa.Table) -> dict[str, object]:

@@ -9,7 +9,7 @@ present in all three whose four NAIP Y+1 children are present too; tiles of no t
 out. Every tile is read once: checked to be a PNG, hashed (sha256, the manifest's hash) and
 written to ``OUT/R/<layer>.pmtiles`` (the layout of `curate pack`, served as is by `curate
 serve`) or, with ``--unpack``, to the XYZ tree ``OUT/R/<layer>/<z>/<x>/<y>.png``. The manifest
-comes last. Splits are `scale_alibi.curate.build.split_of`, computed as for a region build.
+comes last. Splits are `scale_alibi.curate.pipeline.split_of`, computed as for a region build.
 
 Manifest: the required columns only (`scale_alibi.contract.release.REQUIRED_COLUMNS`). The columns `curate
 build` adds (scene ids, groups, acquisition dates, valid fractions, cloud cover, orbit, NAIP
@@ -27,19 +27,22 @@ import pyarrow as pa
 from pmtiles.tile import Compression, TileType, tileid_to_zxy
 
 from scale_alibi import __version__
-from scale_alibi.contract.archive import PNG_SIGNATURE, Archive, ArchiveError, archive_name, has_tree
+from scale_alibi.contract.archive import Archive, ArchiveError
 from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.png import PNG_HEAD_BYTES, TILE_PX, tile_problem
 from scale_alibi.contract.release import (
     HIRES_CHILDREN,
     LAYERS,
     MANIFEST_SCHEMA_VERSION,
     REQUIRED_COLUMNS,
     Release,
+    check_release_name,
     content_hash,
+    writable_release_dir,
     write_manifest,
 )
-from scale_alibi.curate.build import split_of
 from scale_alibi.curate.pack import layer_tiles, tile_id_order, write_layer
+from scale_alibi.curate.pipeline import split_of
 
 _TILE_COMPRESSION_OK = (Compression.NONE, Compression.UNKNOWN)  # PNG bytes stored as they are
 
@@ -63,7 +66,12 @@ def open_layer(layer: str, path: Path | None) -> Archive:
         archive.close()
         raise UserError(f"--{layer} {path} stores its tiles {h['tile_compression'].name}-compressed; "
                         "only uncompressed PNG tiles can be imported")
-    schema = archive.metadata().get("scale_alibi", {}).get("manifest_schema_version")
+    try:
+        scale_alibi = archive.metadata().get("scale_alibi")
+    except ArchiveError as exc:
+        archive.close()
+        raise UserError(f"--{layer} {path}: {exc}; pass a PMTiles v3 archive of PNG tiles") from None
+    schema = scale_alibi.get("manifest_schema_version") if isinstance(scale_alibi, dict) else None
     if isinstance(schema, int) and schema > MANIFEST_SCHEMA_VERSION:
         archive.close()
         raise UserError(f"--{layer} {path} was packed with manifest schema {schema}; this version reads "
@@ -117,14 +125,13 @@ def import_release(out: Path, name: str, paths: dict[str, Path | None], zoom: in
                    heldout_fraction: float = 0.25, split_levels: int = 2,
                    echo: Callable[[str], None] = lambda m: None) -> Release:
     """Write release `name` under `out` from the archives `paths` (layer -> file); see the module docstring."""
-    if not name or name.startswith(".") or Path(name).name != name:
-        raise UserError(f"--release {name!r} must be a plain folder name (no '/', not starting with '.')")
+    check_release_name(name)  # the rule `curate serve` and `curate verify` apply
     if not 0 <= heldout_fraction <= 1:
         raise UserError(f"--heldout-fraction {heldout_fraction} must be in [0, 1]")
-    release = Release(Path(out), name)
+    release = Release(writable_release_dir(out, name).parent, name)
     if release.is_finished:
         raise UserError(f"release {name!r} already exists in {out}; choose another --release or remove it")
-    if not unpack and has_tree(release.path):
+    if not unpack and release.has_tree:
         # A tree takes precedence over archives when serving: a leftover one would hide them.
         raise UserError(f"{release.path} holds a tile tree from an earlier run; remove it, or pass --unpack")
     archives: dict[str, Archive] = {}
@@ -144,6 +151,8 @@ def import_release(out: Path, name: str, paths: dict[str, Path | None], zoom: in
         x, y = x[order], y[order]
         z = np.full(len(x), zoom, dtype=np.int64)
         echo(f"release {name}: {len(x)} triplets at zoom {zoom}")
+        for layer in LAYERS:  # before anything is written
+            _check_tiles(layer, archives[layer], entries[layer], z, x, y)
         hashes = {layer: _copy_layer(release, layer, archives[layer], entries[layer], z, x, y, unpack, echo)
                   for layer in LAYERS}
         n = len(x)
@@ -170,28 +179,43 @@ def import_release(out: Path, name: str, paths: dict[str, Path | None], zoom: in
 
 
 def _describe(archive: Archive) -> dict:
-    meta = archive.metadata()
+    meta = archive.metadata()  # read once already by `open_layer`: it is a JSON object
     return {"file": Path(archive.name).name, "bytes": archive.size,
             "tiles": archive.header["addressed_tiles_count"],
             **{k: meta[k] for k in ("name", "attribution") if isinstance(meta.get(k), str)}}
 
 
+def _layer_positions(layer: str, entries, z: np.ndarray, x: np.ndarray, y: np.ndarray):
+    """(lz, lx, ly, tile-id order, index into `entries`) of the tiles of `layer` for triplets (z, x, y)."""
+    lz, lx, ly = layer_tiles(layer, z, x, y)
+    ids, order = tile_id_order(lz, lx, ly)
+    return lz, lx, ly, order, _positions(entries, ids)
+
+
+def _check_tiles(layer: str, archive: Archive, entries, z: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+    """UserError naming the first tile of `layer` for triplets (z, x, y) that is not a 256 px 8-bit PNG,
+    from its header alone (33 bytes: a tile may announce gigapixels in a few kilobytes)."""
+    lz, lx, ly, order, pos = _layer_positions(layer, entries, z, x, y)
+    offsets, lengths = entries[1], entries[2]
+    for i in order.tolist():  # tile-id order: the archive is read front to back
+        problem = tile_problem(archive.pread(int(offsets[pos[i]]), min(int(lengths[pos[i]]), PNG_HEAD_BYTES)))
+        if problem is not None:
+            raise UserError(f"--{layer} tile {lz[i]}/{lx[i]}/{ly[i]} {problem}; a release's tiles are {TILE_PX} px "
+                            "8-bit PNGs (NAIP's zoom Y+1 tiles too), so the archive cannot be imported")
+
+
 def _copy_layer(release: Release, layer: str, archive: Archive, entries, z: np.ndarray, x: np.ndarray,
                 y: np.ndarray, unpack: bool, echo: Callable[[str], None]) -> list[str]:
     """Read, check, hash and write every tile of `layer` for triplets (z, x, y); their sha256 in `layer_tiles` order."""
-    lz, lx, ly = layer_tiles(layer, z, x, y)
-    ids, order = tile_id_order(lz, lx, ly)
-    pos = _positions(entries, ids)
+    lz, lx, ly, order, pos = _layer_positions(layer, entries, z, x, y)
     offsets, lengths = entries[1], entries[2]
-    hashes: list[str] = [""] * len(ids)
+    hashes: list[str] = [""] * len(pos)
 
     def read(i: int) -> bytes:
         data = archive.pread(int(offsets[pos[i]]), int(lengths[pos[i]]))
         where = f"--{layer} tile {lz[i]}/{lx[i]}/{ly[i]}"
         if len(data) != int(lengths[pos[i]]):
             raise UserError(f"{where} lies past the end of the archive (truncated file); download it again")
-        if not data.startswith(PNG_SIGNATURE):
-            raise UserError(f"{where} is not a PNG although the archive says so; only PNG tiles can be imported")
         hashes[i] = content_hash(data)
         return data
 
@@ -200,9 +224,9 @@ def _copy_layer(release: Release, layer: str, archive: Archive, entries, z: np.n
             path = release.tile_path(layer, int(lz[i]), int(lx[i]), int(ly[i]))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(read(i))  # the manifest, written last, is the commit point
-        echo(f"{layer}: {len(ids)} tiles -> {release.path / layer}")
+        echo(f"{layer}: {len(pos)} tiles -> {release.path / layer}")
     else:
-        path = release.path / archive_name(layer)
+        path = release.archive_path(layer)
         write_layer(path, release.name, layer, z, x, y, read)
-        echo(f"{layer}: {len(ids)} tiles -> {path}")
+        echo(f"{layer}: {len(pos)} tiles -> {path}")
     return hashes

@@ -6,13 +6,17 @@ writes ``OUT/R/s1.pmtiles``, ``s2.pmtiles`` and ``naip.pmtiles`` beside the mani
 zoom Y and the four Y+1 children of each triplet), each written atomically (temp + rename). With
 ``--out DIR`` they go to ``DIR/R/`` together with a copy of the manifest (written last) and of
 ``stats.json``: a release without the tile tree, which `curate serve --data DIR` serves from the
-archives with the same bytes and ETags. Every tile is checked against the manifest's sha256.
+archives with the same bytes and ETags. Every tile is checked against the manifest's sha256, and the
+manifest against its seal before anything is written. OUT and DIR may be object-store URLs
+(``s3://bucket/prefix``): the release is read through `scale_alibi.contract.reader`, and each archive
+is written to a local temporary file and uploaded whole.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +24,9 @@ import mercantile
 import numpy as np
 import pyarrow as pa
 
-from scale_alibi.contract.archive import ArchiveExtent, archive_name, e7, has_tree, tile_ids, write_archive
+from scale_alibi.contract.archive import ArchiveExtent, e7, tile_ids, write_archive
 from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.reader import StoredRelease
 from scale_alibi.contract.release import (
     ATTRIBUTION,
     HIRES_CHILDREN,
@@ -29,9 +34,8 @@ from scale_alibi.contract.release import (
     MANIFEST_NAME,
     MANIFEST_SCHEMA_VERSION,
     STATS_NAME,
-    Release,
+    confine,
     content_hash,
-    write_bytes_atomic,
 )
 
 
@@ -125,46 +129,59 @@ def copy_manifest(source: Path, target: Path) -> None:
         raise
 
 
-def pack_release(root: Path, name: str, out: Path | None = None,
-                 echo: Callable[[str], None] = lambda m: None) -> list[Path]:
-    """Write the three layer archives of finished release `name` under `root` (see the module docstring)."""
-    release = Release(Path(root), name)
-    if not release.is_finished:
-        raise UserError(f"no finished release {name!r} under {root} (no {MANIFEST_NAME}); "
-                        "check --data and --release, or finish it with `curate build`")
-    table = release.read_manifest()
+def pack_release(root: str | os.PathLike[str], name: str, out: str | os.PathLike[str] | None = None,
+                 echo: Callable[[str], None] = lambda m: None) -> list[str]:
+    """Write the three layer archives of finished release `name` under `root` (see the module docstring).
+    `root` and `out` are directories or object-store URLs; returns where each archive went."""
+    source = StoredRelease(root, name)
+    table = source.manifest().table  # checked before anything is written: a manifest that lies packs nothing
     if table.num_rows == 0:
         raise UserError(f"release {name!r} has no triplets: nothing to pack")
     z, x, y = (table.column(c).to_numpy().astype(np.int64) for c in ("z", "x", "y"))
-    target = Path(out) / name if out is not None else release.path
-    if out is not None and target.resolve() == release.path.resolve():
-        target = release.path
-    if target != release.path and ((target / MANIFEST_NAME).exists() or has_tree(target)):
-        raise UserError(f"{target} already holds a release or tiles; choose another --out or remove it")
+    target = source if out is None else StoredRelease(out, name)
+    if target.remote == source.remote and (
+            target.path == source.path if target.remote else os.path.realpath(target.path) == os.path.realpath(source.path)):
+        target = source
+    target.check_writable()
+    if target is not source and (target.is_finished() or target.has_tree()):
+        raise UserError(f"{target.location} already holds a release or tiles; choose another --out or remove it")
+    read_tile = source.tiles()
     written = []
     for layer in LAYERS:
         lz, lx, ly = layer_tiles(layer, z, x, y)
         expected = layer_hashes(layer, table)
 
         def read(i: int, lz=lz, lx=lx, ly=ly, expected=expected, layer=layer) -> bytes:
-            path = release.tile_path(layer, int(lz[i]), int(lx[i]), int(ly[i]))
+            where = f"{layer} tile {int(lz[i])}/{int(lx[i])}/{int(ly[i])}"
             try:
-                data = path.read_bytes()
+                data = read_tile(layer, int(lz[i]), int(lx[i]), int(ly[i]))
             except OSError:
-                raise UserError(f"tile {path.relative_to(release.path)} of the manifest cannot be read; "
-                                f"rebuild release {name!r} with `curate build`") from None
+                raise UserError(f"{where} of the manifest cannot be read; rebuild release {name!r} with "
+                                "`curate build`") from None
             if content_hash(data) != expected[i]:
-                raise UserError(f"tile {path.relative_to(release.path)} does not match the manifest's sha256; "
-                                f"rebuild release {name!r} with `curate build`")
+                raise UserError(f"{where} does not match the manifest's sha256; rebuild release {name!r} with "
+                                "`curate build`")
             return data
 
-        path = target / archive_name(layer)
-        n = write_layer(path, name, layer, z, x, y, read)
-        echo(f"{layer}: {n} tiles -> {path}")
-        written.append(path)
-    if target != release.path:
-        stats = release.path / STATS_NAME
-        if stats.is_file():
-            write_bytes_atomic(target / STATS_NAME, stats.read_bytes())
-        copy_manifest(release.manifest_path, target / MANIFEST_NAME)
+        rel = Path(target.archive_key(layer)).name
+        if target.remote:
+            with tempfile.TemporaryDirectory(prefix="scale-alibi-pack-") as tmp:
+                n = write_layer(Path(tmp) / rel, name, layer, z, x, y, read)
+                target.put(rel, Path(tmp) / rel)  # one PUT of the whole archive
+        else:
+            os.makedirs(target.path, exist_ok=True)
+            n = write_layer(confine(target.archive_key(layer), target.path), name, layer, z, x, y, read)
+        echo(f"{layer}: {n} tiles -> {target.archive_key(layer)}")
+        written.append(target.archive_key(layer))
+    if target is not source:
+        stats = source.read(STATS_NAME)
+        if stats is not None:
+            target.write(STATS_NAME, stats)
+        if not source.remote and not target.remote:
+            copy_manifest(Path(source.key(MANIFEST_NAME)), Path(target.key(MANIFEST_NAME)))
+        else:
+            raw = source.read(MANIFEST_NAME)
+            if raw is None:
+                raise UserError(f"the manifest of {source.location} vanished while it was packed; pack it again")
+            target.write(MANIFEST_NAME, raw)  # last: it makes the copy a finished release
     return written

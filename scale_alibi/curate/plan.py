@@ -21,16 +21,22 @@ from dataclasses import dataclass
 from itertools import repeat
 
 import mercantile
+import numpy as np
 import shapely
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.tiles import MAX_LAT
 from scale_alibi.contract.tiles import column_west_lon as _lon
 from scale_alibi.contract.tiles import row_north_lat as _lat
 from scale_alibi.regions import ReleaseSpec, SubRegion, check_geometry
 
 MAX_ZOOM = 22
+# Tiles a plan may hold unless asked for more (--max-tiles): CONUS at zoom 15 is 9.1 million, and
+# a build holds every planned tile in memory (a dict entry each), so an area or zoom beyond this is
+# refused before anything runs rather than filling the machine's memory with no output.
+MAX_TILES = 20_000_000
 # Rows are clipped in chunks first so that each row's clip works on a small piece of a big outline.
 _CHUNK_ROWS = 64
 
@@ -109,9 +115,53 @@ def iter_tiles(geometry: BaseGeometry, zoom: int) -> Iterator[mercantile.Tile]:
             yield from map(mercantile.Tile._make, zip(range(lo, hi + 1), repeat(y), repeat(zoom)))
 
 
-def count_tiles(geometry: BaseGeometry, zoom: int) -> int:
-    """Number of tiles `iter_tiles` would yield, without listing them."""
-    return sum(hi - lo + 1 for _, ranges in iter_rows(geometry, zoom) for lo, hi in ranges)
+def count_tiles(geometry: BaseGeometry, zoom: int, max_tiles: int | None = None, what: str = "the region") -> int:
+    """Number of tiles `iter_tiles` would yield, without listing them (memory: one row's ranges).
+    With `max_tiles`, UserError as soon as the count passes it (`what` names the area)."""
+    total = 0
+    for _, ranges in iter_rows(geometry, zoom):
+        total += sum(hi - lo + 1 for lo, hi in ranges)
+        if max_tiles is not None and total > max_tiles:
+            raise too_many_tiles(what, zoom, max_tiles, tile_area(geometry, zoom))
+    return total
+
+
+def tile_area(geometry: BaseGeometry, zoom: int) -> float:
+    """The region's area in zoom-`zoom` tiles (web-mercator units): about the number of tiles it covers."""
+    n = 2.0**zoom
+
+    def to_tiles(lonlat: np.ndarray) -> np.ndarray:
+        lat = np.radians(np.clip(lonlat[:, 1], -MAX_LAT, MAX_LAT))
+        x = (lonlat[:, 0] + 180.0) / 360.0 * n
+        y = (1.0 - np.arcsinh(np.tan(lat)) / np.pi) / 2.0 * n
+        return np.stack([x, y], axis=1)
+
+    return float(shapely.transform(geometry, to_tiles).area)
+
+
+def too_many_tiles(what: str, zoom: int, max_tiles: int, about: float) -> UserError:
+    """The one line that refuses a plan over `max_tiles`, with the region's size in tiles and the way past it."""
+    suggest = int(float(f"{max(about, max_tiles + 1) * 1.05:.2g}"))  # two significant digits, above the estimate
+    return UserError(f"{what} covers over {max_tiles:,} tiles at zoom {zoom} (about {about:,.0f}); pass "
+                     f"--max-tiles {suggest} to plan them anyway (a build holds every tile in memory), "
+                     "or choose a smaller area or zoom")
+
+
+def check_plan_size(geometry: BaseGeometry | None, spec: ReleaseSpec | None, zoom: int, max_tiles: int,
+                    what: str) -> None:
+    """UserError when the region `geometry` (or the release `spec`'s sub-regions) at `zoom` covers
+    more than `max_tiles` tiles; the count streams and stops at the cap, so this is fast either way."""
+    if spec is None:
+        assert geometry is not None
+        count_tiles(geometry, zoom, max_tiles, what)
+        return
+    left = max_tiles
+    for sub in spec.subregions:
+        try:
+            left -= count_tiles(sub.geometry, zoom, left, what)
+        except UserError:
+            about = sum(tile_area(s.geometry, zoom) for s in spec.subregions)
+            raise too_many_tiles(what, zoom, max_tiles, about) from None
 
 
 def iter_release_tiles(spec: ReleaseSpec) -> Iterator[tuple[SubRegion, mercantile.Tile]]:
@@ -135,11 +185,12 @@ class RegionCount:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def plan_release(name: str) -> dict:
-    """The plan of a named release: per-sub-region and per-split tile counts."""
+def plan_release(name: str, max_tiles: int = MAX_TILES) -> dict:
+    """The plan of a named release: per-sub-region and per-split tile counts (UserError past `max_tiles`)."""
     from scale_alibi.regions import load_release
 
     spec = load_release(name)
+    check_plan_size(None, spec, spec.zoom, max_tiles, f"release {name}")
     counts = [RegionCount(s.name, count_tiles(s.geometry, spec.zoom), s.state, s.split) for s in spec.subregions]
     splits: dict[str, int] = {}
     for sub, c in zip(spec.subregions, counts):
@@ -155,12 +206,12 @@ def plan_release(name: str) -> dict:
     }
 
 
-def plan_region(name_or_path: str, zoom: int) -> dict:
-    """The plan of one region (a named outline or a GeoJSON file) at one zoom."""
+def plan_region(name_or_path: str, zoom: int, max_tiles: int = MAX_TILES) -> dict:
+    """The plan of one region (a named outline or a GeoJSON file) at one zoom (UserError past `max_tiles`)."""
     from scale_alibi.regions import load_region
 
     check_zoom(zoom)
-    tiles = count_tiles(load_region(name_or_path), zoom)
+    tiles = count_tiles(load_region(name_or_path), zoom, max_tiles, f"region {name_or_path}")
     return {"zoom": zoom, "tiles": tiles, "regions": [RegionCount(str(name_or_path), tiles).as_dict()]}
 
 
@@ -186,7 +237,7 @@ def scene_summary(catalog: str, areas: list[BaseGeometry], datetime: str | None 
     import httpx
     from shapely.geometry import mapping
 
-    from scale_alibi.curate.search import SENSORS, open_catalog, resolve_signer
+    from scale_alibi.curate.search import PAGE_LIMIT, SENSORS, complete_search, open_catalog, resolve_signer
 
     client = open_catalog(catalog)
     sign = resolve_signer(None)  # signs Planetary Computer blob hrefs only; others pass unchanged
@@ -195,12 +246,14 @@ def scene_summary(catalog: str, areas: list[BaseGeometry], datetime: str | None 
         for layer, sensor in SENSORS.items():
             items: dict[str, dict] = {}
             for area in areas:
-                kwargs = {"collections": [sensor.collection], "intersects": mapping(area), "limit": 250}
+                kwargs = {"collections": [sensor.collection], "intersects": mapping(area), "limit": PAGE_LIMIT}
                 if datetime:
                     kwargs["datetime"] = datetime
                 try:
-                    for item in client.search(**kwargs).items_as_dicts():
+                    for item in complete_search(client, kwargs):
                         items.setdefault(item["id"], item)
+                except UserError:
+                    raise
                 except Exception as exc:
                     reason = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
                     raise UserError(f"STAC search of {sensor.collection} at {catalog} failed ({reason})") from None

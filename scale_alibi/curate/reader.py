@@ -30,7 +30,7 @@ from pyproj import CRS, Transformer
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.errors import ScaleAlibiError, UserError
 from scale_alibi.curate.search import TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ AUTH_RETRIES = 1  # re-signs after a 403 before the read is refused for good
 BACKOFF_S = 0.25  # first delay; doubles, with jitter, capped at 8 s
 
 
-class TransientError(RuntimeError):
+class TransientError(ScaleAlibiError, RuntimeError):
     """A read that kept failing with a retryable error (HTTP 429/5xx, timeouts)."""
 
 
@@ -100,14 +100,17 @@ def _expiry(href: str) -> float:
 
 
 def signed_href(href: str, signer, force: bool = False) -> str:
-    """The signed form of an unsigned `href`, reused while its token has > 60 s left; re-signed when `force`."""
+    """The signed form of an unsigned `href`, reused while its token has > 60 s left; re-signed when `force`
+    (with a newly requested token where the signer can get one: its `fresh` method)."""
     now = time.time()
     key = (signer, href)  # one process may build with several signers (tests do)
     with _lock:
         cached = _signed.get(key)
     if cached and not force and cached[1] - now > 60:
         return cached[0]
-    fresh = signer(href)  # always from the unsigned href: a signed one would not be re-signed
+    # Always from the unsigned href: a signed one would not be re-signed. Forced: a signer's own
+    # token cache may still hold the token the server just refused.
+    fresh = (getattr(signer, "fresh", signer) if force else signer)(href)
     with _lock:
         _signed[key] = (fresh, _expiry(fresh))
     return fresh
@@ -204,6 +207,7 @@ class Source:
     crs: object
     nodata: float | None
     res: float  # source pixel size in CRS units at the level read
+    valid: np.ndarray | None = None  # (h, w) bool, set by the sensor's rule (curate.validity); None: by `nodata`
 
 
 def _level(ds, target_res: float) -> int:

@@ -1,4 +1,4 @@
-"""Scene search: STAC items per sensor for a bounding box, as plain picklable dicts.
+"""Scene search: STAC items per sensor for a bounding box, as typed scenes (`scale_alibi.curate.scene`).
 
 The catalog's optional extensions (``query``, ``filter``, ``sortby``) are used only where the server
 declares them in its conformance classes (rustac's in-memory backend returns *no items* for
@@ -14,10 +14,11 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.errors import ScaleAlibiError, UserError
+from scale_alibi.curate.scene import Scene, parse_scene, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,15 @@ class SearchOptions:
     max_cloud: float = 20.0  # S2 eo:cloud_cover upper limit, percent
     s1_mode: str = "IW"
     naip_years: tuple[int, int] | None = None  # inclusive
+    # S1/S2 are searched only within this many days of the NAIP captures found in the same block
+    # (the match can use no other scene); None: over the whole archive (or --datetime).
+    max_gap_days: float | None = None
+    concurrency: int = 4  # catalog searches of one build running at once (Planetary Computer throttles bursts)
 
 
 # ---------------------------------------------------------------- signing
 
 Signer = Callable[[str], str]
-
-
-def _pc_sign(href: str) -> str:
-    import planetary_computer
-
-    return planetary_computer.sign(href)
 
 
 def _no_sign(href: str) -> str:
@@ -70,7 +69,9 @@ def resolve_signer(signer: str | Signer | None) -> Signer:
     if callable(signer):
         return signer
     if signer in (None, "planetary-computer", "pc"):
-        return _pc_sign
+        from scale_alibi.curate.access import PlanetaryComputerSigner
+
+        return PlanetaryComputerSigner()
     if signer == "none":
         return _no_sign
     if ":" in signer:
@@ -146,8 +147,7 @@ def _conforms(client, name: str) -> bool:
 def _parse_dt(value: str | None) -> datetime | None:
     if not value or value == "..":
         return None
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return parse_time(value)
 
 
 def parse_interval(interval: str | None) -> tuple[datetime | None, datetime | None]:
@@ -171,54 +171,79 @@ def parse_interval(interval: str | None) -> tuple[datetime | None, datetime | No
     return start, end
 
 
-def _compact(item: dict[str, Any], sensor: Sensor) -> dict[str, Any]:
-    """The part of an item the build needs: picklable, small, unsigned hrefs."""
-    props = item.get("properties", {})
-    return {
-        "id": item["id"],
-        "collection": sensor.collection,
-        "layer": sensor.layer,
-        "datetime": props.get("datetime") or props.get("start_datetime"),
-        "updated": props.get("updated"),
-        "properties": props,
-        "geometry": item.get("geometry"),
-        "bbox": item.get("bbox"),
-        "assets": {k: item["assets"][k]["href"] for k in sensor.assets if k in item.get("assets", {})},
-    }
+def collection_meta(client, collection: str) -> dict[str, Any]:
+    """The STAC Collection dict of `collection` (its ``item_assets`` nodata and ``msft:requires_account``),
+    or {} when the catalog does not serve it."""
+    try:
+        return client.get_collection(collection).to_dict()
+    except Exception:  # a catalog without /collections/{id}: items alone decide
+        return {}
 
 
-def keep_item(item: dict[str, Any], opts: SearchOptions) -> bool:
+def to_scene(item: dict[str, Any], sensor: Sensor, collection: dict[str, Any] | None = None) -> Scene | None:
+    """The typed scene of a found item, or None (logged) when it has no usable time or footprint."""
+    try:
+        return parse_scene({**item, "collection": sensor.collection}, sensor.layer, sensor.assets, collection)
+    except (ValueError, TypeError, KeyError) as e:
+        log.warning("%s %s skipped: %s", sensor.collection, item.get("id"), e)
+        return None
+
+
+def keep_item(scene: Scene, opts: SearchOptions) -> bool:
     """Client-side filters (applied whether or not the server honoured them)."""
-    props = item["properties"]
-    layer = item["layer"]
-    if any(k not in item["assets"] for k in SENSORS[layer].assets if k != "SCL"):
+    layer = scene.layer
+    if any(not scene.has(k) for k in SENSORS[layer].assets if k != "SCL"):
         return False
     start, end = parse_interval(opts.datetime) if layer != "naip" else (None, None)
-    dt = _parse_dt(item["datetime"])
-    if dt is None or (start and dt < start) or (end and dt > end):
+    dt = scene.datetime
+    if (start and dt < start) or (end and dt > end):
         return False
     if layer == "s2":
-        cc = props.get("eo:cloud_cover")
-        return cc is not None and float(cc) <= opts.max_cloud
+        return scene.cloud_cover is not None and scene.cloud_cover <= opts.max_cloud
     if layer == "s1":
-        return props.get("sar:instrument_mode", opts.s1_mode) == opts.s1_mode
+        return (scene.instrument_mode or opts.s1_mode) == opts.s1_mode
     if layer == "naip" and opts.naip_years:
-        try:
-            year = int(props.get("naip:year") or dt.year)
-        except ValueError:
-            return False
-        return opts.naip_years[0] <= year <= opts.naip_years[1]
+        return scene.naip_year is not None and opts.naip_years[0] <= scene.naip_year <= opts.naip_years[1]
     return True
 
 
+def search_window(layer: str, opts: SearchOptions, naip: list[Scene] | None = None,
+                  ) -> tuple[datetime | None, datetime | None] | None:
+    """The time window to search `layer` in ((None, None): any time), or None when nothing there could be
+    used: S1/S2 within `opts.datetime`, and within `opts.max_gap_days` of the `naip` items found."""
+    if layer == "naip":  # NAIP is chosen by --naip-years, the anchor of the match
+        return None, None
+    start, end = parse_interval(opts.datetime)
+    if naip is not None and opts.max_gap_days is not None:
+        captured = [scene.datetime for scene in naip]
+        if not captured:
+            return None
+        gap = timedelta(days=opts.max_gap_days + 1)  # a day more: a mosaic group (one UTC day) is never cut
+        start = max(start, min(captured) - gap) if start else min(captured) - gap
+        end = min(end, max(captured) + gap) if end else max(captured) + gap
+    if start and end and end < start:
+        return None
+    return start, end
+
+
+def _rfc3339(dt: datetime | None) -> str:
+    return ".." if dt is None else dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def search_items(catalog: str, layer: str, bbox: tuple[float, float, float, float],
-                 opts: SearchOptions, timeout_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
-    """All items of `layer` intersecting `bbox` (lon/lat) that pass `opts`, sorted by id (pure; a Dask task)."""
+                 opts: SearchOptions, timeout_s: float = TIMEOUT_S,
+                 naip: list[Scene] | None = None) -> list[Scene]:
+    """All items of `layer` intersecting `bbox` (lon/lat) that pass `opts`, sorted by id (pure; a Dask task).
+    S1/S2: only within the window `search_window` gives for the `naip` scenes of the block."""
     sensor = SENSORS[layer]
+    window = search_window(layer, opts, naip)
+    if window is None:
+        log.info("%s: not searched (no NAIP capture to match within the window)", sensor.collection)
+        return []
     client = open_catalog(catalog, timeout_s)
-    kwargs: dict[str, Any] = {"collections": [sensor.collection], "bbox": list(bbox), "limit": 250}
-    if opts.datetime and layer != "naip":  # NAIP is chosen by --naip-years, the anchor of the match
-        kwargs["datetime"] = opts.datetime
+    kwargs: dict[str, Any] = {"collections": [sensor.collection], "bbox": list(bbox), "limit": PAGE_LIMIT}
+    if window != (None, None):
+        kwargs["datetime"] = f"{_rfc3339(window[0])}/{_rfc3339(window[1])}"
     # Push filters down only where the server says it implements them.
     if _conforms(client, "QUERY"):
         if layer == "s2":
@@ -226,18 +251,93 @@ def search_items(catalog: str, layer: str, bbox: tuple[float, float, float, floa
         elif layer == "s1":
             kwargs["query"] = {"sar:instrument_mode": {"eq": opts.s1_mode}}
     try:
-        found = [_compact(it, sensor) for it in client.search(**kwargs).items_as_dicts()]
+        meta = collection_meta(client, sensor.collection)
+        found = [to_scene(it, sensor, meta) for it in complete_search(client, kwargs)]
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"STAC search of {sensor.collection} at {catalog} failed ({network_reason(e, timeout_s)}); "
                         "check the catalog, or rerun later to resume") from None
-    items = [it for it in found if keep_item(it, opts)]
+    items = [it for it in found if it is not None and keep_item(it, opts)]
     log.info("%s: %d items (%d before client-side filters)", sensor.collection, len(items), len(found))
-    return sorted(items, key=lambda it: it["id"])
+    return sorted(items, key=lambda it: it.id)
 
 
-def dedupe(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+# ---------------------------------------------------------------- paging
+
+PAGE_LIMIT = 250  # items per page asked for
+ARCHIVE_START = datetime(1970, 1, 1, tzinfo=timezone.utc)  # an open window's start, when it must be split
+SPLIT_FLOOR = timedelta(minutes=1)  # a shorter window that still fills a page without a next link is cut in space
+SPLIT_FLOOR_DEG = 1e-3  # ... and a box narrower than this (about 100 m) is an error
+MAX_SPLITS = 256  # cuts of one search before it is an error
+
+
+class _Truncated(ScaleAlibiError):
+    """A page was full but had no link to the next page: the server stopped paging early."""
+
+
+def _all_pages(client, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for page in client.search(**kwargs).pages_as_dicts():
+        features = page.get("features") or []
+        items.extend(features)
+        if len(features) >= kwargs["limit"] and not any(link.get("rel") == "next" for link in page.get("links") or []):
+            raise _Truncated(len(items))
+    return items
+
+
+def complete_search(client, kwargs: dict[str, Any], _budget: list[int] | None = None) -> list[dict[str, Any]]:
+    """Every item of the search `kwargs` (with "limit"), following `next` links.
+
+    A full page without a `next` link (Planetary Computer served such pages, planetary-computer-apis#274)
+    would silently end the results there: the search is split in two and each half searched the same
+    way, by time while the window is longer than SPLIT_FLOOR, then by space (NAIP quarter-quads of one
+    flight share a timestamp) while the box is wider than SPLIT_FLOOR_DEG; below both, or after MAX_SPLITS
+    cuts (items that fill both halves of every cut), a UserError."""
+    budget = [MAX_SPLITS] if _budget is None else _budget
+    try:
+        return _all_pages(client, kwargs)
+    except _Truncated as truncated:
+        halves = _halves(kwargs)
+        budget[0] -= 1
+        if halves is None or budget[0] < 0:
+            raise UserError(f"the catalog returned a full page ({kwargs['limit']} items) with no link to the next "
+                            f"page for {kwargs.get('collections')} at {kwargs.get('datetime', 'any time')}, even for "
+                            f"a box under {SPLIT_FLOOR_DEG:g} degrees and a window under "
+                            f"{SPLIT_FLOOR.total_seconds():g} s, in at most {MAX_SPLITS} cuts; retry later or narrow --datetime") from None
+        log.warning("%s: a full page without a next link after %d items; searching %s and %s",
+                    kwargs.get("collections"), truncated.args[0], *[(h.get("datetime"), h.get("bbox")) for h in halves])
+        found: dict[str, dict[str, Any]] = {}
+        for half in halves:
+            for it in complete_search(client, half, budget):
+                found.setdefault(it["id"], it)  # an item on the cut is in both halves
+        return list(found.values())
+
+
+def _halves(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The search `kwargs` cut in two by time, else by space; None when both are below their floor."""
+    start, end = parse_interval(kwargs.get("datetime"))
+    start = start or ARCHIVE_START
+    end = end or datetime.now(timezone.utc) + timedelta(days=1)
+    if end - start > SPLIT_FLOOR:
+        middle = start + (end - start) / 2
+        return ({**kwargs, "datetime": f"{_rfc3339(start)}/{_rfc3339(middle)}"},
+                {**kwargs, "datetime": f"{_rfc3339(middle)}/{_rfc3339(end)}"})
+    if "bbox" not in kwargs:  # an `intersects` search is cut by time only
+        return None
+    w, s, e, n = kwargs["bbox"]
+    if max(e - w, n - s) <= SPLIT_FLOOR_DEG:
+        return None
+    if e - w >= n - s:
+        m = (w + e) / 2
+        return {**kwargs, "bbox": [w, s, m, n]}, {**kwargs, "bbox": [m, s, e, n]}
+    m = (s + n) / 2
+    return {**kwargs, "bbox": [w, s, e, m]}, {**kwargs, "bbox": [w, m, e, n]}
+
+
+def dedupe(items: Iterable[Scene]) -> list[Scene]:
     """Items from several search blocks, once each, sorted by (collection, id)."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: dict[tuple[str, str], Scene] = {}
     for it in items:
-        seen.setdefault((it["collection"], it["id"]), it)
+        seen.setdefault((it.collection, it.id), it)
     return [seen[k] for k in sorted(seen)]

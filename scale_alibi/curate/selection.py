@@ -19,29 +19,23 @@ that tile (valid data, and for S2 not cloud by SCL, on >= ``min_valid`` of its p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime
 
-from shapely.geometry import box, shape
+from shapely.geometry import box
+
+from scale_alibi.curate.scene import Scene
 
 MAX_GAP_DAYS = 730.0
 
 
-def _dt(item: dict[str, Any]) -> datetime:
-    dt = datetime.fromisoformat(item["datetime"].replace("Z", "+00:00"))
-    # In UTC: a group's day is the UTC date even when the catalog writes a local offset.
-    return dt.astimezone(timezone.utc) if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
-def group_key(item: dict[str, Any]) -> str:
-    """The mosaic group an item belongs to (a readable, sortable string)."""
-    p = item["properties"]
-    day = _dt(item).strftime("%Y-%m-%d")
-    if item["layer"] == "s2":
-        return f"s2/{day}"
-    if item["layer"] == "s1":
-        return f"s1/{day}/{p.get('sat:orbit_state', '?')}/{p.get('sat:relative_orbit', '?')}"
-    return f"naip/{p.get('naip:year') or _dt(item).year}/{p.get('naip:state', '?')}"
+def group_key(item: Scene) -> str:
+    """The mosaic group an item belongs to (a readable, sortable string; days in UTC)."""
+    if item.layer == "s2":
+        return f"s2/{item.day}"
+    if item.layer == "s1":
+        orbit = "?" if item.relative_orbit is None else item.relative_orbit
+        return f"s1/{item.day}/{item.orbit_state or '?'}/{orbit}"
+    return f"naip/{item.naip_year}/{item.naip_state or '?'}"
 
 
 @dataclass
@@ -50,35 +44,32 @@ class Group:
 
     key: str
     layer: str
-    items: list[dict[str, Any]] = field(default_factory=list)
+    items: list[Scene] = field(default_factory=list)
 
     @property
     def datetime(self) -> datetime:
-        return min(_dt(it) for it in self.items)
+        return min(it.datetime for it in self.items)
 
     @property
     def cloud_cover(self) -> float | None:
-        values = [it["properties"].get("eo:cloud_cover") for it in self.items]
-        values = [float(v) for v in values if v is not None]
+        values = [it.cloud_cover for it in self.items if it.cloud_cover is not None]
         return max(values) if values else None
 
 
-def make_groups(items: list[dict[str, Any]]) -> list[Group]:
+def make_groups(items: list[Scene]) -> list[Group]:
     """Group items (see module docstring); items in each group in fill order."""
     groups: dict[str, Group] = {}
     for it in items:
         key = group_key(it)
-        groups.setdefault(key, Group(key, it["layer"])).items.append(it)
+        groups.setdefault(key, Group(key, it.layer)).items.append(it)
     for g in groups.values():
-        g.items.sort(key=lambda it: (float(it["properties"].get("eo:cloud_cover") or 0.0), it["id"]))
+        g.items.sort(key=lambda it: (it.cloud_cover or 0.0, it.id))
     return [groups[k] for k in sorted(groups)]
 
 
-def footprint(item: dict[str, Any]):
-    """The item's footprint (lon/lat) from its STAC geometry, or its bbox."""
-    if item.get("geometry"):
-        return shape(item["geometry"])
-    return box(*item["bbox"])
+def footprint(item: Scene):
+    """The item's footprint (lon/lat): its STAC geometry, or its bbox."""
+    return item.footprint
 
 
 def groups_touching(groups: list[Group], bounds_lonlat) -> list[Group]:
@@ -86,7 +77,7 @@ def groups_touching(groups: list[Group], bounds_lonlat) -> list[Group]:
     area = box(*bounds_lonlat)
     out = []
     for g in groups:
-        items = [it for it in g.items if footprint(it).intersects(area)]
+        items = [it for it in g.items if it.footprint.intersects(area)]
         if items:
             out.append(Group(g.key, g.layer, items))
     return out

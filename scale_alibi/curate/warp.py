@@ -135,6 +135,8 @@ def _area_prefilter(src: Source, factor: float) -> tuple[np.ndarray, np.ndarray,
 
 
 def _valid_u8(src: Source) -> np.ndarray:
+    if src.valid is not None:  # the sensor's rule (scale_alibi.curate.validity) already decided
+        return np.where(src.valid, 255, 0).astype(np.uint8)
     if src.nodata is None:
         return np.full(src.data.shape[1:], 255, np.uint8)
     bad = np.all(src.data == src.nodata, axis=0) if src.data.dtype == np.uint8 else np.any(src.data == src.nodata, axis=0)

@@ -176,7 +176,18 @@ def _s2(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
         bad20 = (np.arange(w2) * 2 + 1.0)[None, :] > edge(np.arange(h2) * 2 + 1.0)[:, None]
         scl[bad20] = 0
         valid_px = Polygon([(0, 0), (edge(0), 0), (edge(scene.height), scene.height), (0, scene.height)]).intersection(box(0, 0, scene.width, scene.height))
-    write_cog(folder / "visual.tif", out, scene.crs, scene.transform, nodata=0, min_overviews=SMALL_SCENE_OVERVIEWS)
+    if scene.quirks.get("scl_defect"):
+        # A disc where SCL says "saturated or defective" (1, north half: the visual is saturated
+        # white there) and "no data" (0, south half: the visual looks like any other ground).
+        cx, cy = scl_defect_centre(cfg, truth)
+        disc = (x20 - cx) ** 2 + (y20 - cy) ** 2 < SCL_DEFECT_RADIUS_M**2
+        scl[disc & (y20 >= cy)] = 1
+        scl[disc & (y20 < cy)] = 0
+        c10, r10 = np.meshgrid(np.arange(scene.width) + 0.5, np.arange(scene.height) + 0.5)
+        x10, y10 = _pixel_lonlat_local(scene, truth, c10, r10)
+        out[:, ((x10 - cx) ** 2 + (y10 - cy) ** 2 < SCL_DEFECT_RADIUS_M**2) & (y10 >= cy)] = 255
+    visual_nodata = None if scene.quirks.get("untagged") else 0
+    write_cog(folder / "visual.tif", out, scene.crs, scene.transform, nodata=visual_nodata, min_overviews=SMALL_SCENE_OVERVIEWS)
     tr = scene.transform
     t20 = Affine(tr.a * 2, tr.b, tr.c, tr.d, tr.e * 2, tr.f)
     write_cog(folder / "SCL.tif", scl[None], scene.crs, t20, nodata=0, resampling="nearest", min_overviews=SMALL_SCENE_OVERVIEWS)
@@ -188,6 +199,17 @@ def _s2(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
         "s2:thin_cirrus_percentage": round(100.0 * float((scl == 10).mean()), 6),
     }
     return stac.item(scene, valid_px, stac.s2_assets(scene), extra)
+
+
+SCL_DEFECT_RADIUS_M = 150.0
+
+
+def scl_defect_centre(cfg: WorldConfig, truth) -> tuple[float, float]:
+    """Local-frame centre (metres) of the SCL 0/1 disc: 40 % of the way east, inside the overlap of the
+    west-zone scene with the east-zone scene of the same day (which fills it), a quarter of the way north."""
+    w, s, e, n = cfg.bbox
+    x, y = truth.to_local(np.array([w + 0.4 * (e - w)]), np.array([s + 0.25 * (n - s)]))
+    return float(x[0]), float(y[0])
 
 
 def bright_targets(cfg: WorldConfig) -> list[tuple[float, float, float, float]]:
@@ -219,14 +241,21 @@ def _s1(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
         c, r = int(math.floor(col)), int(math.floor(row))
         if 0 <= r < scene.height and 0 <= c < scene.width:
             g[0, r, c], g[1, r, c] = vv, vh
+    if "zero_border" in scene.quirks:
+        # RTC's border: 0.0 in both polarisations, not the -32768 the tag declares (PC #307, #493).
+        g[:, :, : int(round(scene.quirks["zero_border"] * scene.width))] = 0.0
     for i, pol in enumerate(("vv", "vh")):
-        write_cog(folder / f"{pol}.tif", g[i : i + 1].astype(np.float32), scene.crs, scene.transform, nodata=-32768.0,
-                  min_overviews=SMALL_SCENE_OVERVIEWS)
+        write_cog(folder / stac.s1_file(pol), g[i : i + 1].astype(np.float32), scene.crs, scene.transform,
+                  nodata=-32768.0, min_overviews=SMALL_SCENE_OVERVIEWS)
     return stac.item(scene, None, stac.s1_assets(scene), {})
 
 
 def _naip(folder: Path, scene: Scene, truth, cfg: WorldConfig) -> dict:
     dn = render_sensor(truth, "naip", scene.crs, scene.transform, scene.height, scene.width)
     out = np.clip(np.rint(dn), 0, 255).astype(np.uint8)
+    if "black_collar" in scene.quirks:
+        # 0 in every band north-west of a diagonal, inside the item's geometry; no nodata tag.
+        rows, cols = np.ogrid[: scene.height, : scene.width]
+        out[:, cols / scene.width + rows / scene.height < scene.quirks["black_collar"]] = 0
     write_cog(folder / "image.tif", out, scene.crs, scene.transform, nodata=None)
     return stac.item(scene, None, stac.naip_assets(scene), {})

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
 from pathlib import Path
 
-# Bump when rendering changes, so cached worlds from older code are not reused.
-RENDER_VERSION = 4
+# Bump when rendering changes, so cached worlds from older code are not reused (the key also
+# hashes the renderer's source, so a change that forgets the bump still renders anew).
+RENDER_VERSION = 5
 
 # Local metric frame: x, y in metres on a sphere of mean Earth radius around the world's centre.
 EARTH_RADIUS_M = 6371008.8
@@ -34,6 +36,11 @@ class WorldConfig:
     s2_cloudy_date: str = "2023-06-15"
     s2_swath_date: str = "2023-06-20"
     s1_dates: tuple[str, ...] = ("2023-06-07", "2023-06-10")  # ascending, descending
+    # Planetary Computer's data irregularities (docs: scale_alibi/devworld/README.md), each on a
+    # scene that a build prefers, with clean scenes of the same ground to fall back to:
+    s1_zero_border: float = 0.3  # ascending pass: this fraction of its width (west) 0-filled under a -32768 tag
+    s2_scl_defect_date: str = "2023-06-05"  # west-zone scene: a patch of SCL 0 and 1 over valid-looking pixels
+    naip_fine_year: str = "2023"  # one 0.3 m footprint, with a black (0) collar inside its geometry
     bright_targets: int = 6  # S1 point scatterers that saturate any 8-bit mapping
     s1_enl: float | None = 10.0  # S1 speckle: equivalent number of looks; None = no speckle
 
@@ -55,8 +62,8 @@ class WorldConfig:
         return ((w + e) / 2.0, (s + n) / 2.0)
 
     def key(self) -> str:
-        """Short content hash of the config and renderer version (the cache key)."""
-        blob = json.dumps({"v": RENDER_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        """Short content hash of the config, the renderer version and the renderer's source (the cache key)."""
+        blob = json.dumps({"v": RENDER_VERSION, "source": source_digest(), **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def to_json(self) -> dict:
@@ -70,6 +77,19 @@ class WorldConfig:
         for k in ("bbox", "naip_years", "s2_dates", "s1_dates"):
             kw[k] = tuple(kw[k])
         return cls(**kw)
+
+
+# The modules that decide the world's pixels and items (not the servers that serve them).
+CONTENT_MODULES = ("config", "scenes", "build", "raster", "field", "truth", "landcover", "stac")
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """sha256 of the source of CONTENT_MODULES."""
+    h = hashlib.sha256()
+    for name in CONTENT_MODULES:
+        h.update(name.encode() + b"\0" + (Path(__file__).parent / f"{name}.py").read_bytes())
+    return h.hexdigest()
 
 
 DEFAULT_WORLD = WorldConfig()

@@ -4,6 +4,12 @@ Honours single, multiple (multipart/byteranges) and suffix ranges, HEAD, 416; co
 and body bytes; can fail the next N requests (429/503/403, optionally after letting some through),
 stall them (no answer at all), delay responses, require signed URLs and revoke tokens in use
 (`?se=<unix expiry>&sig=<hmac>`, 403 when missing, forged or expired) like Azure SAS tokens.
+
+It is also a token service shaped like Planetary Computer's (`GET TOKEN_PATH<account>/<container>`
+answers `{"msft:expiry", "token"}`, the planetary-computer SDK's PC_SDK_SAS_URL points at it): a
+token is valid for every file under its container (the first path segment), may require the
+`Ocp-Apim-Subscription-Key` header (401 without it, 403 with a wrong one), and may expire sooner
+than the expiry it announces (the SDK then keeps using a token the files refuse).
 """
 
 from __future__ import annotations
@@ -47,6 +53,16 @@ class _Revocation:
     seen: set = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class TokenPolicy:
+    """How the token service answers: which containers need a subscription key, and token lifetimes."""
+
+    key: str | None = None  # the subscription key required (None: tokens for anyone)
+    key_containers: tuple[str, ...] | None = None  # containers that require it (None: all)
+    ttl_s: float = 3600.0  # real lifetime of a token (its `se`)
+    announced_ttl_s: float | None = None  # lifetime announced in msft:expiry (None: the real one)
+
+
 @dataclass
 class ServerState:
     """Counters and switches shared between the handler threads and the test."""
@@ -60,6 +76,7 @@ class ServerState:
     slow_remaining: int = 0
     signed: bool = False
     revocations: list = field(default_factory=list)
+    tokens: TokenPolicy = field(default_factory=TokenPolicy)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def signature(self, path: str, expiry: int) -> str:
@@ -68,6 +85,7 @@ class ServerState:
 
 
 CONTROL = "/__control__/"  # control endpoint of the child process; not counted, never faulted
+TOKEN_PATH = "/api/sas/v1/token/"  # token service, as on planetarycomputer.microsoft.com; not counted, never faulted
 
 
 def _pdeathsig() -> None:
@@ -159,8 +177,19 @@ class FileServer:
         A token signed afresh (another expiry) is accepted."""
         self._control("revoke_tokens", path_contains=path_contains, after=int(after))
 
+    def token_service(self, key: str | None = None, key_containers: list[str] | None = None, ttl_s: float = 3600.0,
+                      announced_ttl_s: float | None = None) -> None:
+        """Set how the token service answers (see TokenPolicy); clear_faults restores the open default."""
+        self._control("token_service", key=key, key_containers=key_containers, ttl_s=float(ttl_s),
+                      announced_ttl_s=announced_ttl_s)
+
+    @property
+    def token_url(self) -> str:
+        """The token service's base URL (the value for PC_SDK_SAS_URL)."""
+        return self.url + TOKEN_PATH.rstrip("/")
+
     def clear_faults(self) -> None:
-        """Drop pending faults, delays and revocations; stop requiring signatures."""
+        """Drop pending faults, delays and revocations; stop requiring signatures or keys."""
         self._control("clear_faults")
 
     def sign_url(self, url: str, ttl_s: float = 3600.0) -> str:
@@ -198,7 +227,12 @@ def _control(st: ServerState, action: str, params: dict) -> dict:
             st.signed = params["on"]
         elif action == "revoke_tokens":
             st.revocations.append(_Revocation(params.get("path_contains"), params["after"]))
+        elif action == "token_service":
+            containers = params.get("key_containers")
+            st.tokens = TokenPolicy(params.get("key"), tuple(containers) if containers is not None else None,
+                                    params["ttl_s"], params.get("announced_ttl_s"))
         elif action == "clear_faults":
+            st.tokens = TokenPolicy()
             st.faults.clear()
             st.revocations.clear()
             st.slow_remaining = 0
@@ -289,6 +323,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         st = self.st
         parts = urllib.parse.urlsplit(self.path)
+        if parts.path.startswith(TOKEN_PATH):
+            self._token(parts.path[len(TOKEN_PATH):], head)
+            return
         with st.lock:
             st.requests += 1
             fault = None
@@ -405,8 +442,54 @@ class _Handler(BaseHTTPRequestHandler):
             expiry = int(q["se"])
         except (KeyError, ValueError):
             return False
-        good = hmac.compare_digest(q.get("sig", ""), self.st.signature(parts.path, expiry))
+        if q.get("sr") == "c":  # a container token from the token service
+            scope = _container_scope(urllib.parse.unquote(parts.path).lstrip("/").split("/", 1)[0], q.get("skn", ""))
+        else:  # a URL signed by sign_url
+            scope = parts.path
+        good = hmac.compare_digest(q.get("sig", ""), self.st.signature(scope, expiry))
         return good and expiry > time.time()
+
+    def _token(self, rest: str, head: bool) -> None:
+        """Answer a token request for `<account>/<container>` as Planetary Computer's token service does."""
+        account, _, container = rest.strip("/").partition("/")
+        if not account or not container or "/" in container:
+            self._simple(404, b"Not Found", None, head)
+            return
+        with self.st.lock:
+            policy = self.st.tokens
+        if policy.key is not None and (policy.key_containers is None or container in policy.key_containers):
+            given = self.headers.get("Ocp-Apim-Subscription-Key")
+            if given is None:  # what API Management answers: 401 without a key, 403 with a wrong one
+                self._simple(401, b'{"statusCode": 401, "message": "Access denied due to missing subscription key."}',
+                             None, head)
+                return
+            if not hmac.compare_digest(given, policy.key):
+                self._simple(403, b'{"statusCode": 403, "message": "Access denied due to invalid subscription key."}',
+                             None, head)
+                return
+        now = time.time()
+        expiry = int(now + policy.ttl_s)
+        nonce = secrets.token_hex(6)  # two tokens issued in one second still differ, as real ones do
+        sig = self.st.signature(_container_scope(container, nonce), expiry)
+        token = urllib.parse.urlencode({"st": _iso(now), "se": str(expiry), "sp": "rl", "sr": "c", "skn": nonce,
+                                        "sig": sig})
+        announced = now + (policy.ttl_s if policy.announced_ttl_s is None else policy.announced_ttl_s)
+        body = json.dumps({"msft:expiry": _iso(announced), "token": token}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+
+def _container_scope(container: str, nonce: str) -> str:
+    """What a container token's `sig` signs (never a file path: those start with '/')."""
+    return f"container:{container}:{nonce}"
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -143,6 +143,9 @@ def s2_scenes(cfg: WorldConfig) -> list[Scene]:
                 quirks["clouds"] = True
             if date == cfg.s2_swath_date and zone == _zones(cfg)[-1]:
                 quirks["swath_edge"] = 0.6  # fraction of the width where nodata starts
+                quirks["untagged"] = True  # its visual COG has no nodata tag: the edge is black "data" (PC #460)
+            if date == cfg.s2_scl_defect_date and zone == _zones(cfg)[0]:
+                quirks["scl_defect"] = True
             when = f"{date}T17:{39 + di:02d}:{11 + zone % 40:02d}.024000Z"
             props = {
                 "datetime": when,
@@ -185,8 +188,10 @@ def s1_scenes(cfg: WorldConfig) -> list[Scene]:
         when = f"{tm:{iso}}"
         props = {
             "datetime": when,
-            "start_datetime": f"{t0:{iso}}",
-            "end_datetime": f"{t1:{iso}}",
+            # PC writes these with a space and an offset, and as few fraction digits as needed
+            # ("2024-04-19 04:59:04.22+00:00"), unlike its `datetime`.
+            "start_datetime": f"{t0:%Y-%m-%d %H:%M:%S}.22+00:00",
+            "end_datetime": f"{t1:%Y-%m-%d %H:%M:%S}.653405+00:00",
             "platform": "SENTINEL-1A",
             "constellation": "Sentinel-1",
             "sar:product_type": "GRD",
@@ -212,12 +217,14 @@ def s1_scenes(cfg: WorldConfig) -> list[Scene]:
             "proj:epsg": epsg,
             "proj:code": f"EPSG:{epsg}",
         }
-        quirks = {"stale_transform": (30.0, -20.0)} if state == "ascending" else {}
+        quirks: dict = {"stale_transform": (30.0, -20.0)} if state == "ascending" else {}
+        if state == "ascending" and cfg.s1_zero_border > 0:
+            quirks["zero_border"] = cfg.s1_zero_border  # 0.0 in both polarisations, inside the geometry (PC #307, #493)
         out.append(Scene("sentinel-1-rtc", sid, epsg, tr, w, h, when, props, quirks))
     return out
 
 
-_NAIP_DATES = {"2020": "2020-07-14", "2022": "2022-06-12"}
+_NAIP_DATES = {"2020": "2020-07-14", "2022": "2022-06-12", "2023": "2023-05-30"}
 
 
 def naip_scenes(cfg: WorldConfig) -> list[Scene]:
@@ -253,7 +260,28 @@ def naip_scenes(cfg: WorldConfig) -> list[Scene]:
                     "proj:code": f"EPSG:{epsg}",
                 }
                 out.append(Scene("naip", sid, epsg, tr, width, height, when, props))
+    if cfg.naip_fine_year:
+        out.append(_naip_fine(cfg))
     return out
+
+
+def _naip_fine(cfg: WorldConfig) -> Scene:
+    """The newest NAIP year at 0.3 m (as PR 2022, ME/VT 2023): one footprint, a fifth of the world's
+    side, just south-east of its centre, whose north-west corner is a black collar inside its geometry."""
+    w, s, e, n = cfg.bbox
+    dx, dy = (e - w) / 5, (n - s) / 5
+    cell = (w + 2.6 * dx, s + 1.4 * dy, w + 3.6 * dx, s + 2.4 * dy)
+    lon_c, lat_c = (cell[0] + cell[2]) / 2, (cell[1] + cell[3]) / 2
+    zone = utm_zone(lon_c)
+    epsg = utm_epsg(zone, lat_c, nad83=True)
+    tr, width, height = grid_over(cell, epsg, 0.3, 0.6)
+    year = cfg.naip_fine_year
+    date = _NAIP_DATES.get(year, f"{year}-07-01")
+    sid = f"{cfg.naip_state}_m_{int(abs(lat_c)):02d}{int(abs(lon_c)):03d}99_nw_{zone}_030_{date.replace('-', '')}"
+    when = f"{date}T16:00:00Z"
+    props = {"datetime": when, "gsd": 0.3, "naip:year": year, "naip:state": cfg.naip_state,
+             "proj:epsg": epsg, "proj:code": f"EPSG:{epsg}"}
+    return Scene("naip", sid, epsg, tr, width, height, when, props, {"black_collar": 0.6})
 
 
 def plan(cfg: WorldConfig) -> list[Scene]:

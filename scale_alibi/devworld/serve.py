@@ -25,7 +25,7 @@ from scale_alibi.contract.errors import UserError
 from scale_alibi.devworld.build import COLLECTIONS, load_config
 from scale_alibi.devworld.config import WorldConfig
 from scale_alibi.devworld.fileserver import FileServer, _child_setup
-from scale_alibi.devworld.stac import HREF_PREFIX
+from scale_alibi.devworld.stac import HREF_PREFIX, REQUIRES_ACCOUNT
 
 
 def _free_port() -> int:
@@ -120,7 +120,9 @@ def _write_served_catalog(world_dir: Path, files_url: str, tmp: Path) -> list[st
     hrefs = []
     for cid in COLLECTIONS:
         src = world_dir / "catalog"
-        (tmp / f"{cid}.json").write_text((src / f"{cid}.json").read_text())
+        coll = json.loads((src / f"{cid}.json").read_text())
+        coll["msft:requires_account"] = cid in REQUIRES_ACCOUNT  # set when served: a cached world gets it too
+        (tmp / f"{cid}.json").write_text(json.dumps(coll))
         text = (src / f"{cid}-items.json").read_text().replace(HREF_PREFIX, files_url + "/")
         (tmp / f"{cid}-items.json").write_text(text)
         hrefs += [str(tmp / f"{cid}.json"), str(tmp / f"{cid}-items.json")]
@@ -142,11 +144,15 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30
     raise RuntimeError(f"rustac serve did not answer on {url} within {timeout:.0f} s")
 
 
-def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port: int = 0, files_port: int = 0, advertise: str | None = None) -> World:
+def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port: int = 0, files_port: int = 0, advertise: str | None = None,
+                hrefs_url: str | None = None) -> World:
     """Start both servers (free loopback ports unless given); call .stop() when done.
 
     host: address to bind; advertise: host name clients use in URLs and hrefs (default: host;
-    give it when binding 0.0.0.0, e.g. a docker-compose service name).
+    give it when binding 0.0.0.0, e.g. a docker-compose service name). hrefs_url: the catalog's
+    asset hrefs point there instead of at the world's file server (a static server over
+    `world_dir/files` that honours Range requests, e.g. nginx: benchmarks whose file server
+    must cost no CPU; the world's faults and signatures then do not apply).
     """
     public = advertise or host
     world_dir = Path(world_dir).absolute()
@@ -155,7 +161,7 @@ def start_world(world_dir: str | os.PathLike, host: str = "127.0.0.1", stac_port
     files = FileServer(world_dir / "files", host=host, port=files_port, advertise=public)
     tmp = Path(tempfile.mkdtemp(prefix="world-stac-"))
     try:
-        hrefs = _write_served_catalog(world_dir, files.url, tmp)
+        hrefs = _write_served_catalog(world_dir, hrefs_url or files.url, tmp)
         for attempt in range(3):
             port = stac_port or _free_port()
             url = f"http://{public}:{port}"

@@ -10,6 +10,9 @@ from scale_alibi.devworld.config import WorldConfig
 from scale_alibi.devworld.scenes import COG, Scene, pixel_to_xy
 
 HREF_PREFIX = "{FILES_URL}/"  # replaced by the file server's URL at serve time
+# Collections that declare `msft:requires_account: true`, as Planetary Computer's sentinel-1-rtc does:
+# their tokens need a subscription key when the file server's token service is told to require one.
+REQUIRES_ACCOUNT = ("sentinel-1-rtc",)
 
 _EXT = {
     "sentinel-2-l2a": [
@@ -78,7 +81,8 @@ def item(scene: Scene, valid_px: Polygon | None, assets: dict, extra_props: dict
         proj_tr[5] += dy
     if scene.collection != "sentinel-2-l2a":  # S2 carries shape/transform per asset (10 m vs 20 m)
         props.update({"proj:shape": [scene.height, scene.width], "proj:transform": proj_tr, "proj:bbox": [x0, y0, x1, y1]})
-    props["updated"] = "2024-01-15T08:00:00Z"
+    if scene.collection != "sentinel-1-rtc":  # PC's S1 RTC items carry no `updated`
+        props["updated"] = "2024-01-15T08:00:00Z"
     if scene.collection == "naip":
         c = geom.centroid
         props["proj:centroid"] = {"lat": round(c.y, 5), "lon": round(c.x, 5)}
@@ -123,13 +127,18 @@ def s2_assets(scene: Scene) -> dict:
     }
 
 
+def s1_file(pol: str) -> str:
+    """An S1 RTC polarisation's file, below its item's folder, named as on PC."""
+    return f"measurement/iw-{pol}.rtc.tiff"
+
+
 def s1_assets(scene: Scene) -> dict:
     base = f"{HREF_PREFIX}sentinel-1-rtc/{scene.id}/"
     out = {}
     for pol in ("vv", "vh"):
         P = pol.upper()
         out[pol] = {
-            "href": base + f"{pol}.tif",
+            "href": base + s1_file(pol),
             "type": COG,
             "roles": ["data"],
             "title": f"{P}: {'vertical' if P[0] == 'V' else 'horizontal'} transmit, {'vertical' if P[1] == 'V' else 'horizontal'} receive",
@@ -168,6 +177,7 @@ def collection(cid: str, cfg: WorldConfig, items: list[dict]) -> dict:
         "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[dts[0], dts[-1]]]}},
         "links": [],
         "item_assets": {k: {kk: vv for kk, vv in v.items() if kk in ("type", "roles", "title", "gsd")} for k, v in items[0]["assets"].items()},
+        **({"msft:requires_account": True} if cid == "sentinel-1-rtc" else {}),  # as PC declares it
     }
 
 

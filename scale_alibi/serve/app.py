@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from scale_alibi import __version__
+from scale_alibi.contract.host_memory import retain_freed_memory
 from scale_alibi.contract.storage import is_remote
 from scale_alibi.serve import errors
 from scale_alibi.serve.catalog import Catalog
@@ -90,6 +91,9 @@ def create_app(data_dir: str | os.PathLike[str], cache_mb: int | None = None) ->
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: the data directory (or bucket URL) comes from $SCALE_ALIBI_DATA."""
+    # Shard batches and HTTP chunks (~1 MB each) are freed and allocated again per triplet:
+    # reused from the heap, not page-faulted in afresh (scale_alibi.contract.host_memory).
+    retain_freed_memory()
     app = create_app(os.environ[DATA_ENV])
     # Everything built so far lives as long as the worker: keep the cyclic GC from rescanning it
     # (full collections over the manifest index and the framework show up as tail latency).

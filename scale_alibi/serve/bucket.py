@@ -5,7 +5,7 @@ tree or, when it has none, from its PMTiles archives read by range.
 Each tile read is one GET. Its bytes are checked against the manifest's sha256 at every fetch (an
 object can be replaced without a trace here), and the tiles of a shard batch are fetched
 concurrently on a bounded thread pool. Object keys are built from a release name found by listing
-and from integers in its manifest (ReleaseIndex.tile_path), never from request text.
+and from integers in its manifest (StoredRelease.tile_key), never from request text.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from scale_alibi.contract.archive import Archive, ArchiveError, archive_name
+from scale_alibi.contract.archive import ArchiveError
+from scale_alibi.contract.reader import RangeArchive, StoredRelease
 from scale_alibi.contract.release import LAYERS, MANIFEST_NAME
-from scale_alibi.contract.storage import join, remote_filesystem
+from scale_alibi.contract.storage import SERVE_STORE_TIMEOUTS, join, remote_filesystem
 from scale_alibi.serve.catalog import ReleaseIndex
 from scale_alibi.serve.stores import ReleaseStore, StoreUnavailable
-from scale_alibi.serve.tilesource import FetchedSpan, TileSource, TileSpan
+from scale_alibi.serve.tilesource import FetchedSpan, TileSource, TileSpan, find_in_archive
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class BucketStore(ReleaseStore):
 
     def __init__(self, url: str):
         super().__init__(url.rstrip("/"))
-        self.fs, self.root = remote_filesystem(url)  # UserError naming the package when the library is missing
+        # UserError naming the package when the library is missing; requests wait a few seconds at most,
+        # so a silent store is a 503 soon rather than a request held for minutes.
+        self.fs, self.root = remote_filesystem(url, SERVE_STORE_TIMEOUTS)
 
     def _call(self, what: Callable[..., T], *args: object, **kwargs: object) -> T:
         """`what(*args, **kwargs)`, with every failure but a missing object (FileNotFoundError) as StoreUnavailable."""
@@ -102,24 +105,22 @@ class BucketStore(ReleaseStore):
         return self.fetch(join(release, name))
 
     def tile_source(self, index: ReleaseIndex) -> TileSource:
-        """The release's tree when it has one, else its three PMTiles archives read by range, else
-        its (absent) tree: every tile a 404."""
+        """The release's tree, or its three PMTiles archives read by range (the reader's rule,
+        scale_alibi.contract.reader), or its (absent) tree: every tile a 404."""
+        release = StoredRelease(self.location, index.name, SERVE_STORE_TIMEOUTS)
         try:
-            listing = self._call(self.fs.ls, index.path, detail=True)
+            from_archives = self._call(lambda: release.reads_archives)
         except FileNotFoundError:
-            listing = []  # deleted since it was listed
-        entries = {basename(entry): entry for entry in listing}
-        if not any(entries.get(layer, {}).get("type") == "directory" for layer in LAYERS):
-            names = {layer: archive_name(layer) for layer in LAYERS if archive_name(layer) in entries}
-            try:
-                archives = {layer: BucketArchive(self, join(index.path, name), entries[name]["size"])
-                            for layer, name in names.items()}
-            except ArchiveError as exc:
-                log.error("release %s: %s; its tiles are not served", index.name, exc)
-                archives = {}
-            if len(archives) == len(LAYERS):
-                return ArchiveSource(archives)
-        return TreeSource(self, index)
+            from_archives = False  # deleted since it was listed
+        if from_archives:
+            archives: dict[str, BucketArchive] = {}
+            for layer in LAYERS:
+                try:
+                    archives[layer] = BucketArchive(self, release.archive_key(layer))
+                except (ArchiveError, FileNotFoundError) as exc:  # only this layer: the others keep serving
+                    log.error("release %s: %s; its %s tiles are not served", index.name, exc, layer)
+            return ArchiveSource(archives)
+        return TreeSource(self, release)
 
     def fetch(self, key: str, start: int | None = None, end: int | None = None) -> bytes | None:
         """The bytes of object `key` (bytes start..end-1 of it, when given), or None when there is no such object."""
@@ -129,19 +130,13 @@ class BucketStore(ReleaseStore):
             return None
 
 
-class BucketArchive(Archive):
+class BucketArchive(RangeArchive):
     """A PMTiles archive that is an object in the bucket: header, directories and tiles read by range
-    requests (directories cached as for a local archive), never downloaded whole."""
+    requests through the store (directories cached as for a local archive), never downloaded whole."""
 
-    def __init__(self, store: BucketStore, key: str, size: int):
-        self.fd = -1  # nothing to close
-        self.name = key
-        self.stat = None
-        self.store = store
-        self._load(size)
-
-    def pread(self, offset: int, length: int) -> bytes:
-        return self.store.fetch(self.name, offset, offset + length) or b""
+    def __init__(self, store: BucketStore, key: str):
+        super().__init__(lambda offset, length: store.fetch(key, offset, offset + length) or b"", key,
+                         int(store._call(store.fs.info, key)["size"]))
 
 
 class FetchingSource(TileSource):
@@ -157,12 +152,12 @@ class FetchingSource(TileSource):
 class TreeSource(FetchingSource):
     """Tiles as objects of the release's tree in the bucket, one GET each."""
 
-    def __init__(self, store: BucketStore, index: ReleaseIndex):
+    def __init__(self, store: BucketStore, release: StoredRelease):
         self.store = store
-        self.index = index
+        self.release = release
 
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
-        data = self.store.fetch(self.index.tile_path(layer, z, x, y))
+        data = self.store.fetch(self.release.tile_key(layer, z, x, y))
         return None if data is None else FetchedSpan(data)
 
 
@@ -174,9 +169,9 @@ class ArchiveSource(FetchingSource):
         self.archives = archives
 
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
-        archive = self.archives.get(layer)
-        found = archive.locate(z, x, y) if archive is not None else None
-        if archive is None or found is None:
+        hit = find_in_archive(self.archives, layer, z, x, y)
+        if hit is None:
             return None
-        data = archive.pread(*found)
-        return FetchedSpan(data) if len(data) == found[1] else None
+        archive, (offset, size) = hit
+        data = archive.pread(offset, size)
+        return FetchedSpan(data) if len(data) == size else None

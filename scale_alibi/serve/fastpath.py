@@ -7,7 +7,9 @@ goes on to the FastAPI app, which validates and explains.
 
 from __future__ import annotations
 
+from scale_alibi.serve.errors import store_unavailable
 from scale_alibi.serve.files import conditional_response
+from scale_alibi.serve.stores import StoreUnavailable
 from scale_alibi.serve.tiles import TileStore
 
 _METHODS = frozenset(("GET", "HEAD"))
@@ -30,6 +32,11 @@ class TileFastPath:
                 return False
             try:
                 blob = await self.store.by_path(path)
+            except StoreUnavailable as exc:  # answered here: the full app would wait on the store again
+                status, headers, body = store_unavailable(path, exc)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return True
             except Exception:  # let the full app answer (and log) with its JSON error handling
                 return False
             if blob is None:

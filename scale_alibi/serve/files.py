@@ -14,7 +14,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from scale_alibi.serve.catalog import is_inside
+from scale_alibi.contract.errors import ScaleAlibiError
+from scale_alibi.contract.release import is_below
 
 # Releases are immutable: a tile's URL always names the same bytes.
 CACHE_IMMUTABLE = b"public, max-age=31536000, immutable"
@@ -62,7 +63,7 @@ def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
     return False
 
 
-class RangeNotSatisfiable(Exception):
+class RangeNotSatisfiable(ScaleAlibiError):
     """The Range header asks for bytes the file does not have."""
 
 
@@ -73,27 +74,27 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
         return None  # other units and multi-range: answer with the whole file
     spec = value[6:].strip()
     first, dash, last = spec.partition(b"-")
-    if not dash:
+    # RFC 9110 positions are 1*DIGIT: int() would also take "1_0", "+1", " 1" or non-ASCII digits,
+    # and a range the client did not write must not be honoured (an invalid one is ignored).
+    if not dash or not _digits(last, empty_ok=True) or not _digits(first, empty_ok=bool(last)):
         return None
-    try:
-        if not first.strip():  # suffix range: the last N bytes
-            n = int(last)
-            if n < 0:
-                return None
-            if n == 0 or size == 0:
-                raise RangeNotSatisfiable
-            return max(0, size - n), size - 1
-        a = int(first)
-        b = int(last) if last.strip() else size - 1
-    except ValueError:
-        return None
-    if a < 0:
-        return None
+    if not first:  # suffix range: the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable
+        return max(0, size - n), size - 1
+    a = int(first)
+    b = int(last) if last else size - 1
     if a >= size:
         raise RangeNotSatisfiable
     if b < a:
         return None
     return a, min(b, size - 1)
+
+
+def _digits(text: bytes, empty_ok: bool) -> bool:
+    """Whether `text` is 1*DIGIT (ASCII only), or empty where `empty_ok`."""
+    return (not text and empty_ok) or (text.isdigit() and text.isascii())
 
 
 def conditional_response(
@@ -152,7 +153,7 @@ class SafeReader:
     def _dir_inside(self, directory: str) -> bool:
         ok = self._dir_ok.get(directory)
         if ok is None:
-            ok = is_inside(os.path.realpath(directory), self.root)
+            ok = is_below(os.path.realpath(directory), self.root)
             if len(self._dir_ok) > 200_000:
                 self._dir_ok.clear()
             self._dir_ok[directory] = ok
@@ -168,7 +169,7 @@ class SafeReader:
             if exc.errno != errno.ELOOP:
                 return None
             # The file itself is a symlink: follow it only if it stays inside the root.
-            if not is_inside(os.path.realpath(path), self.root):
+            if not is_below(os.path.realpath(path), self.root):
                 return None
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
+from scale_alibi.contract.errors import ScaleAlibiError
 from scale_alibi.contract.release import triplet_files, triplet_tiles
 from scale_alibi.serve import tarstream
 from scale_alibi.serve.catalog import MEMBERS, ReleaseIndex
@@ -21,7 +24,7 @@ from scale_alibi.serve.tilesource import TileSources, TileSpan, close_all
 MEMBER_MTIME = 0
 
 
-class MissingFile(Exception):
+class MissingFile(ScaleAlibiError):
     """A file the manifest lists is missing on disk or resolves outside the data directory."""
 
 
@@ -33,7 +36,7 @@ def row_json(row: dict) -> bytes:
 def pack_samples(
     index: ReleaseIndex, sources: TileSources, samples: list[tuple[int, dict, str]], metadata_name: str,
     end: bool = False,
-) -> bytearray:
+) -> memoryview:
     """Tar bytes of triplets given as (manifest row, metadata with z/x/y, member prefix): PNGs, then metadata."""
     tiles = sources.of(index)
     members = [triplet_tiles(int(m["z"]), int(m["x"]), int(m["y"])) for _, m, _ in samples]
@@ -54,8 +57,9 @@ def pack_samples(
             meta = row_json(metadata)
             plan.append((f"{prefix}{metadata_name}", meta, len(meta), None))
         total = sum(tarstream.BLOCK + tarstream.padded(size) for _, _, size, _ in plan)
-        buf = bytearray(total + (len(tarstream.END) if end else 0))  # zeroed: padding and end blocks for free
-        view = memoryview(buf)
+        # Not zeroed (every byte is written below, padding too): zeroing a fresh buffer of a batch
+        # cost a pass over memory and its page faults, an eighth of a shard stream's CPU (profiled).
+        view = np.empty(total + (len(tarstream.END) if end else 0), dtype=np.uint8).data
         off = 0
         for name, content, size, check in plan:
             head = tarstream.header(name, size, MEMBER_MTIME)
@@ -68,8 +72,13 @@ def pack_samples(
             if check is not None:  # a tile: its bytes as read must hash to the manifest's
                 digest, slot, st, what = check
                 ensure_intact(index, slot, digest, view[off : off + size], st, what)
-            off += tarstream.padded(size)
-        return buf
+            off += size
+            pad = -size % tarstream.BLOCK
+            view[off : off + pad] = tarstream.ZEROS[:pad]
+            off += pad
+        if end:
+            view[off:] = tarstream.END
+        return view
     finally:
         close_all(spans)
 

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from scale_alibi.serve import tarstream
 from scale_alibi.serve.catalog import ReleaseIndex
-from scale_alibi.serve.errors import STORE_UNAVAILABLE
+from scale_alibi.serve.errors import RETRY_AFTER, STORE_UNAVAILABLE
 from scale_alibi.serve.files import CACHE_IMMUTABLE, CORS, JSON, TAR, etag_matches
 from scale_alibi.serve.integrity import DamagedFile
 from scale_alibi.serve.samples import MissingFile, pack_samples
@@ -38,19 +38,19 @@ def shard_etag(index: ReleaseIndex, *params: object) -> bytes:
     return b'"' + hashlib.sha256(text.encode()).hexdigest()[:40].encode() + b'"'
 
 
-def build_batch(index: ReleaseIndex, sources, rows: list[int], metas: list[dict]) -> bytearray:
+def build_batch(index: ReleaseIndex, sources, rows: list[int], metas: list[dict]) -> memoryview:
     """Tar bytes of the triplets at manifest rows `rows` with their manifest rows `metas` (in a worker thread)."""
     return pack_samples(index, sources, [(r, m, sample_key(m) + ".") for r, m in zip(rows, metas)], "json")
 
 
-def first_batch(index: ReleaseIndex, sources, rows: np.ndarray) -> tuple[list[dict], bytearray, int]:
+def first_batch(index: ReleaseIndex, sources, rows: np.ndarray) -> tuple[list[dict], memoryview, int]:
     """All manifest rows of the shard (one Arrow take), the tar bytes of its first batch, and the
     triplets per batch: one from a disk (~1 MB: cache-sized copies beat fewer thread hops, measured),
     more from a bucket, whose tiles of a batch are fetched concurrently."""
     size = sources.of(index).batch_triplets  # here, in a thread: opening a bucket's source lists it
     metas = index.rows(rows)
     head = rows[:size].tolist()
-    return metas, build_batch(index, sources, head, metas[:size]) if head else bytearray(), size
+    return metas, build_batch(index, sources, head, metas[:size]) if head else memoryview(b""), size
 
 
 def _failure(exc: Exception) -> tuple[int, str]:
@@ -97,6 +97,8 @@ class ShardStream(Response):
             status, detail = _failure(exc)
             body = json.dumps({"detail": detail}).encode()
             headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), CORS]
+            if status == 503:
+                headers.append(RETRY_AFTER)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return

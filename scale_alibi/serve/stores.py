@@ -12,14 +12,15 @@ import os
 from abc import abstractmethod
 from collections.abc import Hashable, Iterator
 
-from scale_alibi.contract.release import MANIFEST_NAME
+from scale_alibi.contract.errors import ScaleAlibiError
+from scale_alibi.contract.release import MANIFEST_NAME, is_below
 from scale_alibi.contract.storage import local_path
-from scale_alibi.serve.catalog import ReleaseFiles, ReleaseIndex, is_inside
+from scale_alibi.serve.catalog import ReleaseFiles, ReleaseIndex
 from scale_alibi.serve.files import SafeReader
 from scale_alibi.serve.tilesource import TileSource, open_source
 
 
-class StoreUnavailable(OSError):
+class StoreUnavailable(ScaleAlibiError, OSError):
     """The object store did not answer, or refused (credentials, permissions): a 503, or exit 2 at start-up."""
 
 
@@ -47,7 +48,7 @@ class DirectoryStore(ReleaseStore):
                 continue
             real = os.path.realpath(entry.path)
             # A release directory (or a symlink to one) must resolve inside the data directory.
-            if not is_inside(real, self.root) or not os.path.isdir(real):
+            if not is_below(real, self.root) or not os.path.isdir(real):
                 continue
             try:
                 st = os.stat(os.path.join(real, MANIFEST_NAME))
@@ -57,7 +58,7 @@ class DirectoryStore(ReleaseStore):
 
     def read_file(self, release: str, name: str) -> bytes | None:
         real = os.path.realpath(os.path.join(release, name))
-        if not is_inside(real, release) or not os.path.isfile(real):
+        if not is_below(real, release) or not os.path.isfile(real):
             return None  # missing, or a link out of the release
         with open(real, "rb") as f:
             return f.read()

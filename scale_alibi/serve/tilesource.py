@@ -17,8 +17,10 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from scale_alibi.contract.archive import Archive, ArchiveError, release_archives
+from scale_alibi.contract.reader import tile_path
 from scale_alibi.serve.catalog import ReleaseIndex
 from scale_alibi.serve.files import SafeReader
 
@@ -144,11 +146,30 @@ class DirectorySource(TileSource):
         self.reader = reader
 
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
-        opened = self.reader.open_fd(self.index.tile_path(layer, z, x, y))
+        opened = self.reader.open_fd(tile_path(self.index.path, layer, z, x, y))
         if opened is None:
             return None
         fd, st = opened
         return FileSpan(fd, 0, st.st_size, st, owned=True)
+
+
+A = TypeVar("A", bound=Archive)
+
+
+def find_in_archive(archives: dict[str, A], layer: str, z: int, x: int, y: int) -> tuple[A, tuple[int, int]] | None:
+    """(archive, (offset, length)) of tile (layer, z, x, y) in a release's `archives`, or None. An
+    archive found to lie when a leaf directory is first read is dropped from `archives` (logged
+    once): its layer's tiles are then missing, at once, and the release's other layers keep serving."""
+    archive = archives.get(layer)
+    if archive is None:
+        return None
+    try:
+        found = archive.locate(z, x, y)
+    except ArchiveError as exc:
+        if archives.pop(layer, None) is not None:
+            log.error("%s; its tiles are no longer served", exc)
+        return None
+    return None if found is None else (archive, found)
 
 
 class PMTilesSource(TileSource):
@@ -158,11 +179,13 @@ class PMTilesSource(TileSource):
         self.archives = archives
 
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
-        archive = self.archives.get(layer)
-        found = archive.locate(z, x, y) if archive is not None else None
-        if archive is None or archive.stat is None or found is None:  # stat: set for an archive opened as a file
+        hit = find_in_archive(self.archives, layer, z, x, y)
+        if hit is None:
             return None
-        return FileSpan(archive.fd, found[0], found[1], archive.stat, owned=False, keep=archive)
+        archive, (offset, size) = hit
+        if archive.stat is None:  # set for an archive opened as a file
+            return None
+        return FileSpan(archive.fd, offset, size, archive.stat, owned=False, keep=archive)
 
 
 def open_source(index: ReleaseIndex, reader: SafeReader) -> TileSource:
@@ -173,12 +196,12 @@ def open_source(index: ReleaseIndex, reader: SafeReader) -> TileSource:
         opened = reader.open_fd(path)
         return None if opened is None else opened[0]
 
-    try:
-        archives = release_archives(index.path, open_fd)
-    except ArchiveError as exc:
-        log.error("release %s: %s; its tiles are not served", index.name, exc)
-        archives = None
-    return PMTilesSource(archives) if archives else DirectorySource(index, reader)
+    def broken(layer: str, exc: ArchiveError) -> None:
+        # Only this layer: the release's other archives keep serving.
+        log.error("release %s: %s; its %s tiles are not served", index.name, exc, layer)
+
+    archives = release_archives(index.path, open_fd, broken)
+    return PMTilesSource(archives) if archives is not None else DirectorySource(index, reader)
 
 
 class TileSources:

@@ -20,7 +20,7 @@ from shapely.geometry import box
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import MANIFEST_NAME, Release, manifest_metadata
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
 QUIET = {"scheduler": "synchronous", "progress": False, "echo": lambda m: None}
 
@@ -36,13 +36,13 @@ def tiny(world, tmp_path_factory):
     """A reference z16 build of the middle of the world (12 triplets, 2 metatiles): (region, Release)."""
     root = tmp_path_factory.mktemp("tiny")
     region = _central(world)
-    build_release(root, zoom=16, region=region, release="tiny", catalog=world.stac_url, signer="none", **QUIET)
-    return region, Release(root, "tiny")
+    return region, _build(world, root, region)
 
 
-def _build(world, root: Path, region, **kw) -> Release:
-    kw = {"catalog": world.stac_url, "signer": "none", **QUIET, **kw}
-    build_release(root, zoom=16, region=region, release="tiny", **kw)
+def _build(world, root: Path, region, catalog: str | None = None, datetime: str | None = None, **run) -> Release:
+    request = resolve_request(zoom=16, region=region, release="tiny", catalog=catalog or world.stac_url,
+                              datetime=datetime)
+    build_release(root, request, RunOptions(**{"signer": "none", **QUIET, **run}))
     return Release(root, "tiny")
 
 
@@ -217,14 +217,14 @@ def test_a_permanent_403_fails_fast_with_advice_about_the_key(world, tiny, tmp_p
 
 
 def test_a_bug_in_a_metatile_is_raised_as_it_is_not_retried_as_a_network_fault(world, tiny, tmp_path, monkeypatch):
-    import scale_alibi.curate.build.metatile as metatile  # where cut_metatile looks up _describe
+    import scale_alibi.curate.pipeline.metatile as metatile  # where cut_metatile looks up describe_choice
 
     region, _ = tiny
 
     def broken(*args, **kwargs):
         raise TypeError("unsupported operand type(s)")
 
-    monkeypatch.setattr(metatile, "_describe", broken)
+    monkeypatch.setattr(metatile, "describe_choice", broken)
     with pytest.raises(TypeError, match="unsupported operand"):
         _build(world, tmp_path, region)
 

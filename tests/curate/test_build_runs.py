@@ -13,7 +13,7 @@ import pytest
 from shapely.geometry import box
 
 from scale_alibi.contract.release import Release
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 from tests.release_factory import file_tree
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None}
@@ -30,8 +30,8 @@ def small(world, tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     world.files.clear_faults()
     world.files.reset_stats()
-    build_release(root, zoom=16, region=region, release="small", catalog=world.stac_url,
-                  scheduler="synchronous", **QUIET)
+    build_release(root, resolve_request(zoom=16, region=region, release="small", catalog=world.stac_url),
+                  RunOptions(scheduler="synchronous", **QUIET))
     small_requests = world.files.stats()["requests"]
     return region, Release(root, "small"), small_requests
 
@@ -52,8 +52,8 @@ def test_429_503_and_expired_tokens_retry_resign_and_match(world, small, tmp_pat
     world.files.inject(status=503, count=3)
     world.files.reset_stats()
     try:
-        build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
-                      scheduler="synchronous", signer=signer, progress=False, echo=lambda m: None)
+        build_release(tmp_path, resolve_request(zoom=16, region=region, release="small", catalog=world.stac_url),
+                      RunOptions(scheduler="synchronous", signer=signer, progress=False, echo=lambda m: None))
     finally:
         world.files.require_signature(False)
         world.files.clear_faults()
@@ -94,8 +94,8 @@ def test_existing_dask_scheduler_on_loopback(world, small, tmp_path):
                 pass
             assert time.monotonic() < deadline, "dask scheduler/worker did not start"
             time.sleep(0.3)
-        build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
-                      scheduler=addr, **QUIET)
+        build_release(tmp_path, resolve_request(zoom=16, region=region, release="small", catalog=world.stac_url),
+                      RunOptions(scheduler=addr, **QUIET))
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -139,13 +139,14 @@ def test_bad_input_gives_one_line_and_nonzero_exit(world, tmp_path):
 
 def test_a_second_build_of_one_release_is_refused(world, tmp_path):
     from scale_alibi.contract.errors import UserError
-    from scale_alibi.curate.build import _Lock
+    from scale_alibi.curate.pipeline import ReleaseLock
 
     (tmp_path / "r").mkdir()
-    with _Lock(tmp_path / "r" / ".lock"):
+    with ReleaseLock(tmp_path / "r" / ".lock"):
         with pytest.raises(UserError, match="another build"):
-            build_release(tmp_path, zoom=15, region=box(*world.bbox), release="r", catalog=world.stac_url,
-                          scheduler="synchronous", **QUIET)
+            build_release(tmp_path, resolve_request(zoom=15, region=box(*world.bbox), release="r",
+                                                    catalog=world.stac_url),
+                          RunOptions(scheduler="synchronous", **QUIET))
 
 
 def _build_with_a_failing_scene(world, small, tmp_path, monkeypatch) -> Release:
@@ -160,8 +161,8 @@ def _build_with_a_failing_scene(world, small, tmp_path, monkeypatch) -> Release:
     world.files.inject(status=503, count=10_000, path_contains=victim)
     try:
         with pytest.raises(UserError, match="failed after retries"):
-            build_release(tmp_path, zoom=16, region=small[0], release="small", catalog=world.stac_url,
-                          scheduler="synchronous", **QUIET)
+            build_release(tmp_path, resolve_request(zoom=16, region=small[0], release="small", catalog=world.stac_url),
+                          RunOptions(scheduler="synchronous", **QUIET))
     finally:
         world.files.clear_faults()
     return Release(tmp_path, "small")
@@ -171,8 +172,8 @@ def test_a_failing_scene_is_retried_reported_and_resumed(world, small, tmp_path,
     region, ref, _ = small
     rel = _build_with_a_failing_scene(world, small, tmp_path, monkeypatch)
     assert not rel.is_finished
-    build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
-                  scheduler="synchronous", **QUIET)
+    build_release(tmp_path, resolve_request(zoom=16, region=region, release="small", catalog=world.stac_url),
+                  RunOptions(scheduler="synchronous", **QUIET))
     assert file_tree(rel.path) == file_tree(ref.path)
 
 
@@ -185,6 +186,6 @@ def test_a_resume_recuts_done_metatiles_whose_committed_files_were_damaged(world
     assert len(committed) >= 2
     (rel.path / committed[0]).write_bytes((rel.path / committed[0]).read_bytes()[:50])  # truncated
     (rel.path / committed[-1]).unlink()  # lost (e.g. a rename that never reached the disk)
-    build_release(tmp_path, zoom=16, region=region, release="small", catalog=world.stac_url,
-                  scheduler="synchronous", **QUIET)
+    build_release(tmp_path, resolve_request(zoom=16, region=region, release="small", catalog=world.stac_url),
+                  RunOptions(scheduler="synchronous", **QUIET))
     assert file_tree(rel.path) == file_tree(ref.path)

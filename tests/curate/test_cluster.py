@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import mercantile
 import pyarrow.parquet as pq
 import pytest
 from dask.utils import parse_bytes
@@ -15,7 +16,7 @@ from shapely.geometry import box
 
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import Release
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 from tests.dask_cluster import dask_cluster, process_tree
 from tests.release_factory import file_tree
 
@@ -32,7 +33,8 @@ def region_and_local(world, tmp_path_factory):
     w, s, e, n = world.bbox
     region = box(w + 0.2 * (e - w), s + 0.2 * (n - s), w + 0.8 * (e - w), s + 0.8 * (n - s))
     root = tmp_path_factory.mktemp("local")
-    build_release(root, region=region, catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
+    build_release(root, resolve_request(region=region, catalog=world.stac_url, **BUILD),
+                  RunOptions(scheduler="synchronous", **QUIET))
     return region, Release(root, BUILD["release"])
 
 
@@ -56,7 +58,8 @@ def test_a_worker_killed_mid_build_changes_no_byte_of_the_release(world, region_
 
     def build(address: str) -> None:
         try:
-            results.append(build_release(out, region=region, catalog=world.stac_url, scheduler=address, **BUILD, **QUIET))
+            results.append(build_release(out, resolve_request(region=region, catalog=world.stac_url, **BUILD),
+                                         RunOptions(scheduler=address, **QUIET)))
         except BaseException as e:  # re-raised in the test's thread below
             errors.append(e)
 
@@ -102,9 +105,9 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
                                                                            monkeypatch):
     """Attempt 1 of a metatile writes its done record and dies half-way through its renames; Dask's
     retry (attempt 2) dies too, before staging anything; the rerun must still give every file."""
-    import scale_alibi.curate.build as build
-    import scale_alibi.curate.build.local_output as output  # where a local output looks up commit_staging
     import scale_alibi.curate.encode as encode
+    import scale_alibi.curate.pipeline as build
+    import scale_alibi.curate.pipeline.local_output as output  # where a local output looks up commit_staging
     from scale_alibi.curate.search import SearchOptions, search_items
 
     region, local = region_and_local
@@ -120,7 +123,8 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
 
     monkeypatch.setattr(output, "commit_staging", commit_half_then_die)
     with pytest.raises(UserError, match="1 of"):
-        build_release(tmp_path, region=region, catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
+        build_release(tmp_path, resolve_request(region=region, catalog=world.stac_url, **BUILD),
+                      RunOptions(scheduler="synchronous", **QUIET))
     monkeypatch.setattr(output, "commit_staging", commit)
 
     # Attempt 2, on another worker: the same task, lost before it stages its first PNG.
@@ -128,16 +132,17 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
         raise _Lost("worker lost while encoding")
 
     monkeypatch.setattr(encode, "encode_hwc", lost_before_encoding)
-    tiles = [(r["x"], r["y"], r["split"]) for r in lost["rows"]]
-    bbox = build.lonlat_bounds(BUILD["zoom"], tiles)
+    tiles = [(mercantile.Tile(r["x"], r["y"], r["z"]), r["split"]) for r in lost["rows"]]
+    bbox = build.lonlat_bounds(t for t, _ in tiles)
     items = [search_items(world.stac_url, layer, bbox, SearchOptions()) for layer in ("s2", "s1", "naip")]
-    job = build.MetatileJob(output.LocalOutput(tmp_path, BUILD["release"]), BUILD["zoom"], lost["metatile"], tiles, 0.99, 730.0, signer="none",
-                            catalog=world.stac_url)
+    job = build.MetatileJob(output.LocalOutput(tmp_path, BUILD["release"]), lost["metatile"], tiles, 0.99, 730.0,
+                            signer="none", catalog=world.stac_url)
     with pytest.raises(_Lost):
         build.cut_metatile(job, *items)
     monkeypatch.undo()
 
-    build_release(tmp_path, region=region, catalog=world.stac_url, scheduler="synchronous", **BUILD, **QUIET)
+    build_release(tmp_path, resolve_request(region=region, catalog=world.stac_url, **BUILD),
+                  RunOptions(scheduler="synchronous", **QUIET))
     built = Release(tmp_path, BUILD["release"])
     assert file_tree(built.path) == file_tree(local.path)
 
@@ -145,20 +150,20 @@ def test_a_retry_lost_after_its_first_attempt_committed_half_leaves_no_hole(worl
 def test_a_late_duplicate_of_a_metatile_task_writes_nothing_into_a_sealed_release(world, region_and_local):
     """A task Dask runs again after the driver moved on (a recomputed result, a worker presumed lost)
     finds the manifest and leaves the finished release untouched: no done record, no staging."""
-    import scale_alibi.curate.build as build
-    from scale_alibi.curate.build.local_output import LocalOutput
-    from scale_alibi.curate.build.metatile import ReleaseSealed
+    import scale_alibi.curate.pipeline as build
+    from scale_alibi.curate.pipeline.local_output import LocalOutput
+    from scale_alibi.curate.pipeline.metatile import ReleaseSealed
     from scale_alibi.curate.search import SearchOptions, search_items
 
     _, local = region_and_local
     before = file_tree(local.path)
     row = local.read_manifest().to_pylist()[0]
-    mt = build.metatile_key(row["z"], row["x"], row["y"], BUILD["metatile_levels"])
-    tiles = [(r["x"], r["y"], r["split"]) for r in local.read_manifest().to_pylist()
-             if build.metatile_key(r["z"], r["x"], r["y"], BUILD["metatile_levels"]) == mt]
-    bbox = build.lonlat_bounds(BUILD["zoom"], tiles)
+    mt = build.metatile_of(mercantile.Tile(row["x"], row["y"], row["z"]), BUILD["metatile_levels"])
+    tiles = [(t, r["split"]) for r in local.read_manifest().to_pylist()
+             if build.metatile_of(t := mercantile.Tile(r["x"], r["y"], r["z"]), BUILD["metatile_levels"]) == mt]
+    bbox = build.lonlat_bounds(t for t, _ in tiles)
     items = [search_items(world.stac_url, layer, bbox, SearchOptions()) for layer in ("s2", "s1", "naip")]
-    job = build.MetatileJob(LocalOutput(local.root, local.name), BUILD["zoom"], mt, tiles, 0.99, 730.0,
+    job = build.MetatileJob(LocalOutput(local.root, local.name), mt, tiles, 0.99, 730.0,
                             signer="none", catalog=world.stac_url)
     with pytest.raises(ReleaseSealed):
         build.cut_metatile(job, *items)

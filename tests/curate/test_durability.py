@@ -11,7 +11,7 @@ import pytest
 from shapely.geometry import box
 
 from scale_alibi.contract.release import Release
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
 
 def _spy(monkeypatch) -> list[tuple[str, str, str]]:
@@ -37,14 +37,15 @@ def _spy(monkeypatch) -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_files_are_fsynced_before_their_commit_and_get_the_umasks_mode(world, tmp_path, monkeypatch, umask):
+    from scale_alibi.contract.reader import StoredRelease
     from scale_alibi.model.data.stats import write_stats
 
     events = _spy(monkeypatch)
     previous = os.umask(umask)
     try:
-        build_release(tmp_path, zoom=15, region=box(*world.bbox), release="d", catalog=world.stac_url,
-                      signer="none", scheduler="synchronous", progress=False, echo=lambda m: None)
-        write_stats(Release(tmp_path, "d"), {"release": "d"})
+        build_release(tmp_path, resolve_request(zoom=15, region=box(*world.bbox), release="d", catalog=world.stac_url),
+                      RunOptions(signer="none", scheduler="synchronous", progress=False, echo=lambda m: None))
+        write_stats(StoredRelease(tmp_path, "d"), {"release": "d"})
     finally:
         os.umask(previous)
     rel = Release(tmp_path, "d")

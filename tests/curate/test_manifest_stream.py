@@ -7,13 +7,14 @@ from __future__ import annotations
 import io
 import random
 
+import mercantile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from scale_alibi.contract.release import REQUIRED_COLUMNS, manifest_bytes, manifest_metadata, write_manifest_batches
-from scale_alibi.curate.build.local_output import LocalOutput
-from scale_alibi.curate.build.manifest import _manifest_table, manifest_batches, manifest_columns
+from scale_alibi.curate.pipeline.local_output import LocalOutput
+from scale_alibi.curate.pipeline.manifest import manifest_batches, manifest_columns, manifest_table
 
 Z = 15
 LEVELS = 2  # 4x4-tile metatiles
@@ -32,12 +33,12 @@ def _records(tmp_path):
     output.check_writable()
     rng = random.Random(5)
     done, rows = [], []
-    mts = [(Z - LEVELS, mx, my) for mx in range(100, 103) for my in range(200, 203)]
+    mts = [mercantile.Tile(mx, my, Z - LEVELS) for mx in range(100, 103) for my in range(200, 203)]
     rng.shuffle(mts)
     for mt in mts:
-        here = [_row(x, y) for x in range(mt[1] * 4, mt[1] * 4 + 4) for y in range(mt[2] * 4, mt[2] * 4 + 4)
+        here = [_row(x, y) for x in range(mt.x * 4, mt.x * 4 + 4) for y in range(mt.y * 4, mt.y * 4 + 4)
                 if rng.random() < 0.8]
-        output.write_record(mt, {"metatile": list(mt), "rows": here, "files": []})
+        output.write_record(mt, {"metatile": [mt.z, mt.x, mt.y], "rows": here, "files": []})
         done.append(mt)
         rows += here
     return output, done, rows
@@ -49,7 +50,7 @@ def test_rows_streamed_column_by_column_equal_the_manifest_sorted_at_once(tmp_pa
     n = write_manifest_batches(streamed, manifest_batches(output, done), manifest_columns(), {"release": "r"})
     assert n == len(rows)
     got = pq.read_table(io.BytesIO(streamed.getvalue()))
-    whole = pq.read_table(io.BytesIO(manifest_bytes(_manifest_table(rows), {"release": "r"})))
+    whole = pq.read_table(io.BytesIO(manifest_bytes(manifest_table(rows), {"release": "r"})))
     assert got.equals(whole)
     assert manifest_metadata(got) == {"release": "r"}
     assert got.column("x").to_pylist() == sorted(got.column("x").to_pylist())

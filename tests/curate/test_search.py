@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +9,7 @@ import pytest
 from scale_alibi.contract.errors import UserError
 from scale_alibi.curate import search
 from scale_alibi.curate.search import SearchOptions, dedupe, parse_interval, search_items
+from scale_alibi.devworld.stac_proxy import CatalogProxy
 from tests.stac_server import free_port, serve_items
 
 AREA = (-97.2, 38.0, -97.0, 38.2)  # the hand-made items' search box
@@ -56,51 +53,6 @@ ITEMS = [
 ]
 
 
-class Proxy:
-    """A loopback HTTP proxy in front of the catalog: counts search requests, answers the first
-    `fail_searches` of them 503, and rewrites the catalog's own address in answers to its own."""
-
-    def __init__(self, upstream: str):
-        self.upstream, self.fail_searches, self.searches = upstream, 0, 0
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self.forward(None)
-
-            def do_POST(self):
-                self.forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-
-            def forward(self, body):
-                if self.path.startswith("/search"):
-                    proxy.searches += 1
-                    if proxy.searches <= proxy.fail_searches:
-                        self.send_response(503)
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                req = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
-                                             headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
-                try:
-                    with urllib.request.urlopen(req, timeout=10) as r:
-                        status, payload, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
-                except urllib.error.HTTPError as e:
-                    status, payload, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
-                payload = payload.replace(proxy.upstream.encode(), proxy.url.encode())
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory) -> Iterator[str]:
     """rustac serve (in-memory backend) holding ITEMS; its URL."""
@@ -109,14 +61,14 @@ def catalog(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture
-def proxy(catalog) -> Iterator[Proxy]:
-    p = Proxy(catalog)
-    yield p
-    p.server.shutdown()
+def proxy(catalog) -> Iterator[CatalogProxy]:
+    """The catalog behind a real proxy (scale_alibi.devworld.stac_proxy): faults, counters, truncated pages."""
+    with CatalogProxy(catalog) as p:
+        yield p
 
 
 def found(catalog: str, layer: str, bbox=AREA, **opts) -> list[str]:
-    return [it["id"] for it in search_items(catalog, layer, bbox, SearchOptions(**opts))]
+    return [it.id for it in search_items(catalog, layer, bbox, SearchOptions(**opts))]
 
 
 def test_s2_keeps_the_box_the_interval_and_at_most_the_cloud_limit_and_needs_visual_but_not_scl(catalog):
@@ -139,14 +91,16 @@ def test_naip_is_chosen_by_years_inclusive_and_ignores_the_interval(catalog):
     assert found(catalog, "naip", naip_years=(2021, 2021)) == []
 
 
-def test_found_items_are_compact_with_only_the_sensors_asset_hrefs(catalog):
+def test_found_items_are_typed_scenes_with_only_the_sensors_asset_hrefs(catalog):
+    from datetime import datetime, timezone
+
     (item,) = search_items(catalog, "s2", AREA, SearchOptions(datetime="2022-06-10"))
-    assert item["id"] == "s2-clear" and item["collection"] == S2 and item["layer"] == "s2"
-    assert item["datetime"] == "2022-06-10T17:00:00Z"
-    assert item["assets"] == {"visual": "https://example.test/s2-clear/visual.tif",
-                              "SCL": "https://example.test/s2-clear/SCL.tif"}  # B04 is not read
-    assert item["properties"]["eo:cloud_cover"] == 5.0
-    assert item["bbox"] == pytest.approx([-97.15, 38.05, -97.05, 38.15])
+    assert item.id == "s2-clear" and item.collection == S2 and item.layer == "s2"
+    assert item.datetime == datetime(2022, 6, 10, 17, tzinfo=timezone.utc)
+    assert {k: a.href for k, a in item.assets} == {"visual": "https://example.test/s2-clear/visual.tif",
+                                                   "SCL": "https://example.test/s2-clear/SCL.tif"}  # B04 is not read
+    assert item.cloud_cover == 5.0
+    assert item.footprint.bounds == pytest.approx((-97.15, 38.05, -97.05, 38.15))
 
 
 def test_more_items_than_one_page_are_all_found_over_several_requests_sorted_by_id(proxy):
@@ -197,10 +151,13 @@ def test_a_bad_interval_is_a_user_error(bad, says):
 
 
 def test_dedupe_keeps_the_first_of_each_collection_and_id_sorted():
-    a1 = {"collection": "b", "id": "1", "n": 1}
-    a2 = {"collection": "b", "id": "1", "n": 2}
-    b = {"collection": "a", "id": "9", "n": 3}
-    c = {"collection": "b", "id": "0", "n": 4}
+    from scale_alibi.curate.scene import parse_scene
+
+    def scene(collection: str, id_: str, day: int):
+        return parse_scene({"id": id_, "collection": collection, "bbox": [0, 0, 1, 1],
+                            "properties": {"datetime": f"2022-06-{day:02d}T00:00:00Z"}}, "s2", ())
+
+    a1, a2, b, c = scene("b", "1", 1), scene("b", "1", 2), scene("a", "9", 3), scene("b", "0", 4)
     assert dedupe([a1, b, a2, c]) == [b, c, a1]
 
 
@@ -208,3 +165,39 @@ def test_a_used_up_retry_names_the_status_codes_not_digits_of_the_url():
     text = ("HTTPConnectionPool(host='127.0.0.1', port=34291): Max retries exceeded with url: /search "
             "(Caused by ResponseError('too many 503 error responses'))")
     assert search.network_reason(Exception(text), 30.0) == f"HTTP 503 on all {search.SEARCH_RETRIES + 1} tries"
+
+
+# ------------------------------------------------------------------------------------------ complete, bounded
+
+def test_a_full_page_without_a_next_link_is_split_by_time_and_nothing_is_lost(proxy):
+    proxy.drop_next_links = -1  # every page ends the results, as PC's did in January 2026
+    ids = found(proxy.url, "s1", bbox=PAGED, datetime=JUNE)
+    assert ids == [f"s1-paged-{i:03d}" for i in range(PAGED_COUNT)]  # old code: the first 250 only
+    assert proxy.dropped >= 1 and proxy.searches >= 3  # the full page, then its two halves
+
+
+def test_a_full_page_without_a_next_link_in_the_shortest_window_is_an_error(proxy, monkeypatch):
+    from datetime import timedelta
+
+    monkeypatch.setattr(search, "SPLIT_FLOOR", timedelta(days=31))  # JUNE may not be cut in time
+    monkeypatch.setattr(search, "SPLIT_FLOOR_DEG", 1.0)  # nor the 0.2 degree box in space
+    proxy.drop_next_links = -1
+    with pytest.raises(UserError, match=r"full page \(250 items\) with no link to the next page") as err:
+        found(proxy.url, "s1", bbox=PAGED, datetime=JUNE)
+    assert "\n" not in str(err.value)
+
+
+def test_s1_and_s2_are_searched_only_within_the_gap_of_the_naip_captures(proxy):
+    naip = search_items(proxy.url, "naip", AREA, SearchOptions(naip_years=(2022, 2022)))
+    assert [it.id for it in naip] == ["naip-2022"]  # 2022-07-01
+    before = proxy.searches
+    near = search_items(proxy.url, "s2", AREA, SearchOptions(max_cloud=100.0, max_gap_days=25.0), naip=naip)
+    # 2022-06-10 .. 06-30 are within 25 days of 07-01, 08-01 is 31 days after it: the hand-made truth
+    assert [it.id for it in near] == ["s2-at-the-cloud-limit", "s2-clear", "s2-cloudy", "s2-last-evening-of-june",
+                                         "s2-without-scl"]
+    assert search_items(proxy.url, "s1", AREA, SearchOptions(max_gap_days=730.0), naip=[]) == []
+    assert proxy.searches == before + 1  # without a NAIP capture, S1 is not searched at all
+    # --datetime and the NAIP window both hold: their intersection is searched
+    both = search_items(proxy.url, "s2", AREA, SearchOptions(datetime="2022-06-12/2022-12-31", max_cloud=100.0,
+                                                                  max_gap_days=25.0), naip=naip)
+    assert [it.id for it in both] == ["s2-cloudy", "s2-last-evening-of-june", "s2-without-scl"]

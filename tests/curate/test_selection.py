@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from scale_alibi.curate.scene import Scene, parse_scene
 from scale_alibi.curate.selection import (
     Group,
     footprint,
@@ -15,14 +16,14 @@ from scale_alibi.curate.selection import (
 )
 
 
-def item(id_: str, layer: str, when: str, bbox=(0.0, 0.0, 1.0, 1.0), geometry=None, **props) -> dict:
-    """A compact item as `search` hands it to selection."""
-    return {"id": id_, "layer": layer, "datetime": when, "bbox": list(bbox), "geometry": geometry,
-            "properties": {"datetime": when, **props}, "assets": {}}
+def item(id_: str, layer: str, when: str, bbox=(0.0, 0.0, 1.0, 1.0), geometry=None, **props) -> Scene:
+    """A STAC item parsed as `search` hands it to selection."""
+    return parse_scene({"id": id_, "collection": "c", "bbox": list(bbox), "geometry": geometry,
+                        "properties": {"datetime": when, **props}, "assets": {}}, layer, ())
 
 
 def ids(group: Group) -> list[str]:
-    return [it["id"] for it in group.items]
+    return [it.id for it in group.items]
 
 
 def test_s2_items_are_grouped_by_their_utc_day():

@@ -13,7 +13,7 @@ from shapely.geometry import box
 
 from scale_alibi.cli.main import main
 from scale_alibi.contract.release import Release, triplet_files
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 from tests.release_factory import file_tree
 
 
@@ -92,8 +92,8 @@ def test_rerun_of_a_finished_release_recuts_a_deleted_or_truncated_file(built_re
     else:
         path.write_bytes(path.read_bytes()[:-40])
     said = []
-    result = build_release(tmp_path, zoom=17, region=box(*world.bbox), release=rel.name, catalog=world.stac_url,
-                           signer="none", scheduler="synchronous", progress=False, echo=said.append)
+    result = build_release(tmp_path, resolve_request(zoom=17, region=box(*world.bbox), release=rel.name, catalog=world.stac_url),
+                           RunOptions(signer="none", scheduler="synchronous", progress=False, echo=said.append))
     assert result.already_finished
     assert not any("nothing to do" in s for s in said), said
     assert any("repaired 1 files" in s for s in said), said

@@ -77,14 +77,53 @@ def test_s2_clouds_in_scl_and_swath_edge_nodata(world):
     assert len(swath) == 1
     with rasterio.open(swath[0].assets["visual"].href) as ds:
         vis = ds.read()
-        assert ds.nodata == 0
+        assert ds.nodata is None  # as some PC visual COGs: the black swath edge is untagged
+    with rasterio.open(swath[0].assets["SCL"].href) as ds:
+        assert (ds.read(1) == 0).mean() > 0.2  # SCL 0 ("no data") under the edge
     assert ((vis == 0).all(axis=0).mean() * 100 - swath[0].properties["s2:nodata_pixel_percentage"]) < 0.01
     # The item geometry is the valid-data footprint, not the raster's rectangle.
     full = next(i for i in items if _epsg(i) == _epsg(swath[0]) and i.id != swath[0].id)
     assert swath[0].bbox[2] < full.bbox[2] - 0.005
 
 
-def test_s1_passes_speckle_bright_targets_and_truth(world):
+def test_scl_says_no_data_and_defective_where_the_visual_has_pixels(world):
+    """The west-zone S2 scene of s2_scl_defect_date: a disc of SCL 1 (north, visual saturated white)
+    and SCL 0 (south, visual ordinary ground), inside the same day's east-zone scene."""
+    day = world.config.s2_scl_defect_date
+    items = search(world, "sentinel-2-l2a", datetime=day)
+    (item,) = [i for i in items if _epsg(i) % 100 == 13]
+    with rasterio.open(item.assets["SCL"].href) as ds:
+        scl, t20 = ds.read(1), ds.transform
+    with rasterio.open(item.assets["visual"].href) as ds:
+        vis, t10 = ds.read(), ds.transform
+
+    def visual_at(code):
+        rows, cols = np.nonzero(scl == code)
+        xs, ys = pixel_to_xy(t20, cols + 0.5, rows + 0.5)
+        c10, r10 = pixel_to_xy(~t10, xs, ys)
+        return vis[:, r10.astype(int), c10.astype(int)]
+
+    assert (scl == 1).sum() > 50 and (scl == 0).sum() > 50  # a 150 m radius at 20 m: ~177 px in all
+    assert (visual_at(1) == 255).all(axis=0).mean() > 0.9  # (the 10 m and 20 m discs differ at their rims)
+    assert (visual_at(0) > 0).all() and (visual_at(0) < 255).any()  # nothing there looks like nodata
+    from shapely.geometry import Point, shape
+
+    # ...and the same day's east-zone scene covers the disc, with ordinary SCL (a build fills from it).
+    rows, cols = np.nonzero(np.isin(scl, (0, 1)))
+    xs, ys = pixel_to_xy(t20, cols + 0.5, rows + 0.5)
+    lon, lat = warp_transform(ds.crs, "EPSG:4326", list(xs), list(ys))
+    (other,) = [i for i in items if _epsg(i) % 100 == 14]
+    assert all(shape(other.geometry).contains(Point(a, b)) for a, b in zip(lon, lat))
+
+
+def test_s1_collection_requires_an_account_as_on_pc(world):
+    import pystac_client
+
+    coll = pystac_client.Client.open(world.stac_url).get_collection("sentinel-1-rtc").to_dict()
+    assert coll["msft:requires_account"] is True
+
+
+def test_s1_passes_speckle_bright_targets_and_truth(world, world_dir):
     items = search(world, "sentinel-1-rtc", datetime="2023-06-01/2023-06-30")
     by_state = {i.properties["sat:orbit_state"]: i for i in items}
     assert set(by_state) == {"ascending", "descending"}
@@ -100,14 +139,31 @@ def test_s1_passes_speckle_bright_targets_and_truth(world):
             vv = ds.read(1)
         assert (vv > 10).sum() >= 3  # saturates any 8-bit mapping
         cog, truth = _centres_vs_truth(it.assets["vv"].href, "s1", n=3000, band=0)
-        keep = cog[0] < 10
+        keep = (cog[0] > 0) & (cog[0] < 10)  # not the 0-filled border, not a bright target
         ratio = cog[0][keep] / truth[0][keep]
         assert abs(np.median(ratio) - 1) < 0.05  # speckle: mean-one multiplicative noise
         cog_s, truth_s = _centres_vs_truth(it.assets["vv"].href, "s1", n=3000, band=0, shift=0.5)
-        keep_s = cog_s[0] < 10
+        keep_s = (cog_s[0] > 0) & (cog_s[0] < 10)
         spread = np.std(np.log(ratio))
         assert np.std(np.log(cog_s[0][keep_s] / truth_s[0][keep_s])) > spread * 1.03
     assert grids["ascending"].c % 10 == 0 and grids["descending"].c % 10 == 5  # half-pixel grid
+    # PC's irregularities: the ascending pass has a 0-filled west border under its -32768 tag (both
+    # polarisations); times in PC's "YYYY-MM-DD hh:mm:ss.ff+00:00" form; .rtc.tiff files; no `updated`.
+    for state, it in by_state.items():
+        with rasterio.open(it.assets["vv"].href) as vv_ds, rasterio.open(it.assets["vh"].href) as vh_ds:
+            zero = (vv_ds.read(1) == 0) & (vh_ds.read(1) == 0)
+            border = int(round(world.config.s1_zero_border * vv_ds.width))
+            assert vv_ds.nodata == -32768 and vh_ds.nodata == -32768
+        if state == "ascending":
+            assert zero[:, :border].all() and not zero[:, border:].any()
+        else:
+            assert not zero.any()
+        assert it.assets["vv"].href.endswith("/measurement/iw-vv.rtc.tiff")
+        assert "updated" not in it.properties
+    # The item files write start/end as PC does (rustac serves them normalised to "...T...Z").
+    for f in json.loads((world_dir / "catalog" / "sentinel-1-rtc-items.json").read_text())["features"]:
+        start = f["properties"]["start_datetime"]
+        assert start[10] == " " and start.endswith(".22+00:00")
     # Exactly one item (the ascending pass) carries a stale proj:transform; the file is right.
     asc, desc = by_state["ascending"], by_state["descending"]
     assert asc.properties["proj:transform"][:6] != pytest.approx(list(grids["ascending"])[:6])
@@ -117,9 +173,17 @@ def test_s1_passes_speckle_bright_targets_and_truth(world):
 def test_naip_years_footprints_and_truth(world):
     items = search(world, "naip", datetime="2019-01-01/2023-12-31")
     years = {i.properties["naip:year"] for i in items}
-    assert years == {"2020", "2022"} and all(isinstance(y, str) for y in years)
+    assert years == {"2020", "2022", "2023"} and all(isinstance(y, str) for y in years)
     assert {_epsg(i) for i in items} == {26913, 26914}
-    assert all(i.properties["naip:state"] == "tx" and i.properties["gsd"] == 0.6 for i in items)
+    assert {_epsg(i) for i in items if i.properties["naip:year"] == "2022"} == {26913, 26914}  # one state-year, two zones
+    assert all(i.properties["naip:state"] == "tx" for i in items)
+    assert {i.properties["naip:year"]: i.properties["gsd"] for i in items} == {"2020": 0.6, "2022": 0.6, "2023": 0.3}
+    (fine,) = [i for i in items if i.properties["naip:year"] == "2023"]
+    with rasterio.open(fine.assets["image"].href) as ds:
+        assert ds.res == (0.3, 0.3) and ds.nodata is None
+        img = ds.read(out_shape=(4, ds.height // 8, ds.width // 8))
+    black = (img == 0).all(axis=0)
+    assert black[0, 0] and not black[-1, -1] and 0.15 < black.mean() < 0.2  # a collar in one corner (18 %), untagged
     newest = [i for i in items if i.properties["naip:year"] == "2022"]
     from shapely.geometry import shape
     from shapely.ops import unary_union

@@ -227,3 +227,20 @@ def test_cli_builds_a_small_world_in_one_zone(tmp_path):
     r2 = subprocess.run(CURATE + argv, capture_output=True, text=True, timeout=60)
     assert r2.returncode == 0 and "world" in r2.stdout  # cached: nothing rendered again
     assert json.loads((out / "world.json").read_text()) == meta
+
+
+def test_hrefs_can_point_at_another_static_server_over_the_same_files(world_dir):
+    """A benchmark serves the COGs from nginx: every asset href of the catalog names that server,
+    with each file's path under world_dir/files (the oracle: the files on disk)."""
+    import json
+    import urllib.request
+
+    from scale_alibi.devworld import serve_world
+
+    elsewhere = "http://127.0.0.1:9"  # never contacted: only written into the hrefs
+    with serve_world(world_dir, hrefs_url=elsewhere) as w:
+        with urllib.request.urlopen(w.stac_url + "/search?limit=50", timeout=10) as r:
+            items = json.load(r)["features"]
+    hrefs = [a["href"] for it in items for a in it["assets"].values() if a["href"].startswith("http")]
+    assert hrefs and all(h.startswith(elsewhere + "/") for h in hrefs)
+    assert all((world_dir / "files" / h[len(elsewhere) + 1 :]).is_file() for h in hrefs)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from scale_alibi.cli.main import main
 from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import STATS_NAME, Release
+from tests.cli_errors import one_error_line as _one_error_line
 from tests.release_factory import make_release
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: a build that got past validation would say so
@@ -20,16 +21,6 @@ UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: a build that got past val
 
 def _invoke(*args: str):
     return CliRunner().invoke(main, list(args))
-
-
-def _one_error_line(result, mentions: str) -> str:
-    """The single `error:` line of a refused command (exit 2), which must mention `mentions`."""
-    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert result.exit_code == 2, result.output
-    assert len(errors) == 1 and len(result.output.strip().splitlines()) == 1, result.output
-    assert mentions in errors[0], errors[0]
-    assert "Traceback" not in result.output
-    return errors[0]
 
 
 def _build(out: Path, *args: str):
@@ -119,6 +110,22 @@ def test_bad_numbers_give_one_error_line_naming_the_option(tmp_path, args, menti
     args = [_geojson(tmp_path, float("nan")) if a == "NAN_GEOJSON" else _geojson(tmp_path, float("inf"))
             if a == "INF_GEOJSON" else a for a in args]
     _one_error_line(_build(tmp_path / "data", "--zoom", "15", *args), mentions)
+
+
+def test_a_named_release_at_another_zoom_is_refused_before_anything_is_written(tmp_path):
+    """`--release small --zoom 16` planned small's z15 tiles and cut their x/y as z16 tiles (other places,
+    no error). Like `curate plan`, build refuses it: one line naming both zooms, --out not created."""
+    from scale_alibi.regions import load_release
+
+    own = load_release("small").zoom  # the preset's zoom, read from the preset itself
+    for other in (own + 1, own - 1):
+        line = _one_error_line(_build(tmp_path / "data", "--release", "small", "--zoom", str(other)),
+                               f"--zoom {other}")
+        assert f"zoom {own}" in line, line
+        assert not (tmp_path / "data").exists()
+    # The preset's own zoom given explicitly is the same build as omitting it: it passes validation,
+    # and the unreachable catalog is what stops it.
+    _one_error_line(_build(tmp_path / "data", "--release", "small", "--zoom", str(own)), "STAC catalog")
 
 
 def test_stats_on_a_corrupt_manifest_or_png_gives_one_error_line(tmp_path):

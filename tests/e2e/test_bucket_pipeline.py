@@ -9,7 +9,7 @@ import pytest
 from shapely.geometry import box
 
 from scale_alibi.contract.release import Release
-from scale_alibi.curate.build import build_release
+from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 from scale_alibi.serve.process import ServerProcess
 
 QUIET = {"signer": "none", "progress": False, "echo": lambda m: None, "scheduler": "synchronous"}
@@ -21,8 +21,9 @@ def both(world, s3_bucket, tmp_path):
     """(local release, server over the local directory, server over the bucket), one release built twice."""
     w, s, e, n = world.bbox
     region = box(w + 0.3 * (e - w), s + 0.3 * (n - s), w + 0.7 * (e - w), s + 0.7 * (n - s))
-    build_release(tmp_path, region=region, catalog=world.stac_url, **BUILD, **QUIET)
-    build_release(f"{s3_bucket}/releases", region=region, catalog=world.stac_url, **BUILD, **QUIET)
+    build_release(tmp_path, resolve_request(region=region, catalog=world.stac_url, **BUILD), RunOptions(**QUIET))
+    build_release(f"{s3_bucket}/releases", resolve_request(region=region, catalog=world.stac_url, **BUILD),
+                  RunOptions(**QUIET))
     with ServerProcess(tmp_path) as local, ServerProcess(f"{s3_bucket}/releases") as bucket:
         yield Release(tmp_path, "mid"), local, bucket
 

@@ -26,7 +26,7 @@ from scale_alibi.contract.release import (
     manifest_metadata,
     write_manifest,
 )
-from scale_alibi.curate.build import split_of
+from scale_alibi.curate.pipeline import split_of
 from scale_alibi.serve.process import ServerProcess
 from tests.release_factory import make_release
 

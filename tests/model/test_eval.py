@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scale_alibi.cli.main import main as cli
+from scale_alibi.contract.reader import StoredRelease
 from scale_alibi.contract.release import Release
 from scale_alibi.devworld import DEFAULT_WORLD
 from scale_alibi.devworld.field import CLASSES, COLOURS, S2_GAIN, S2_OFFSET, Truth
@@ -108,7 +109,7 @@ def test_geobench_tasks_load_through_the_package_with_each_band_rule(geobench_ro
 @pytest.fixture(scope="session")
 def world_task(built_release):
     data_root, name = built_release
-    return load_world_task(Release(Path(data_root), name), CLASSES, partial(tile_label, Truth(DEFAULT_WORLD)),
+    return load_world_task(StoredRelease(data_root, name), CLASSES, partial(tile_label, Truth(DEFAULT_WORLD)),
                            progress=False)
 
 

@@ -212,3 +212,51 @@ def test_serve_from_a_bucket_it_cannot_read_exits_2_with_one_error_line(s3_endpo
     output = (result.stdout + result.stderr).strip().splitlines()
     assert result.returncode == 2 and len(output) == 1, output
     assert output[0].startswith("error: ") and mentions in output[0], output
+
+
+def test_a_store_stopped_mid_serve_is_a_503_with_retry_after_within_seconds_on_every_route(tmp_path, monkeypatch):
+    import signal
+
+    from tests.object_store import s3_server_process
+
+    release = make_release(tmp_path / "data", "small", nx=2, ny=1)
+    cached = f"/tiles/small/s1/{Z}/{X0}/{Y0}.png"
+    routes = [f"/tiles/small/s2/{Z}/{X0}/{Y0}.png", f"/triplets/small/{Z}/{X0 + 1}/{Y0}",
+              "/shards/small/0.tar?shard_size=1"]
+    with s3_server_process() as (endpoint, moto):
+        for key, value in s3_environment(endpoint).items():
+            monkeypatch.setenv(key, value)
+        url = f"s3://{new_bucket(endpoint)}/{PREFIX}"
+        upload(release.root, url)
+        with ServerProcess(url) as server:
+            assert raw_get(server.url, cached)[0] == 200
+            moto.send_signal(signal.SIGSTOP)  # accepts connections (the kernel does), answers nothing
+            try:
+                for target in routes:
+                    t0 = time.monotonic()
+                    status, headers, body = raw_get(server.url, target)
+                    elapsed = time.monotonic() - t0
+                    assert status == 503 and headers.get("retry-after") == "1", (target, status, headers)
+                    assert "did not answer" in json.loads(body)["detail"], target
+                    assert elapsed < 9, (target, elapsed)  # 2 tries of a 2 s read timeout, with backoff
+                assert raw_get(server.url, cached)[2] == release.tile_path("s1", Z, X0, Y0).read_bytes()
+            finally:
+                moto.send_signal(signal.SIGCONT)
+            for target in routes:  # the store answers again: so does the server, without a restart
+                assert raw_get(server.url, target)[0] == 200, target
+
+
+def test_serve_from_a_store_that_accepts_and_never_answers_exits_2_with_one_line_within_seconds(tmp_path):
+    from tests.object_store import silent_endpoint
+
+    with silent_endpoint() as endpoint:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(s3_environment(endpoint))
+        t0 = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "scale_alibi", "serve", "--data", f"s3://b/{PREFIX}",
+                                 "--port", "0"], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+        elapsed = time.monotonic() - t0
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(output) == 1, output
+    assert output[0].startswith("error: cannot read s3://b/") and "ReadTimeoutError" in output[0], output
+    assert elapsed < 30, elapsed  # 2 tries of a 2 s read timeout and the interpreter's start, not minutes

@@ -13,21 +13,15 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
+import torch
 
-from scale_alibi.contract.archive import tile_reader
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import (
-    MANIFEST_NAME,
-    MODALITIES,
-    STATS_NAME,
-    Release,
-    content_hash,
-    triplet_tiles,
-    write_bytes_atomic,
-)
+from scale_alibi.contract.names import MODALITIES, triplet_tiles
+from scale_alibi.contract.png import TILE_PX, tile_problem
+from scale_alibi.contract.reader import StoredRelease
+from scale_alibi.contract.release import STATS_NAME
 from scale_alibi.model.data.decode import decode_triplet
 
 
@@ -36,14 +30,24 @@ def _reason(e: Exception) -> str:
     return f"{e.__class__.__name__}: {' '.join(str(e).split())[:100]}"
 
 
-def _sums(release: Release, tiles: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
+def _decode_checked(members: dict[str, bytes]) -> dict[str, torch.Tensor]:
+    """`decode_triplet` of tiles whose headers were checked first: a tile that announces
+    30000 x 30000 px would take gigabytes to decode (ValueError naming the member instead)."""
+    for name, data in members.items():
+        problem = tile_problem(data)
+        if problem is not None:
+            raise ValueError(f"{name} {problem} (tiles are {TILE_PX} px 8-bit PNGs)")
+    return decode_triplet(members)
+
+
+def _sums(release: StoredRelease, tiles: list[tuple[int, int, int]]) -> dict[str, np.ndarray]:
     """Per modality: [pixel count, per-channel sum, per-channel sum of squares] over `tiles`."""
     acc: dict[str, np.ndarray] = {}
-    read = tile_reader(release)  # the tile tree, or the release's PMTiles archives when it has none
+    read = release.tiles()  # the tile tree, or the release's PMTiles archives when it has none
     for z, x, y in tiles:
         try:
             members = {name: read(*tile) for name, tile in triplet_tiles(z, x, y)}
-            decoded = decode_triplet(members)
+            decoded = _decode_checked(members)
         except Exception as e:  # missing, truncated or corrupt PNG: name the triplet, not the codec's frame
             raise UserError(f"release {release.name!r}: triplet {z}/{x}/{y} cannot be read ({_reason(e)}); "
                             "rebuild the release with `curate build`") from None
@@ -54,15 +58,11 @@ def _sums(release: Release, tiles: list[tuple[int, int, int]]) -> dict[str, np.n
     return acc
 
 
-def compute_stats(release: Release, split: str = "train", limit: int | None = None, workers: int = 1) -> dict[str, object]:
+def compute_stats(release: StoredRelease, split: str = "train", limit: int | None = None,
+                  workers: int = 1) -> dict[str, object]:
     """Channel mean/std per modality over a split's triplets (all of them, or `limit` evenly spaced)."""
-    if not release.is_finished:
-        raise UserError(f"release {release.name!r} under {release.root} has no {MANIFEST_NAME}; build it first with `curate build`")
-    try:
-        table = release.read_manifest().select(["z", "x", "y", "split"])
-    except Exception as e:  # pyarrow raises several types on a truncated or foreign file
-        raise UserError(f"the manifest of release {release.name!r} cannot be read ({_reason(e)}); "
-                        "rebuild the release with `curate build`") from None
+    manifest = release.manifest()  # checked: a manifest that lies is refused before any tile is read
+    table = manifest.table.select(["z", "x", "y", "split"])
     rows = [r for r in table.to_pylist() if split == "all" or r["split"] == split]
     if not rows:
         raise UserError(f"release {release.name!r} has no {split!r} triplets; pick --split train, heldout or all")
@@ -88,13 +88,13 @@ def compute_stats(release: Release, split: str = "train", limit: int | None = No
         "split": split,
         "triplets": len(tiles),
         "scale": "uint8",
-        "manifest_sha256": content_hash(release.manifest_path.read_bytes()),
+        "manifest_sha256": manifest.sha256,
         "modalities": modalities,
     }
 
 
-def write_stats(release: Release, stats: dict[str, object]) -> Path:
-    """Store `stats` as <release>/stats.json (atomically)."""
-    path = release.path / STATS_NAME
-    write_bytes_atomic(path, (json.dumps(stats, indent=2) + "\n").encode())
-    return path
+def write_stats(release: StoredRelease, stats: dict[str, object]) -> str:
+    """Store `stats` as <release>/stats.json (atomically: one PUT in a bucket); returns where."""
+    release.check_writable()
+    release.write(STATS_NAME, (json.dumps(stats, indent=2) + "\n").encode())
+    return release.key(STATS_NAME)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from scale_alibi.contract.errors import ScaleAlibiError
 
-class StreamBroken(Exception):
+
+class StreamBroken(ScaleAlibiError):
     """The shard stream ended or failed before all its samples arrived (retriable)."""
 
 

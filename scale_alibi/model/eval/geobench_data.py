@@ -32,6 +32,7 @@ BENCHMARK = "classification_v1.0"
 TASKS = ("m-eurosat", "m-forestnet", "m-pv4ger", "m-brick-kiln")  # the paper's Table 2 rows
 RGB = ("red", "green", "blue")
 TCI_FULL_SCALE = 2000.0  # reflectance x 10^4 that TCI maps to 255
+TASK_FILES = ("default_partition.json", "band_stats.json")  # a task needs besides task_specs.pkl and its samples
 
 
 def import_geobench(root: Path):
@@ -84,6 +85,10 @@ def load_task(root: Path, name: str, limit: int | None = None, progress: bool = 
     if not (task_dir / "task_specs.pkl").is_file():
         raise UserError(f"no GEO-Bench task {name} under {root}/{BENCHMARK}; set --geobench-dir "
                         "(or GEO_BENCH_DIR) to where `geobench-download` put the data")
+    for needed in TASK_FILES:  # the package would raise deep inside, once per split
+        if not (task_dir / needed).is_file():
+            raise UserError(f"GEO-Bench task {name} at {task_dir} has no {needed}; download the task "
+                            "again with `geobench-download`")
     specs = geobench.load_task_specs(task_dir)
     datasets = {split: geobench.GeobenchDataset(task_dir, split=split, band_names=RGB) for split in SPLITS}
     first = datasets[SPLITS[0]]  # every split of a task shares its bands' rule
@@ -94,8 +99,14 @@ def load_task(root: Path, name: str, limit: int | None = None, progress: bool = 
         n = len(ds) if limit is None else min(limit, len(ds))
         images, labels = [], []
         for i in tqdm(range(n), desc=f"{name} {split}", disable=not progress, leave=False):
-            sample = ds[i]
-            hwc, _ = sample.pack_to_3d(band_names=ds.band_names)  # (H, W, 3) in red, green, blue
+            try:
+                sample = ds[i]
+                hwc, _ = sample.pack_to_3d(band_names=ds.band_names)  # (H, W, 3) in red, green, blue
+            except (OSError, KeyError, ValueError) as exc:  # h5py on a truncated or foreign file
+                sample_name = ds.active_partition.partition_dict[split][i]
+                reason = " ".join(str(exc).split())[:120]
+                raise UserError(f"GEO-Bench task {name}: sample {sample_name} ({split}) cannot be read "
+                                f"({reason}); download the task again with `geobench-download`") from None
             images.append(np.stack([rule[1](hwc[..., c], c) for c in range(3)]))
             labels.append(int(sample.label))
         pixels = np.stack(images)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +30,15 @@ class EvalSettings:
     progress: bool = True
 
 
-def task_results(task: TaskData, encoders: Mapping[Column, ScaleAlibiModel], out_dir: Path,
-                 stats: Mapping[str, Any] | None, settings: EvalSettings) -> list[report.Result]:
-    """Every method for every encoder on one task; writes its confusion matrices and scatter."""
+def task_results(task: TaskData, encoders: Mapping[Column, tuple[ScaleAlibiModel, Mapping[str, Any] | None]],
+                 out_dir: Path, settings: EvalSettings) -> list[report.Result]:
+    """Every method for every encoder (a model and the stats it normalises with) on one task;
+    writes its confusion matrices and scatter."""
     results, panels = [], {}
     test_y = task.splits["test"].labels
     confusion_dir = out_dir / "confusion" / task.name
     confusion_dir.mkdir(parents=True, exist_ok=True)
-    for column, model in encoders.items():
+    for column, (model, stats) in encoders.items():
         feats = {s: frozen_features(model, task.splits[s], column, stats, settings.batch_size,
                                     settings.device, settings.progress, f"{task.name} {column.name} {s}")
                  for s in SPLITS}
@@ -69,22 +70,24 @@ def task_results(task: TaskData, encoders: Mapping[Column, ScaleAlibiModel], out
 
 
 def evaluate(tasks: list[TaskData], models: list[ScaleAlibiModel], out_dir: Path,
-             stats: Mapping[str, Any] | None = None,
+             stats: Sequence[Mapping[str, Any] | None] | None = None,
              settings: EvalSettings = EvalSettings()) -> list[report.Result]:
-    """Evaluate every model's columns on every task; write table.md, results.csv, confusion/
-    and umap/ under out_dir; return the table's cells."""
-    encoders: dict[Column, ScaleAlibiModel] = {}
-    for model in models:
+    """Evaluate every model's columns on every task, model i normalised with `stats[i]` (the
+    stats it trained with); write table.md, results.csv, confusion/ and umap/ under out_dir;
+    return the table's cells."""
+    per_model = list(stats) if stats is not None else [None] * len(models)
+    encoders: dict[Column, tuple[ScaleAlibiModel, Mapping[str, Any] | None]] = {}
+    for model, model_stats in zip(models, per_model, strict=True):
         for column in columns_of(model):
             if column in encoders:
                 raise UserError(f"two checkpoints fill the {column.name} column; pass one "
                                 "Scale-ALiBi and/or one croma checkpoint")
-            encoders[column] = model
+            encoders[column] = (model, model_stats)
     encoders = {c: encoders[c] for c in COLUMNS if c in encoders}  # the paper's column order
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for task in tqdm(tasks, desc="tasks", disable=not settings.progress):
-        results += task_results(task, encoders, out_dir, stats, settings)
+        results += task_results(task, encoders, out_dir, settings)
     names = [c.name for c in encoders]
     table = report.markdown_table(results, names, [t.name for t in tasks])
     rules = "\n".join(f"- {t.name}: {t.band_rule}" for t in tasks)

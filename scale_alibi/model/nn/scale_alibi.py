@@ -39,8 +39,6 @@ from scale_alibi.model.nn.geometry import patch_centres_m
 from scale_alibi.model.nn.losses import ContrastiveLoss, masked_patch_mse
 from scale_alibi.model.nn.vit import Block, CrossEncoder, Encoder, gather_tokens, patchify, sincos_2d
 
-MODALITIES = ("s1", "s2", "naip_hires")
-
 
 def split_ids_from_mask(mask: Tensor) -> tuple[Tensor, Tensor]:
     """Bool mask (B, N), True = masked, same count per row -> (kept ids (B, K), masked ids (B, N-K)),

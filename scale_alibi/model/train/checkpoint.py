@@ -4,8 +4,9 @@ A checkpoint is a directory ``RUNDIR/checkpoints/step-000123/`` holding
 
     model.safetensors       the model's state_dict (shared tensors stored once)
     optimizer.safetensors   every tensor of the optimizer's state (``state.<param index>.<name>``)
-    state.json              step, epoch, loader state, RNG states, config, optimizer param_groups
-                            and the optimizer's non-tensor per-parameter state
+    state.json              step, epoch, loader state, RNG states, config, optimizer param_groups,
+                            the optimizer's non-tensor per-parameter state and the normalisation
+                            (per-modality mean/std) the batches were trained with
 
 It is first written as a hidden temporary directory and renamed into place, then ``latest`` (a small
 text file naming the directory) is replaced atomically: a crash leaves either the previous checkpoint
@@ -33,6 +34,8 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 LATEST_FILE = "latest"
+# state.json key: {"modalities": {m: {"mean": [...], "std": [...]}}, "fixed_constants": [m, ...]}
+NORMALIZATION_KEY = "normalization"
 FORMAT_VERSION = 1
 
 

@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-from scale_alibi.model.nn.scale_alibi import MODALITIES
+from scale_alibi.contract.names import ENCODED_MODALITIES
+from scale_alibi.contract.reader import StoredRelease
 from scale_alibi.model.train.trainer import batch_size_of
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = MODALITIES  # what the model reads; "naip" (256 px) is not used
+IMAGE_KEYS = ENCODED_MODALITIES  # what the model reads; "naip" (256 px) is not used
 # Fallback when no stats.json is available: uint8 -> roughly zero-mean, unit-scale floats.
 FALLBACK_MEAN, FALLBACK_STD = 127.5, 64.0
 
@@ -40,9 +41,18 @@ class PrepareBatch:
         from scale_alibi.model.data.transforms import Normalize
 
         stats = dict(stats or {})
+        # Modalities normalised with the fixed constants: recorded with the stats in checkpoints.
+        self.fixed_constants = tuple(m for m in IMAGE_KEYS if m not in stats)
         for m in IMAGE_KEYS:  # a modality without stats gets the fixed constants, same mechanism
             stats.setdefault(m, {"mean": [FALLBACK_MEAN] * CHANNELS[m], "std": [FALLBACK_STD] * CHANNELS[m]})
         self.normalize = Normalize(stats)
+        self.stats = {m: {"mean": [float(v) for v in stats[m]["mean"]], "std": [float(v) for v in stats[m]["std"]]}
+                      for m in IMAGE_KEYS}
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint stores of this normalisation: every modality's mean/std as used, and
+        which of them were the fixed constants (their release had no stats)."""
+        return {"modalities": self.stats, "fixed_constants": list(self.fixed_constants)}
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         out = self.normalize({k: batch[k] for k in IMAGE_KEYS})
@@ -67,6 +77,21 @@ def fetch_stats(url: str, release: str, timeout_s: float = 10.0) -> dict[str, An
     except (urllib.error.URLError, OSError, ValueError):
         return None
     return data.get("modalities", data)
+
+
+def stored_stats(release: StoredRelease) -> dict[str, Any] | None:
+    """`fetch_stats` for a release read from its store: the stats.json beside its manifest, or None."""
+    from scale_alibi.contract.errors import UserError
+    from scale_alibi.contract.release import STATS_NAME
+
+    raw = release.read(STATS_NAME)
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise UserError(f"{release.location}/{STATS_NAME} is not JSON; run `curate stats` again") from None
+    return data.get("modalities", data) if isinstance(data, dict) else None
 
 
 def fetch_release_zoom(url: str, release: str, timeout_s: float = 10.0) -> int | None:
@@ -154,6 +179,63 @@ class StreamSource:
         self._resumed = True
 
 
+class DatasetSource:
+    """A `scale_alibi.model.train.trainer.BatchSource` over `scale_alibi.model.data.dataset.ReleaseDataset`:
+    a release read from its store, no server. Epochs forever in the epoch's order; rank r takes shards
+    r, r + R, ... as from the server; each epoch's last partial batch is dropped; resumable at a batch."""
+
+    def __init__(self, data: str, release: str, batch_size: int, *, num_workers: int = 2, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, split: str = "train", shard_size: int = 32) -> None:
+        from scale_alibi.contract.release import shard_count
+        from scale_alibi.model.data.dataset import ReleaseDataset
+        from scale_alibi.model.data.order import rank_shards
+
+        self.dataset = ReleaseDataset(data, release, split=split, shard_size=shard_size, seed=seed,
+                                      modalities=IMAGE_KEYS)
+        n = len(self.dataset)
+        self.indices = [i for s in rank_shards(shard_count(n, shard_size), rank, world_size)
+                        for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.seed, self.world_size = seed, world_size
+        self.epoch, self.done = 0, 0  # samples of this epoch's share consumed
+        if len(self.indices) < batch_size:
+            from scale_alibi.contract.errors import UserError
+
+            raise UserError(f"rank {rank} holds {len(self.indices)} {split} triplets, fewer than one batch of "
+                            f"{batch_size}; use a smaller --batch-size")
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        from torch.utils.data import DataLoader
+
+        from scale_alibi.model.data.loader import collate_triplets
+
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            whole = len(self.indices) // self.batch_size * self.batch_size
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.indices[self.done:whole],
+                                num_workers=self.num_workers, collate_fn=collate_triplets, drop_last=True,
+                                pin_memory=torch.cuda.is_available())
+            with torch.random.fork_rng(devices=[]):  # as StreamSource: worker seeds leave the MAE masks alone
+                it = iter(loader)
+            yield from it
+            self.epoch, self.done = self.epoch + 1, 0
+
+    def consumed(self, batch: dict[str, torch.Tensor]) -> None:
+        self.done += batch_size_of(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"source": "dataset", "epoch": self.epoch, "consumed": self.done, "seed": self.seed,
+                "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from scale_alibi.contract.errors import UserError
+
+        if state.get("source") != "dataset" or int(state["seed"]) != self.seed or int(state["world_size"]) != self.world_size:
+            raise UserError("the checkpoint's loader state is not a --data run with this seed and world size; "
+                            "resume with the same --data/--server, --seed and number of ranks")
+        self.epoch, self.done = int(state["epoch"]), int(state["consumed"])
+
+
 def collect_split(url: str, release: str, split: str = "heldout", limit: int | None = None,
                   batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Every triplet of a split (or the first `limit`) as one uint8 batch dict, in the split's epoch-0 order."""
@@ -168,3 +250,13 @@ def collect_split(url: str, release: str, split: str = "heldout", limit: int | N
     for s in samples:
         s["worker"] = 0
     return collate_triplets(samples)
+
+
+def collect_stored_split(data: str, release: str, split: str = "heldout", limit: int | None = None,
+                         batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """`collect_split` of a release read from its store: the split's epoch-0 order (seed 0), no server."""
+    from scale_alibi.model.data.dataset import ReleaseDataset
+    from scale_alibi.model.data.loader import collate_triplets
+
+    ds = ReleaseDataset(data, release, split=split, shard_size=batch_size, seed=0, modalities=IMAGE_KEYS)
+    return collate_triplets([ds[i] for i in range(min(len(ds), limit if limit is not None else len(ds)))])

@@ -84,8 +84,12 @@ class Trainer:
         run_dir: Path | str | None = None,
         model_config: dict[str, Any] | None = None,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        normalization: dict[str, Any] | None = None,
     ) -> None:
+        """`normalization`: the per-modality mean/std `prepare` normalises with (`PrepareBatch.record()`),
+        stored in every checkpoint so that an evaluation normalises as training did."""
         self.cfg = cfg
+        self.normalization = normalization
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.model_config = model_config or {}
         self.prepare = prepare or (lambda b: b)
@@ -226,6 +230,7 @@ class Trainer:
                     "train_config": self.cfg.to_json(),
                     "model_config": self.model_config,
                     "world_size": self.dist.world_size,
+                    **({ckpt.NORMALIZATION_KEY: self.normalization} if self.normalization is not None else {}),
                 },
                 keep=self.cfg.keep_checkpoints,
             )

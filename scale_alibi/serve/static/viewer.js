@@ -4,7 +4,7 @@
 
 const LAYERS = ["s2", "s1", "naip"];
 const LABELS = { s1: "Sentinel-1", s2: "Sentinel-2", naip: "NAIP" };
-const HIRES = [[0, 0], [1, 0], [0, 1], [1, 1]]; // row-major children, as curate.release.HIRES_CHILDREN
+const HIRES = [[0, 0], [1, 0], [0, 1], [1, 1]]; // row-major children, as contract.names.HIRES_CHILDREN
 const MAX_OUTLINE = 20000; // beyond this many triplets draw the bounds only
 
 const map = L.map("map", { zoomControl: true, worldCopyJump: true });

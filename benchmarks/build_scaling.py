@@ -1,0 +1,176 @@
+"""Does `curate build` scale with cores? The synthetic world's COGs served by nginx (Range requests,
+sendfile: almost no CPU), so that the figures are the build's alone, side by side in one run:
+
+- the one-process run (`--scheduler synchronous`, one thread): the anchor for CPU per tile;
+- local Dask with 1 worker, then with N workers (default 2), each one thread.
+
+Reported: wall-clock tiles/s and the speed-up of N workers over 1 (goal >= 1.7x for 2), and
+CPU-seconds per tile summed over every process of the build (this driver process with the Dask
+scheduler in it, the nannies and the workers; not nginx, the STAC server or the idle file
+server) as a ratio to the one-process run (goal <= 1.15x); with --small-fraction, also the CPU per
+tile between a smaller and the full build, which leaves out what a build costs whatever its size
+(Dask's start-up: the workers' imports, the cluster). CPU is sampled every 200 ms per
+process (psutil), so a worker that exits is counted up to its last sample.
+
+    python benchmarks/build_scaling.py [--zoom 17] [--workers 2] [--repeats 2] [--small-fraction 0.5]
+
+Needs Debian `nginx-light`. Best of --repeats for each configuration, interleaved.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("GDAL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import psutil  # noqa: E402
+from shapely.geometry import box  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from serve_bench import Nginx, wait_http  # noqa: E402
+
+
+class TreeCpu:
+    """CPU-seconds (user + system) of this process and every descendant started after `start()`,
+    sampled in a thread; processes that existed before (servers) are left out, and so is the
+    sampling thread's own CPU (listing every process of a busy machine is not free)."""
+
+    def __init__(self, interval_s: float = 0.2):
+        self.interval_s = interval_s
+        self.me = psutil.Process()
+        self.excluded: set[int] = set()
+        self.last: dict[int, float] = {}
+        self.base = 0.0
+        self.own = 0.0  # CPU-seconds of the sampling thread
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        procs = [self.me] + [p for p in self.me.children(recursive=True) if p.pid not in self.excluded]
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                self.last[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass  # exited between listing and reading: its last sample stands
+
+    def start(self) -> None:
+        self.excluded = {p.pid for p in self.me.children(recursive=True)}
+        t = self.me.cpu_times()
+        self.base = t.user + t.system
+        self.last = {}
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        t0 = time.thread_time()
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+        self.own = time.thread_time() - t0
+
+    def stop(self) -> float:
+        """CPU-seconds since start(), all processes of the build."""
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        self._sample()
+        return sum(self.last.values()) - self.base - self.own
+
+
+def build(world_stac: str, out: Path, zoom: int, region, scheduler: str, workers: int | None, cpu: TreeCpu) -> dict:
+    """One build; tiles (PNG files), wall seconds, CPU-seconds over all its processes."""
+    from scale_alibi.curate.pipeline import build_release
+
+    shutil.rmtree(out, ignore_errors=True)
+    cpu.start()
+    t0 = time.perf_counter()
+    result = build_release(out, zoom=zoom, region=region, release="bench", catalog=world_stac, signer="none",
+                           scheduler=scheduler, workers=workers, progress=False, echo=lambda m: None)
+    seconds = time.perf_counter() - t0
+    return {"tiles": result.triplets * 7, "seconds": seconds, "cpu": cpu.stop()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoom", type=int, default=17)
+    ap.add_argument("--workers", type=int, default=2, help="Dask workers of the scaled run")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--small-fraction", type=float, default=0.5,
+                    help="area of a second, smaller build per configuration (0: none): the CPU per tile "
+                         "between the two sizes leaves out what a build costs whatever its size")
+    args = ap.parse_args()
+    if shutil.which("nginx") is None:
+        sys.exit("error: nginx not found; apt-get install -y nginx-light")
+
+    from scale_alibi.devworld import DEFAULT_WORLD, build_world, default_world_dir, start_world
+
+    world_dir = build_world(default_world_dir(DEFAULT_WORLD), DEFAULT_WORLD)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
+    nginx = Nginx(world_dir / "files", tmp, core=None)
+    world = None
+    try:
+        world = start_world(world_dir, hrefs_url=nginx.url)
+        sample = next(p for p in (world_dir / "files").rglob("*.tif"))
+        wait_http(nginx.url + "/" + sample.relative_to(world_dir / "files").as_posix())
+        region = box(*world.bbox)
+        w, s_, e, n = world.bbox
+        side = args.small_fraction ** 0.5 / 2
+        small = box((w + e) / 2 - (e - w) * side, (s_ + n) / 2 - (n - s_) * side,
+                    (w + e) / 2 + (e - w) * side, (s_ + n) / 2 + (n - s_) * side)
+        cpu = TreeCpu()
+        runs = {"one process (synchronous)": ("synchronous", None), "Dask, 1 worker": ("local", 1),
+                f"Dask, {args.workers} workers": ("local", args.workers)}
+        best: dict[str, dict] = {}
+        marginal: dict[str, float] = {}  # CPU-seconds per tile between the small and the full build
+        print(f"world {world.bbox}, zoom {args.zoom}; COGs from nginx {nginx.url}; {os.cpu_count()} cores", flush=True)
+        for rep in range(args.repeats):  # interleaved: background load hits every configuration alike
+            for name, (scheduler, workers) in runs.items():
+                r = build(world.stac_url, tmp / "out", args.zoom, region, scheduler, workers, cpu)
+                print(f"  run {rep + 1} {name:<28} {r['tiles']:>6} tiles {r['seconds']:7.1f} s wall "
+                      f"{1e3 * r['cpu'] / r['tiles']:7.2f} ms CPU/tile", flush=True)
+                if name not in best or r["seconds"] < best[name]["seconds"]:
+                    best[name] = r
+                if args.small_fraction > 0:
+                    q = build(world.stac_url, tmp / "out", args.zoom, small, scheduler, workers, cpu)
+                    per_tile = (r["cpu"] - q["cpu"]) / max(r["tiles"] - q["tiles"], 1)
+                    print(f"  run {rep + 1} {name:<28} {q['tiles']:>6} tiles {q['seconds']:7.1f} s wall "
+                          f"{1e3 * q['cpu'] / q['tiles']:7.2f} ms CPU/tile (smaller area); between the two: "
+                          f"{1e3 * per_tile:.2f} ms CPU/tile", flush=True)
+                    marginal[name] = min(marginal.get(name, float("inf")), per_tile)
+        one, w1, wn = (best[n] for n in runs)
+        print(f"\nbest of {args.repeats}:")
+        for name, r in best.items():
+            print(f"  {name:<28} {r['tiles'] / r['seconds']:8.1f} tiles/s  {1e3 * r['cpu'] / r['tiles']:7.2f} ms CPU/tile "
+                  f"(all processes)")
+        speedup = (wn["tiles"] / wn["seconds"]) / (w1["tiles"] / w1["seconds"])
+        print(f"wall-clock: {args.workers} workers {speedup:.2f}x 1 worker (goal >= 1.7x for 2)")
+        for name in list(runs)[1:]:
+            r = best[name]
+            ratio = (r["cpu"] / r["tiles"]) / (one["cpu"] / one["tiles"])
+            print(f"CPU per tile: {name} {ratio:.2f}x the one-process run (goal <= 1.15x)")
+            if name in marginal:
+                print(f"  without what a build costs whatever its size (between the two areas): "
+                      f"{1e3 * marginal[name]:.2f} vs {1e3 * marginal[list(runs)[0]]:.2f} ms, "
+                      f"{marginal[name] / marginal[list(runs)[0]]:.2f}x")
+    finally:
+        if world is not None:
+            world.stop()
+        nginx.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
