@@ -106,8 +106,9 @@ def test_a_full_dev_shm_is_an_error_not_a_silent_empty_epoch(server):
     assert "shm_size" in result["message"] and "--num-workers" in result["message"]
 
 
-def train_argv(server, out: Path, steps: int, batch_size: int = 4) -> list[str]:
-    return [sys.executable, "-m", "scale_alibi", "train", "--server", server.url, "--release", RELEASE,
+def train_argv(server, out: Path, steps: int, batch_size: int = 4, source: list[str] | None = None) -> list[str]:
+    """`curate train` of the release from the server (or from `source`, e.g. ["--data", root])."""
+    return [sys.executable, "-m", "scale_alibi", "train", *(source or ["--server", server.url]), "--release", RELEASE,
             "--config", "tiny", "--steps", str(steps), "--batch-size", str(batch_size), "--num-workers", "2",
             "--eval-tiles", "0", "--checkpoint-every", "0", "--out", str(out)]
 
@@ -122,9 +123,11 @@ def assert_one_error_line(stderr: str, *words: str) -> str:
     return lines[-1]
 
 
-def test_curate_train_with_a_full_dev_shm_exits_with_one_line(server, tmp_path):
+@pytest.mark.parametrize("read", ["server", "store"])
+def test_curate_train_with_a_full_dev_shm_exits_with_one_line(server, data_root, tmp_path, read):
+    source = ["--data", str(data_root)] if read == "store" else None  # the store: the map-style dataset
     t0 = time.monotonic()
-    p = subprocess.run(small_shm(SMALL_SHM, train_argv(server, tmp_path / "run", steps=3)),
+    p = subprocess.run(small_shm(SMALL_SHM, train_argv(server, tmp_path / "run", steps=3, source=source)),
                        capture_output=True, text=True, timeout=TIMEOUT_S)
     assert p.returncode == 2, p.stderr[-3000:]
     line = assert_one_error_line(p.stderr, "shared memory", "/dev/shm is 2 MiB", "shm_size")
