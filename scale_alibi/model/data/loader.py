@@ -74,6 +74,7 @@ from scale_alibi.contract.release import MODALITIES, TRIPLET_MEMBERS, shard_coun
 from scale_alibi.contract.tiles import tile_ground_size_m
 from scale_alibi.model.data.client import ShardClient
 from scale_alibi.model.data.decode import decode_triplet
+from scale_alibi.model.data.delivery import Delivery, into_shared_memory, shared_stack
 from scale_alibi.model.data.order import ShardPlan, rank_shards, shard_length
 
 STATE_VERSION = 1
@@ -140,6 +141,10 @@ class TripletStream(IterableDataset):
             raise UserError("loader state was saved with a different seed or world size; resume with the same ones")
         self.epoch = int(state["epoch"])
         self._resume = {"consumed": [int(c) for c in state["consumed"]], "next_worker": int(state["next_worker"]), "num_workers": int(state["num_workers"])}
+
+    def resumed_samples(self) -> int:
+        """Samples of this epoch that a loaded resume state skips (0 without one)."""
+        return sum(self._resume["consumed"]) if self._resume is not None else 0
 
     def plan(self, num_workers: int) -> ShardPlan:
         """The epoch's order for `num_workers` DataLoader workers per rank."""
@@ -253,7 +258,7 @@ def collate_triplets(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {}
     for m in MODALITIES:
         if m in samples[0]:
-            batch[m] = torch.stack([s[m] for s in samples])
+            batch[m] = shared_stack([s[m] for s in samples])
     for k in ("z", "x", "y", "shard", "offset"):
         batch[k] = torch.tensor([s[k] for s in samples], dtype=torch.int64)
     batch["tile_size_m"] = torch.tensor([s["tile_size_m"] for s in samples], dtype=torch.float32)
@@ -264,15 +269,28 @@ def collate_triplets(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch["epoch"] = samples[0]["epoch"]
     if "png" in samples[0]:
         batch["png"] = [s["png"] for s in samples]
-    return batch
+    return into_shared_memory(batch)  # in a worker: a full /dev/shm fails here, not in the queue's feeder
 
 
-def make_loader(ds: TripletStream, batch_size: int, num_workers: int = 2, pin_memory: bool | None = None, prefetch_factor: int = 2) -> DataLoader:
-    """A DataLoader over `ds` with `collate_triplets`; pinned memory by default when CUDA is available."""
+class TripletLoader(DataLoader):
+    """A DataLoader over a `TripletStream` whose iterator raises
+    `scale_alibi.model.data.delivery.BatchNotDelivered` (one line) when a worker cannot deliver a
+    batch, and when an epoch ends short of the samples it owes (``len(ds)`` less a resume's skips)."""
+
+    def __iter__(self) -> Delivery:  # type: ignore[override]
+        ds = self.dataset
+        expected = None
+        if isinstance(ds, TripletStream):
+            expected = len(ds) - ds.resumed_samples()
+        return Delivery(super().__iter__(), expected)
+
+
+def make_loader(ds: TripletStream, batch_size: int, num_workers: int = 2, pin_memory: bool | None = None, prefetch_factor: int = 2) -> TripletLoader:
+    """A `TripletLoader` over `ds` with `collate_triplets`; pinned memory by default when CUDA is available."""
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     kwargs: dict[str, Any] = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}
-    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_triplets, pin_memory=pin_memory, **kwargs)
+    return TripletLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_triplets, pin_memory=pin_memory, **kwargs)
 
 
 class StreamProgress:
