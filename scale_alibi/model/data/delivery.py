@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import get_worker_info
 
-from scale_alibi.contract.errors import UserError
+from scale_alibi.contract.errors import ScaleAlibiError, UserError
 
 SHM_DIR = "/dev/shm"
 # What to change, in the words of the places it is set (docker, docker-compose.yml, curate train).
@@ -36,7 +36,7 @@ MORE_MEMORY = "give the container more memory or lower --num-workers or --batch-
 _WORKER_DIED = re.compile(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\) (?:exited unexpectedly|is killed by signal: ?([^.]*))")
 
 
-class SharedMemoryFull(RuntimeError):
+class SharedMemoryFull(ScaleAlibiError, RuntimeError):
     """Raised inside a worker when the batch cannot be placed in shared memory (the DataLoader
     re-raises it, same type, in the main process)."""
 
