@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -141,44 +139,3 @@ def test_curate_train_finishes_its_steps_with_enough_shared_memory(server, tmp_p
     assert p.returncode == 0, p.stderr[-3000:]
     assert "steps 3:" in p.stdout
     assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
-
-
-def same_command(child: psutil.Process, parent: psutil.Process) -> bool:
-    try:
-        return child.status() != psutil.STATUS_ZOMBIE and child.cmdline() == parent.cmdline()
-    except psutil.Error:  # gone meanwhile
-        return False
-
-
-def test_a_killed_dataloader_worker_stops_curate_train_with_one_line(server, tmp_path):
-    # batch 2: about 9 steps an epoch, so the workers found are rarely those of an epoch that is ending
-    proc = subprocess.Popen(train_argv(server, tmp_path / "run", steps=100_000, batch_size=2),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        trainer = psutil.Process(proc.pid)
-        deadline = time.monotonic() + TIMEOUT_S
-        victim = None
-        while victim is None and time.monotonic() < deadline and proc.poll() is None:
-            # DataLoader workers are forked: the trainer's children running the trainer's own command
-            # line. Each epoch starts new ones, so one found may be gone by the kill: find again.
-            workers = [c for c in trainer.children() if same_command(c, trainer)]
-            if len(workers) == 2:
-                time.sleep(1)  # mid-epoch, while the trainer steps: torch's SIGCHLD handler reports it there
-                try:
-                    workers[0].send_signal(signal.SIGKILL)  # as the out-of-memory killer does
-                    victim = workers[0]
-                except psutil.NoSuchProcess:
-                    pass
-            time.sleep(0.1)
-        assert victim is not None, f"no DataLoader worker to kill (exit {proc.poll()})"
-        t0 = time.monotonic()
-        _, stderr = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 2, stderr[-3000:]
-    # torch names the signal when its SIGCHLD handler sees the death first, not when a wait for data does
-    line = assert_one_error_line(stderr, f"DataLoader worker (pid {victim.pid})", "before delivering its batch", "more memory")
-    assert "killed by signal Killed" in line or "exited unexpectedly" in line, line
-    print(f"{line} ({time.monotonic() - t0:.1f} s after the kill)")
