@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from scale_alibi.serve import tarstream
 from scale_alibi.serve.catalog import ReleaseIndex
+from scale_alibi.serve.chunks import chunk_sender
 from scale_alibi.serve.errors import RETRY_AFTER, STORE_UNAVAILABLE
 from scale_alibi.serve.files import CACHE_IMMUTABLE, CORS, JSON, TAR, etag_matches
 from scale_alibi.serve.integrity import DamagedFile
@@ -115,6 +116,7 @@ class ShardStream(Response):
             disconnected.set()
 
         watcher = asyncio.ensure_future(watch())
+        write = chunk_sender(scope, send)
         pending = None
         try:
             for i in range(len(batches)):
@@ -122,7 +124,7 @@ class ShardStream(Response):
                     pending = loop.run_in_executor(None, build_batch, self.index, self.sources, *batches[i + 1])
                 if disconnected.is_set():
                     return
-                await send({"type": "http.response.body", "body": first, "more_body": True})
+                await write(first)
                 if pending is not None:
                     first, pending = await pending, None
             await send({"type": "http.response.body", "body": tarstream.END})

@@ -100,9 +100,12 @@ class FetchedSpan(TileSpan):
 class TileSource(ABC):
     """A release's tiles by address; safe to use from several threads."""
 
-    # Triplets a shard reads per batch: one keeps copies cache-sized on a local disk; a store that
-    # answers in round trips gets more, so that each batch fetches many tiles at once.
-    batch_triplets = 1
+    # Triplets a shard reads per batch (one thread hop, one chunk, one socket writev each). On a
+    # local disk, 4 (~3.5 MB of typical tiles; two batches held per stream): the per-batch costs
+    # (thread hop, the ASGI send path) amortised while the copies stay within the last-level cache
+    # (server CPU per MB streamed, docs/http-api.md "Speed"). A store that answers in round trips
+    # gets more, so that each batch fetches many tiles at once.
+    batch_triplets = 4
 
     @abstractmethod
     def locate(self, layer: str, z: int, x: int, y: int) -> TileSpan | None:
