@@ -3,6 +3,7 @@ with strace on the real server: uvicorn alone wrote the head and the body separa
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+from PIL import Image
 
 from scale_alibi.serve.process import ServerProcess
 from tests.release_factory import make_release
@@ -97,20 +99,47 @@ def tar_members(data: bytes) -> list[str]:
     return names
 
 
-def test_a_shard_from_disk_leaves_in_chunks_of_four_triplets(tmp_path):
-    # One chunk (one thread hop, one socket writev) per four triplets: per-chunk costs amortised.
-    # It was one triplet per chunk: 16 chunks for this shard instead of 4.
-    rel = make_release(tmp_path, "r", nx=4, ny=4)
-    rows = rel.read_manifest().to_pylist()
-    with ServerProcess(tmp_path) as server:
-        head, chunks = get_chunked(server.port, f"/shards/r/0.tar?shard_size={len(rows)}&split=all")
+def shard_chunks(root, release: str, n: int) -> list[list[str]]:
+    """The sample keys of each data chunk of shard 0 (all `n` triplets) of `release`, in order; each
+    chunk must hold whole samples, and the stream must end with the tar's end blocks as its own chunk."""
+    with ServerProcess(root) as server:
+        head, chunks = get_chunked(server.port, f"/shards/{release}/0.tar?shard_size={n}&split=all")
     assert head.startswith(b"HTTP/1.1 200 ")
     *data, end = chunks
-    assert end == b"\0" * 1024  # the tar's end blocks close the stream
-    keys = [[name.split(".")[0] for name in tar_members(chunk)] for chunk in data]
-    assert [len(set(k)) for k in keys] == [4, 4, 4, 4], keys  # whole triplets, four to a chunk
-    served = [key for chunk in keys for key in dict.fromkeys(chunk)]
-    assert sorted(served) == sorted(f"{r['z']}_{r['x']}_{r['y']}" for r in rows)
+    assert end == b"\0" * 1024
+    keys = [list(dict.fromkeys(name.split(".")[0] for name in tar_members(chunk))) for chunk in data]
+    assert [len(tar_members(chunk)) for chunk in data] == [8 * len(k) for k in keys]  # whole samples only
+    return keys
+
+
+def test_a_shard_from_disk_leaves_in_chunks_of_about_four_mib(tmp_path):
+    # One chunk (one thread hop, one socket writev) per ~4 MiB: per-chunk costs amortised.
+    # It was one triplet (~1 MB here) per chunk: 16 chunks for this shard.
+    rel = make_release(tmp_path, "r", nx=4, ny=4)
+    rows = rel.read_manifest().to_pylist()
+    per_triplet = sum(p.stat().st_size for p in (tmp_path / "r").rglob("*.png")) / len(rows)  # ~1 MB, noisy PNGs
+    keys = shard_chunks(tmp_path, "r", len(rows))
+    assert sorted(k for chunk in keys for k in chunk) == sorted(f"{r['z']}_{r['x']}_{r['y']}" for r in rows)
+    assert len(keys[0]) == 4  # the first batch: four triplets, read before the status line
+    for chunk in keys[1:-1]:  # later ones: ~4 MiB by the shard's average so far
+        assert abs(len(chunk) * per_triplet - (4 << 20)) <= 1.5 * per_triplet, (len(chunk), per_triplet)
+    assert len(keys) <= 1 + -(-(len(rows) - 4) * per_triplet // (3 << 20))
+
+
+def flat_png(seed: int) -> bytes:
+    """A 256 px PNG of one colour: a few hundred bytes, like tiles of open water or no-data."""
+    buf = io.BytesIO()
+    Image.new("RGB", (256, 256), (seed % 256, 90, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_shard_of_small_tiles_leaves_in_few_chunks(tmp_path):
+    # Tiles of a few hundred bytes: 40 triplets are ~60 kB with their headers, so after the first four
+    # the other 36 fit one ~4 MiB batch. By a fixed count it was 40 chunks (one per triplet).
+    rel = make_release(tmp_path, "r", nx=5, ny=8, tile=flat_png)
+    n = rel.read_manifest().num_rows
+    assert max(p.stat().st_size for p in (tmp_path / "r").rglob("*.png")) < 2000
+    assert [len(chunk) for chunk in shard_chunks(tmp_path, "r", n)] == [4, 36]
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
