@@ -19,7 +19,9 @@ MB much less. nginx with sendfile off (a read and a write copy per byte, as ours
 context. Goal: >= 70% of nginx, and >= 5x what a loader decodes (the anchor: this machine's PNG
 decode rate on one core, in triplets/s).
 
-Without --data a release of synthetic triplets is written to a temporary directory.
+`--baseline DIR` adds another checkout's `curate serve` (its own code) to the shard rounds, for a
+before/after in one run. Without --data a release of synthetic triplets is written to a temporary
+directory.
 Needs Debian `nginx-light`, `wrk` and `curl`.
 """
 
@@ -161,6 +163,19 @@ class PlainFastAPI(_Subprocess):
              "--log-level", "warning"], env=env, cwd=ROOT, start_new_session=True)
 
 
+class CheckoutServer(_Subprocess):
+    """`curate serve` (one worker, core SERVER_CORE) of another checkout of this project, `tree`:
+    its own code (PYTHONPATH and working directory), not this one's."""
+
+    def __init__(self, tree: Path, data: Path):
+        self.port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "scale_alibi", "serve", "--data", str(data),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
     """Requests/s, p50/p99 latency (ms) and non-2xx/3xx count from one wrk run on CLIENT_CORE
     (of `url`, or of the paths a Lua `script` picks on that host)."""
@@ -256,6 +271,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9, help="shard rounds per server (medians reported)")
     ap.add_argument("--shard-requests", type=int, default=8, help="shard GETs per round, one keep-alive connection")
     ap.add_argument("--skip-tiles", action="store_true", help="only the shard benchmark")
+    ap.add_argument("--baseline", type=Path, help="another checkout (e.g. a worktree of an older commit) whose "
+                    "`curate serve` streams the same shard in the same rounds: before/after in one run")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "curl", "taskset"):
         if shutil.which(tool) is None:
@@ -286,6 +303,7 @@ def main() -> None:
         nginx_copy = Nginx(args.data, work, sendfile=False)
         plain = PlainFastAPI(args.data)
         ours = ServerProcess(args.data, workers=1, command_prefix=["taskset", "-c", SERVER_CORE])
+        baseline = CheckoutServer(args.baseline.resolve(), args.data) if args.baseline else None
         try:
             wait_http(nginx.url + tile)
             wait_http(plain.url + tile)
@@ -304,6 +322,9 @@ def main() -> None:
             sides = {"curate serve": (ours.url + shard, ours.proc.pid),
                      "nginx": (nginx.url + "/shard.tar", nginx.proc.pid),
                      "nginx, sendfile off": (nginx_copy.url + "/shard.tar", nginx_copy.proc.pid)}
+            if baseline is not None:
+                wait_http(baseline.url + "/health")
+                sides[f"baseline {args.baseline.name}"] = (baseline.url + shard, baseline.proc.pid)
             rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
             for url, pgid in sides.values():  # warm-up: page cache, verdicts, connections
                 stream_round(url, 1, pgid, size)
@@ -311,8 +332,9 @@ def main() -> None:
                 for name, (url, pgid) in sides.items():
                     rounds[name].append(stream_round(url, args.shard_requests, pgid, size))
         finally:
-            for s in (ours, plain, nginx, nginx_copy):
-                s.stop()
+            for s in (ours, plain, nginx, nginx_copy, baseline):
+                if s is not None:
+                    s.stop()
 
         for case in ({} if args.skip_tiles else cases):
             print(f"\nsingle tiles, {case} (requests/s, latency)")
@@ -340,6 +362,10 @@ def main() -> None:
         print(f"  curate serve {ours_mbps:8.1f} MB/s vs anchor nginx (same bytes, one file, sendfile) {nginx_mbps:8.1f} MB/s: "
               f"ratio {ours_mbps / nginx_mbps:.1%} (goal >= 70%); server CPU per MB: nginx's is "
               f"{cpu['nginx'] / cpu['curate serve']:.1%} of ours")
+        for name in sides:
+            if name.startswith("baseline"):
+                print(f"  vs {name}: {ours_mbps / mbps[name]:.2f}x its MB/s, {cpu['curate serve'] / cpu[name]:.2f}x its "
+                      f"CPU per MB (its ratio to nginx {mbps[name] / nginx_mbps:.1%})")
         stream_us = cpu["curate serve"]  # server CPU microseconds per MB of the shard stream
         cost = check_cost_us_per_mb(static.read_bytes())
         print(f"  integrity check of every read: xxh3 {cost['xxh3']:.0f} us/MB = {cost['xxh3'] / stream_us:.1%} of the "
