@@ -3,7 +3,9 @@
 The rows of shard `index` are `scale_alibi.contract.release.shard_rows` over the manifest rows of one split
 (manifest order, i.e. sorted by z, x, y), so any client that knows (n, seed, epoch, shard_size)
 can split shards across ranks and workers without overlap, and resume mid-shard with `start`.
-Files are read in a worker thread, one batch ahead of the socket.
+Files are read in a worker thread, one batch ahead of the socket, in batches whose size the tile
+source sets (~4 MiB from a disk: scale_alibi.serve.tilesource.TileSource); each batch is one chunk,
+written without a copy (scale_alibi.serve.chunks).
 """
 
 from __future__ import annotations
