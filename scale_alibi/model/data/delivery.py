@@ -17,9 +17,9 @@ the epoch without it: a hang or a silent loss. So:
 A dead worker is reported by `next()`, never anywhere else. PyTorch's own report comes from a
 SIGCHLD handler it installs when a DataLoader starts its workers (once per process): the handler
 raises RuntimeError in the main thread between any two bytecodes, wherever it happens to be. Landing
-in a ``finally`` it escapes as a traceback; landing inside the progress bar's lock (taken without a
-``with``) it leaves that lock held and the trainer hangs at its next write; and no ``try`` around
-``next()`` can catch it. So `Delivery` puts back the SIGCHLD disposition that was there before the
+in a ``finally`` it escapes as a traceback; landing inside the progress bar's locking (tqdm takes
+two locks in turn, and an exception between them leaves the first held) the trainer hangs at its
+next write; and no ``try`` around ``next()`` can catch it. So `Delivery` puts back the SIGCHLD disposition that was there before the
 DataLoader started (torch does not install its handler a second time), and finds a dead worker
 itself, synchronously: the iterator's worker processes are noted when it starts, and each `next()`
 looks at their exit codes first (a ``waitpid`` each) -- the DataLoader's own check, a RuntimeError
