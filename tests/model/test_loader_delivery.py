@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -104,6 +108,53 @@ def test_a_full_dev_shm_is_an_error_not_a_silent_empty_epoch(server):
     assert "shm_size" in result["message"] and "--num-workers" in result["message"]
 
 
+KILL_A_WORKER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    import psutil
+    from scale_alibi.model.data.loader import TripletStream, make_loader
+    ds = TripletStream(sys.argv[1], sys.argv[2], shard_size=5, seed=1, shuffle_buffer=4)
+    it = iter(make_loader(ds, batch_size=2, num_workers=2))
+    next(it)
+    me = psutil.Process()
+    workers = [c for c in me.children() if c.cmdline() == me.cmdline()]  # forked DataLoader workers
+    victim = workers[0].pid
+    result = {"victim": victim, "workers": len(workers)}
+    try:  # the main thread busy elsewhere, as in a training step or the progress bar's write
+        os.kill(victim, signal.SIGKILL)  # as the out-of-memory killer does
+        os.waitid(os.P_PID, victim, os.WEXITED | os.WNOWAIT)  # dead now (left unreaped for the DataLoader)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2:
+            sum(range(1000))
+    except BaseException as e:
+        result["elsewhere"] = f"{type(e).__name__}: {e}"
+    t0 = time.monotonic()
+    try:
+        while True:
+            next(it)
+    except BaseException as e:
+        result["next"] = [type(e).__name__, str(e), round(time.monotonic() - t0, 2)]
+    result["left"] = [c.pid for c in me.children() if c.status() != psutil.STATUS_ZOMBIE]
+    print(json.dumps(result))
+""")
+
+
+def test_a_killed_worker_is_reported_by_next_and_nowhere_else(server):
+    # torch's SIGCHLD handler raised wherever the main thread was: in a finally (a traceback), inside
+    # the progress bar's lock (a hang). Here the main thread is elsewhere when the worker dies.
+    p = subprocess.run([sys.executable, "-c", KILL_A_WORKER, server.url, RELEASE],
+                       capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert p.returncode == 0 and p.stdout.strip(), p.stderr[-3000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["workers"] == 2, result
+    assert "elsewhere" not in result, result  # nothing raised outside next()
+    kind, message, waited_s = result["next"]
+    assert kind == "BatchNotDelivered", result
+    assert f"DataLoader worker (pid {result['victim']}) was killed by SIGKILL" in message and "\n" not in message
+    assert "give the container more memory" in message
+    assert result["left"] == [], result  # the other worker was stopped with the error, not left running
+    print(f"{message} ({waited_s} s in next())")
+
+
 def train_argv(server, out: Path, steps: int, batch_size: int = 4, source: list[str] | None = None) -> list[str]:
     """`curate train` of the release from the server (or from `source`, e.g. ["--data", root])."""
     return [sys.executable, "-m", "scale_alibi", "train", *(source or ["--server", server.url]), "--release", RELEASE,
@@ -139,3 +190,76 @@ def test_curate_train_finishes_its_steps_with_enough_shared_memory(server, tmp_p
     assert p.returncode == 0, p.stderr[-3000:]
     assert "steps 3:" in p.stdout
     assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
+STEPS = re.compile(r"\| (\d+)/100000 ")  # the progress bar's count of steps done
+# The 18 train triplets in batches of 2: 9 steps an epoch, from the server (one shard of 32, all
+# in worker 0: worker 1 has nothing and is ended at the epoch's second step) or from the store
+# (batches dealt to both workers in turn). Worker 0 lives until its epoch's 9th batch is taken.
+STEPS_PER_EPOCH = 9
+
+
+def dataloader_workers(trainer: psutil.Process) -> list[psutil.Process]:
+    """The trainer's live DataLoader workers, in the order they started: forked children running the
+    trainer's own command line."""
+    found = []
+    for child in trainer.children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and child.cmdline() == trainer.cmdline():
+                found.append(child)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return sorted(found, key=lambda p: p.pid)
+
+
+def steps_done(stderr: Path) -> int:
+    counts = STEPS.findall(stderr.read_text())
+    return int(counts[-1]) if counts else 0
+
+
+@pytest.mark.parametrize("read", ["server", "store"])
+def test_a_killed_dataloader_worker_stops_curate_train_with_one_line(server, data_root, tmp_path, read):
+    source = ["--data", str(data_root)] if read == "store" else None
+    # Files, not pipes: a pipe that nobody reads while the test waits fills up and stalls the trainer.
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        # A session of its own, so that whatever is left of it can be killed as one group.
+        proc = subprocess.Popen(train_argv(server, tmp_path / "run", steps=100_000, batch_size=2, source=source),
+                                stdout=stdout, stderr=stderr, start_new_session=True)
+    try:
+        trainer = psutil.Process(proc.pid)
+        deadline = time.monotonic() + TIMEOUT_S
+        victim, others = None, []
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            # Mid-epoch (steps 1-5 of 9 done: the bar lags a step at most), worker 0 is busy and
+            # stays so for some steps: a kill then never meets a worker that is ending anyway.
+            if 1 <= steps_done(err) % STEPS_PER_EPOCH <= 5:
+                workers = dataloader_workers(trainer)
+                try:
+                    if workers:
+                        workers[0].send_signal(signal.SIGKILL)  # as the out-of-memory killer does
+                        victim, others = workers[0], workers[1:]
+                except psutil.NoSuchProcess:  # an epoch ended after all: find the next one's
+                    pass
+            time.sleep(0.2)
+        assert victim is not None, f"no DataLoader worker to kill (exit {proc.poll()}): {err.read_text()[-3000:]}"
+        killed_at = steps_done(err)
+        t0 = time.monotonic()
+        try:
+            proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"curate train still runs {TIMEOUT_S} s after its worker {victim.pid} was killed "
+                        f"(step {killed_at}): {err.read_text()[-3000:]}")
+        waited_s = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    stderr_text = err.read_text()
+    assert proc.returncode == 2, stderr_text[-3000:]
+    line = assert_one_error_line(stderr_text, f"DataLoader worker (pid {victim.pid}) was killed by SIGKILL", "more memory")
+    # the trainer's other workers do not outlive it (an orphan would go on holding memory)
+    _, alive = psutil.wait_procs(others, timeout=10)
+    assert not [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    assert not (tmp_path / "run" / "checkpoints" / "latest").exists()
+    print(f"{line} (killed after step {killed_at}, {len(others)} other worker(s); {waited_s:.1f} s to exit 2)")

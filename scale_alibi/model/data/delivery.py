@@ -13,13 +13,31 @@ the epoch without it: a hang or a silent loss. So:
   out-of-memory killer, a signal), becomes `BatchNotDelivered`, one line that says what to do; and
   an epoch that ends with fewer samples than the dataset holds for it (a batch lost any other way)
   is the same error rather than a short epoch.
+
+A dead worker is reported by `next()`, never anywhere else. PyTorch's own report comes from a
+SIGCHLD handler it installs when a DataLoader starts its workers (once per process): the handler
+raises RuntimeError in the main thread between any two bytecodes, wherever it happens to be. Landing
+in a ``finally`` it escapes as a traceback; landing inside the progress bar's locking (tqdm takes
+two locks in turn, and an exception between them leaves the first held) the trainer hangs at its
+next write; and no ``try`` around ``next()`` can catch it. So `Delivery` puts back the SIGCHLD disposition that was there before the
+DataLoader started (torch does not install its handler a second time), and finds a dead worker
+itself, synchronously: the iterator's worker processes are noted when it starts, and each `next()`
+looks at their exit codes first (a ``waitpid`` each) -- the DataLoader's own check, a RuntimeError
+"exited unexpectedly" from inside ``next()`` after at most 5 s without data, backs that up. A worker
+that fails is reported with its pid and signal, and the iterator's other workers are stopped first,
+so none outlives the trainer. (A process that started a plain DataLoader's workers earlier has
+torch's handler already; `Delivery` leaves a handler it finds in place: `curate train` starts no such
+DataLoader.)
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
-from collections.abc import Iterator, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +50,7 @@ SHM_DIR = "/dev/shm"
 MORE_SHM = ("give the container more shared memory (docker run --shm-size 2g; compose: shm_size or ipc: host) "
             "or lower --num-workers or --batch-size")
 MORE_MEMORY = "give the container more memory or lower --num-workers or --batch-size"
+STOP_WAIT_S = 5.0  # for a worker to end after SIGTERM (torch's worker exits at once), before SIGKILL
 # torch's messages for a dead worker: raised by the DataLoader (exit) or its SIGCHLD handler (signal).
 _WORKER_DIED = re.compile(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\) (?:exited unexpectedly|is killed by signal: ?([^.]*))")
 
@@ -95,33 +114,93 @@ def as_not_delivered(exc: BaseException) -> BatchNotDelivered | None:
     return None
 
 
+def worker_died(process: multiprocessing.process.BaseProcess) -> BatchNotDelivered:
+    """The one-line error for a DataLoader worker process that ended with a non-zero exit code."""
+    code = process.exitcode or 0
+    try:
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    except ValueError:  # a signal number Python has no name for
+        how = f"was killed by signal {-code}"
+    return BatchNotDelivered(f"DataLoader worker (pid {process.pid}) {how} before the epoch's batches were delivered "
+                             f"(the out-of-memory killer, or a crash; {shm_summary()}); {MORE_MEMORY}")
+
+
+def started_workers(start: Callable[[], Iterator[dict[str, Any]]]) -> tuple[Iterator[dict[str, Any]], list[multiprocessing.process.BaseProcess]]:
+    """Start a DataLoader iterator (`start`: the DataLoader's own ``__iter__``); return it and the worker
+    processes it started, with torch's asynchronous SIGCHLD handler kept out (see the module doc)."""
+    main = threading.current_thread() is threading.main_thread()  # signals are the main thread's only
+    disposition = signal.getsignal(signal.SIGCHLD) if main else None
+    before = set(multiprocessing.active_children())
+    try:
+        batches = start()
+    finally:
+        if disposition is not None and signal.getsignal(signal.SIGCHLD) is not disposition:
+            signal.signal(signal.SIGCHLD, disposition)
+    # torch's workers are multiprocessing children of this process: the ones that were not there before
+    return batches, [p for p in multiprocessing.active_children() if p not in before]
+
+
+def stop(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """End `processes` now (SIGTERM, then SIGKILL after STOP_WAIT_S) and reap them."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(STOP_WAIT_S)
+        if p.is_alive():
+            p.kill()
+            p.join(STOP_WAIT_S)
+
+
 class Delivery:
     """Iterate a DataLoader's batches; a worker that cannot deliver raises `BatchNotDelivered`.
 
+    `start` starts the DataLoader's iterator (the DataLoader's own ``__iter__``): `Delivery` starts it
+    itself to know its worker processes and to keep torch's asynchronous SIGCHLD handler out.
     `expected` is the number of samples the epoch must deliver (None: not checked): an epoch that
     ends short of it lost batches on the way, which is the same error, never a short epoch.
     """
 
-    def __init__(self, batches: Iterator[dict[str, Any]], expected: int | None):
-        self.batches, self.expected = batches, expected
+    def __init__(self, start: Callable[[], Iterator[dict[str, Any]]], expected: int | None):
+        self.expected = expected
         self.delivered = 0
+        self.batches, self.workers = started_workers(start)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
 
+    def dead_worker(self) -> BatchNotDelivered | None:
+        """The error for the first of this epoch's workers that ended with a non-zero exit code, if any
+        (a worker the DataLoader itself ended, done with its data, exits with 0)."""
+        for p in self.workers:
+            if p.exitcode:  # polls (waitpid, WNOHANG): None while it runs
+                return worker_died(p)
+        return None
+
+    def fail(self, failure: BatchNotDelivered) -> BatchNotDelivered:
+        """Stop this epoch's workers (none may outlive the trainer) and return `failure` to raise."""
+        stop(self.workers)
+        return failure
+
     def __next__(self) -> dict[str, Any]:
+        died = self.dead_worker()
+        if died is not None:
+            raise self.fail(died)
         try:
             batch = next(self.batches)
         except StopIteration:
+            died = self.dead_worker()  # killed after its last batch, before the DataLoader ended it
+            if died is not None:
+                raise self.fail(died) from None
             if self.expected is not None and self.delivered != self.expected:
                 raise BatchNotDelivered(
                     f"the DataLoader ended the epoch after {self.delivered} of its {self.expected} samples: a worker "
                     f"lost batches ({shm_summary()}); {MORE_SHM}") from None
             raise
         except Exception as e:
-            failure = as_not_delivered(e)
+            failure = self.dead_worker() or as_not_delivered(e)
             if failure is None:
                 raise
-            raise failure from None
+            raise self.fail(failure) from None
         self.delivered += int(batch["z"].shape[0])
         return batch

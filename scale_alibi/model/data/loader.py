@@ -282,7 +282,7 @@ class TripletLoader(DataLoader):
         expected = None
         if isinstance(ds, TripletStream):
             expected = len(ds) - ds.resumed_samples()
-        return Delivery(super().__iter__(), expected)
+        return Delivery(super().__iter__, expected)
 
 
 def make_loader(ds: TripletStream, batch_size: int, num_workers: int = 2, pin_memory: bool | None = None, prefetch_factor: int = 2) -> TripletLoader:

@@ -207,6 +207,7 @@ class DatasetSource:
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         from torch.utils.data import DataLoader
 
+        from scale_alibi.model.data.delivery import Delivery
         from scale_alibi.model.data.loader import collate_triplets
 
         while True:
@@ -216,7 +217,8 @@ class DatasetSource:
                                 num_workers=self.num_workers, collate_fn=collate_triplets, drop_last=True,
                                 pin_memory=torch.cuda.is_available())
             with torch.random.fork_rng(devices=[]):  # as StreamSource: worker seeds leave the MAE masks alone
-                it = iter(loader)
+                # a worker that cannot deliver (killed, shared memory full) is one error line from next()
+                it = Delivery(loader.__iter__, expected=whole - self.done)
             yield from it
             self.epoch, self.done = self.epoch + 1, 0
 

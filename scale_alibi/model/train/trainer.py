@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from scale_alibi.model.data.delivery import as_not_delivered
 from scale_alibi.model.train import checkpoint as ckpt
 from scale_alibi.model.train.distributed import current_dist, set_deterministic
 from scale_alibi.model.train.host_memory import retain_freed_memory
@@ -189,13 +188,6 @@ class Trainer:
                 self._report(result, sps.value, bar)
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < self.cfg.steps:
                     self.save(source)
-        except RuntimeError as e:
-            # torch reports a dead DataLoader worker from its SIGCHLD handler, wherever the main
-            # thread is (often inside train_step), not only from next(it): one line for that too.
-            failure = as_not_delivered(e)
-            if failure is None:
-                raise
-            raise failure from None
         finally:
             if bar is not None:
                 bar.close()
