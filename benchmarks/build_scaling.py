@@ -92,13 +92,14 @@ class TreeCpu:
 
 def build(world_stac: str, out: Path, zoom: int, region, scheduler: str, workers: int | None, cpu: TreeCpu) -> dict:
     """One build; tiles (PNG files), wall seconds, CPU-seconds over all its processes."""
-    from scale_alibi.curate.pipeline import build_release
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
     shutil.rmtree(out, ignore_errors=True)
     cpu.start()
     t0 = time.perf_counter()
-    result = build_release(out, zoom=zoom, region=region, release="bench", catalog=world_stac, signer="none",
-                           scheduler=scheduler, workers=workers, progress=False, echo=lambda m: None)
+    result = build_release(out, resolve_request(zoom=zoom, region=region, release="bench", catalog=world_stac),
+                           RunOptions(signer="none", scheduler=scheduler, workers=workers, progress=False,
+                                      echo=lambda m: None))
     seconds = time.perf_counter() - t0
     return {"tiles": result.triplets * 7, "seconds": seconds, "cpu": cpu.stop()}
 
