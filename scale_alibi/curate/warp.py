@@ -114,9 +114,9 @@ def source_maps(t: Affine, shape: tuple[int, int], src_crs, src_transform: Affin
         # weights stay far below 1e-3 px); the affine part is added exactly.
         coef, *_ = np.linalg.lstsq(design, coord.ravel(), rcond=None)
         resid = (coord - (design @ coef).reshape(coord.shape)).astype(np.float32)
-        full = cv2.resize(resid, (w + 2 * step, h + 2 * step), interpolation=cv2.INTER_LINEAR)[step:step + h, step:step + w]
-        full = np.array(full, dtype=np.float32)  # contiguous copy
-        full += (coef[0] + coef[1] * np.arange(h)).astype(np.float32)[:, None]
+        framed = cv2.resize(resid, (w + 2 * step, h + 2 * step), interpolation=cv2.INTER_LINEAR)
+        # The sum is a new contiguous array (cv2.remap needs one): no separate copy of the slice.
+        full = framed[step:step + h, step:step + w] + (coef[0] + coef[1] * np.arange(h)).astype(np.float32)[:, None]
         full += (coef[2] * np.arange(w)).astype(np.float32)[None, :]
         out.append(full)
     return out[0], out[1]
@@ -136,13 +136,18 @@ def _area_prefilter(src: Source, factor: float) -> tuple[np.ndarray, np.ndarray,
 
 def _valid_u8(src: Source) -> np.ndarray:
     if src.valid is not None:  # the sensor's rule (scale_alibi.curate.validity) already decided
-        return np.where(src.valid, 255, 0).astype(np.uint8)
+        return _bool_u8(src.valid)
     if src.nodata is None:
         return np.full(src.data.shape[1:], 255, np.uint8)
     bad = np.all(src.data == src.nodata, axis=0) if src.data.dtype == np.uint8 else np.any(src.data == src.nodata, axis=0)
     if src.data.dtype.kind == "f":
         bad |= ~np.isfinite(src.data).all(axis=0)
-    return np.where(bad, 0, 255).astype(np.uint8)
+    return _bool_u8(~bad)
+
+
+def _bool_u8(mask: np.ndarray) -> np.ndarray:
+    """255 where `mask`, else 0, in one uint8 pass (bool is stored as the bytes 0 and 1)."""
+    return np.ascontiguousarray(mask).view(np.uint8) * np.uint8(255)
 
 
 def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: str | None = None
