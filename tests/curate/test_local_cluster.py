@@ -49,3 +49,30 @@ def test_an_idle_local_cluster_costs_at_most_three_quarters_of_dasks_defaults():
     tuned = idle_cluster_cpu_per_s(LOCAL_CLUSTER_CONFIG)
     print(f"idle one-worker cluster: {default * 1e3:.1f} ms CPU per s with Dask's defaults, {tuned * 1e3:.1f} with the build's")
     assert tuned <= 0.75 * default, f"{tuned * 1e3:.1f} vs {default * 1e3:.1f} ms CPU per s idle"
+
+
+def test_the_build_cluster_workers_sample_no_profile_while_a_task_runs():
+    """Dask's statistical profiler walks a running task's stack every 10 ms (CPU taken from the task);
+    the build's own cluster runs without it: Dask's profile of a busy task has no samples."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    def busy(seconds: float) -> int:
+        end, n = time.thread_time() + seconds, 0
+        while time.thread_time() < end:
+            n += 1
+        return n
+
+    counts = {}
+    for name, config in (("defaults", {}), ("build", LOCAL_CLUSTER_CONFIG)):
+        with dask.config.set(config):
+            cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                   silence_logs=logging.ERROR)
+        try:
+            with Client(cluster) as client:
+                client.submit(busy, 1.0, pure=False).result()
+                counts[name] = client.profile()["count"]
+        finally:
+            cluster.close()
+    assert counts["defaults"] > 0, counts  # the oracle: Dask samples a busy task by default
+    assert counts["build"] == 0, counts
