@@ -33,8 +33,8 @@ def confined(path: Path, root: Path) -> Path:
 def dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
     """Every directory from each file's parent up to `top`: new directories are entries to sync too."""
     dirs: set[Path] = set()
-    for f in files:
-        d = Path(f).parent
+    for parent in {os.path.dirname(f) for f in files}:  # a metatile's files share a few directories
+        d = Path(parent)
         while d not in dirs and d != top.parent:
             dirs.add(d)
             if d == top:
@@ -67,8 +67,8 @@ def _write_fsync(path: Path, data: bytes) -> None:
 
 def make_dirs(files: Iterable[Path]) -> None:
     """Create the parent directories of `files`, each distinct one once."""
-    for d in {Path(f).parent for f in files}:
-        d.mkdir(parents=True, exist_ok=True)
+    for d in {os.path.dirname(f) for f in files}:
+        os.makedirs(d, exist_ok=True)
 
 
 def commit_staging(release_dir: Path, metatile: Metatile, record: dict) -> None:
