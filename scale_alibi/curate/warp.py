@@ -194,13 +194,26 @@ def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: st
             out = np.full((h, w, bands), nodata, dtype=data.dtype)
         region, vreg = out[r0:r1, c0:c1], valid[r0:r1, c0:c1]
         fill = got & ~vreg
-        np.copyto(region, data, where=fill[..., None])
+        fill_where(region, data, fill)
         vreg |= fill
         if valid.all():
             break
     if out is None:
         out = np.full((h, w, 1), nodata, dtype=dtype)
     return out, valid
+
+
+def fill_where(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
+    """Copy the pixels of `src` where the (H, W) bool `mask` is set into `dst` ((H, W, bands) arrays;
+    `dst` may be a view into a larger one). OpenCV's masked copy, one pass for all bands: several
+    times faster than numpy's copyto with a mask broadcast over the bands, same result."""
+    if dst.shape[2] == 1:  # OpenCV takes a one-band image as 2-D
+        dst2, src2 = dst[..., 0], src[..., 0]
+    else:
+        dst2, src2 = dst, src
+    written = cv2.copyTo(src2, np.ascontiguousarray(mask).view(np.uint8), dst2)
+    if not np.shares_memory(written, dst):  # OpenCV could not write into this view: copied elsewhere
+        np.copyto(dst, src, where=mask[..., None])
 
 
 def _dst_window(src: Source, grid: Grid, pad: int = 2) -> tuple[int, int, int, int] | None:
