@@ -1,14 +1,17 @@
 """The Dask cluster a build starts itself spends less CPU on its own housekeeping: an idle
-one-worker cluster, all processes summed, measured beside one with Dask's defaults in the same run."""
+one-worker cluster, all processes summed, measured beside one with Dask's defaults in the same run;
+its workers sample no profile and start with the build's modules imported."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 
 import psutil
+import pytest
 
-from scale_alibi.curate.pipeline.executor import LOCAL_CLUSTER_CONFIG
+from scale_alibi.curate.pipeline.executor import LOCAL_CLUSTER_CONFIG, start_local_cluster
 
 IDLE_S = 8.0
 
@@ -51,28 +54,68 @@ def test_an_idle_local_cluster_costs_at_most_three_quarters_of_dasks_defaults():
     assert tuned <= 0.75 * default, f"{tuned * 1e3:.1f} vs {default * 1e3:.1f} ms CPU per s idle"
 
 
+
+def _busy(seconds: float) -> int:
+    end, n = time.thread_time() + seconds, 0
+    while time.thread_time() < end:
+        n += 1
+    return n
+
+
 def test_the_build_cluster_workers_sample_no_profile_while_a_task_runs():
     """Dask's statistical profiler walks a running task's stack every 10 ms (CPU taken from the task);
-    the build's own cluster runs without it: Dask's profile of a busy task has no samples."""
+    the cluster a build starts runs without it: Dask's profile of a busy task has no samples."""
     import dask
     from dask.distributed import Client, LocalCluster
 
-    def busy(seconds: float) -> int:
-        end, n = time.thread_time() + seconds, 0
-        while time.thread_time() < end:
-            n += 1
-        return n
-
+    with dask.config.set({"distributed.worker.profile.enabled": True}):  # the oracle: Dask samples by default
+        default = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
     counts = {}
-    for name, config in (("defaults", {}), ("build", LOCAL_CLUSTER_CONFIG)):
-        with dask.config.set(config):
-            cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   silence_logs=logging.ERROR)
+    for name, cluster in (("defaults", default), ("build", None)):
+        cluster = cluster or start_local_cluster("local", 1)
         try:
             with Client(cluster) as client:
-                client.submit(busy, 1.0, pure=False).result()
+                client.submit(_busy, 1.0, pure=False).result()
                 counts[name] = client.profile()["count"]
         finally:
             cluster.close()
-    assert counts["defaults"] > 0, counts  # the oracle: Dask samples a busy task by default
+    assert counts["defaults"] > 0, counts
     assert counts["build"] == 0, counts
+
+
+def _imported(module: str) -> bool:
+    import sys
+
+    return module in sys.modules
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
+def test_the_build_cluster_workers_start_with_the_build_imported():
+    """The workers fork from a server that imported the build's modules once: a worker that has run
+    nothing yet already holds them (a spawned interpreter would import them with its first task)."""
+    from dask.distributed import Client
+
+    cluster = start_local_cluster("local", 2)
+    try:
+        with Client(cluster) as client:
+            held = client.run(_imported, "scale_alibi.curate.warp")
+            assert len(held) == 2 and all(held.values()), held
+            assert not _imported_in_a_spawned_worker()
+    finally:
+        cluster.close()
+
+
+def _imported_in_a_spawned_worker() -> bool:
+    """The oracle: the same check in a worker of Dask's default (spawned) cluster."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+    try:
+        with Client(cluster) as client:
+            return all(client.run(_imported, "scale_alibi.curate.warp").values())
+    finally:
+        cluster.close()

@@ -63,6 +63,22 @@ def _preload_worker_modules() -> None:
         context.set_forkserver_preload(list(WORKER_PRELOAD))  # type: ignore[attr-defined]
 
 
+def start_local_cluster(scheduler: str | None, workers: int):
+    """The cluster a build starts itself: `workers` one-thread worker processes (scheduler None, "local"
+    or "processes") or one worker process with `workers` threads ("threads"), with local_cluster_config()."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    with dask.config.set(local_cluster_config()):  # read by the scheduler, nannies and workers as they start
+        if scheduler == "threads":
+            return LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=":0")
+        if scheduler in (None, "local", "processes"):
+            _preload_worker_modules()
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                silence_logs=logging.ERROR)
+    raise UserError(f"unknown --scheduler {scheduler!r}; use local, threads, synchronous or tcp://HOST:PORT")
+
+
 def search_blocks(metatiles: Iterable[Metatile]) -> dict[mercantile.Tile, list[Metatile]]:
     """Metatiles grouped by the SEARCH_ZOOM block whose STAC searches feed them (one task per block and layer)."""
     blocks: dict[mercantile.Tile, list[Metatile]] = {}
@@ -142,7 +158,7 @@ def run_graph(output: ReleaseOutput, request: BuildRequest, metatiles: dict[Meta
         return records, {b: [_item_meta(it) for layer in ("s2", "s1", "naip") for it in items[(b, layer)]]
                          for b in blocks}
 
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
     if logging.getLogger().getEffectiveLevel() > logging.INFO:  # `curate -v` keeps Dask's own log lines
         for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
@@ -157,18 +173,7 @@ def run_graph(output: ReleaseOutput, request: BuildRequest, metatiles: dict[Meta
             raise UserError(f"cannot connect to Dask scheduler {scheduler} ({str(e)[:120]}); start one with "
                             "`dask scheduler` or omit --scheduler") from None
     else:
-        n = run.workers or os.cpu_count() or 1
-        import dask
-
-        with dask.config.set(local_cluster_config()):  # read by the scheduler, nannies and workers as they start
-            if scheduler == "threads":
-                cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=":0")
-            elif scheduler in (None, "local", "processes"):
-                _preload_worker_modules()
-                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                       silence_logs=logging.ERROR)
-            else:
-                raise UserError(f"unknown --scheduler {scheduler!r}; use local, threads, synchronous or tcp://HOST:PORT")
+        cluster = start_local_cluster(scheduler, run.workers or os.cpu_count() or 1)
         client = Client(cluster)
     try:
         link = client.dashboard_link
