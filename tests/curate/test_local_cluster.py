@@ -8,8 +8,10 @@ import logging
 import multiprocessing
 import time
 
+import mercantile
 import psutil
 import pytest
+from shapely.geometry import box
 
 from scale_alibi.curate.pipeline.executor import LOCAL_CLUSTER_CONFIG, start_local_cluster
 
@@ -119,3 +121,28 @@ def _imported_in_a_spawned_worker() -> bool:
             return all(client.run(_imported, "scale_alibi.curate.warp").values())
     finally:
         cluster.close()
+
+
+def test_a_cluster_build_cuts_its_larger_metatiles_first(world, tmp_path, monkeypatch):
+    """Metatiles are submitted with their tile count as priority: on one worker thread they are cut
+    largest first (the short ones come last, so several workers finish together), whatever their
+    row order."""
+    from scale_alibi.curate.pipeline import RunOptions, build_release, executor, resolve_request
+    from scale_alibi.curate.pipeline.tiling import group_metatiles
+
+    request = resolve_request(zoom=16, region=box(*world.bbox), release="order", catalog=world.stac_url)
+    sizes = {mt: len(tiles) for mt, tiles in group_metatiles(request.plan(), request.params.metatile_levels).items()}
+    in_row_order = list(sizes.values())
+    assert in_row_order != sorted(in_row_order, reverse=True)  # the oracle: row order alone is not largest first
+    cut: list = []
+    summarize = executor.summarize
+
+    def record(result: dict):
+        z, x, y = result["metatile"]
+        cut.append(sizes[mercantile.Tile(x, y, z)])
+        return summarize(result)
+
+    monkeypatch.setattr(executor, "summarize", record)
+    build_release(tmp_path, request, RunOptions(scheduler="threads", workers=1, signer="none", progress=False,
+                                                echo=lambda m: None))
+    assert len(cut) == len(sizes) and cut == sorted(cut, reverse=True), cut
