@@ -27,13 +27,11 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from shapely.geometry import box  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_bench import Nginx, wait_http  # noqa: E402
+from build_scaling import centred, world_on_nginx  # noqa: E402
 
 
 def cpu_s() -> float:
@@ -54,58 +52,43 @@ def main() -> None:
     ap.add_argument("--profile", help="write a cProfile (CPU time) of the last build here")
     ap.add_argument("--callgrind", action="store_true", help="running under callgrind: count the measured builds only")
     args = ap.parse_args()
-    if shutil.which("nginx") is None:
-        sys.exit("error: nginx not found; apt-get install -y nginx-light")
-
     from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
-    from scale_alibi.devworld import DEFAULT_WORLD, build_world, default_world_dir, start_world
 
-    world_dir = build_world(default_world_dir(DEFAULT_WORLD), DEFAULT_WORLD)
     tmp = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-    nginx = Nginx(world_dir / "files", tmp, core=None)
-    world = None
     try:
-        world = start_world(world_dir, hrefs_url=nginx.url)
-        sample = next(p for p in (world_dir / "files").rglob("*.tif"))
-        wait_http(nginx.url + "/" + sample.relative_to(world_dir / "files").as_posix())
-        w, s, e, n = world.bbox
-        side = args.fraction ** 0.5 / 2
-        region = box((w + e) / 2 - (e - w) * side, (s + n) / 2 - (n - s) * side,
-                     (w + e) / 2 + (e - w) * side, (s + n) / 2 + (n - s) * side)
-        request = resolve_request(zoom=args.zoom, region=region, release="bench", catalog=world.stac_url)
-        run = RunOptions(signer="none", scheduler="synchronous", progress=False, echo=lambda m: None)
+        with world_on_nginx(tmp) as (world, _):
+            region = centred(world.bbox, args.fraction)
+            request = resolve_request(zoom=args.zoom, region=region, release="bench", catalog=world.stac_url)
+            run = RunOptions(signer="none", scheduler="synchronous", progress=False, echo=lambda m: None)
 
-        def build() -> int:
-            shutil.rmtree(tmp / "out", ignore_errors=True)
-            return build_release(tmp / "out", request, run).triplets * 7
+            def build() -> int:
+                shutil.rmtree(tmp / "out", ignore_errors=True)
+                return build_release(tmp / "out", request, run).triplets * 7
 
-        build()  # warm: imports, GDAL's block cache
-        best = float("inf")
-        for rep in range(args.repeats):
-            profiler = None
-            if args.profile and rep == args.repeats - 1:
-                import cProfile
+            build()  # warm: imports, GDAL's block cache
+            best = float("inf")
+            for rep in range(args.repeats):
+                profiler = None
+                if args.profile and rep == args.repeats - 1:
+                    import cProfile
 
-                profiler = cProfile.Profile(time.thread_time)
-                profiler.enable()
-            if args.callgrind:
-                callgrind(True)
-            c0, t0 = cpu_s(), time.perf_counter()
-            tiles = build()
-            cpu, wall = cpu_s() - c0, time.perf_counter() - t0
-            if args.callgrind:
-                callgrind(False)
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(args.profile)
-            best = min(best, cpu / tiles)
-            print(f"  build {rep + 1}: {tiles} PNG tiles, {cpu:.2f} CPU-s, {wall:.2f} s wall, "
-                  f"{1e3 * cpu / tiles:.2f} ms CPU per tile", flush=True)
-        print(f"zoom {args.zoom}, fraction {args.fraction}: least {1e3 * best:.2f} ms CPU per tile (one process)")
+                    profiler = cProfile.Profile(time.thread_time)
+                    profiler.enable()
+                if args.callgrind:
+                    callgrind(True)
+                c0, t0 = cpu_s(), time.perf_counter()
+                tiles = build()
+                cpu, wall = cpu_s() - c0, time.perf_counter() - t0
+                if args.callgrind:
+                    callgrind(False)
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(args.profile)
+                best = min(best, cpu / tiles)
+                print(f"  build {rep + 1}: {tiles} PNG tiles, {cpu:.2f} CPU-s, {wall:.2f} s wall, "
+                      f"{1e3 * cpu / tiles:.2f} ms CPU per tile", flush=True)
+            print(f"zoom {args.zoom}, fraction {args.fraction}: least {1e3 * best:.2f} ms CPU per tile (one process)")
     finally:
-        if world is not None:
-            world.stop()
-        nginx.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
