@@ -25,7 +25,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GDAL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import multiprocessing.forkserver  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -128,10 +127,6 @@ def build(world_stac: str, out: Path, zoom: int, region, scheduler: str, workers
     from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
     shutil.rmtree(out, ignore_errors=True)
-    # Workers fork from a server process that imports the build once (executor.WORKER_PRELOAD); it would
-    # outlive a run and serve the next one for free, so each run starts and pays for its own, as a
-    # `curate build` command does.
-    multiprocessing.forkserver._forkserver._stop()
     cpu.start()
     t0 = time.perf_counter()
     result = build_release(out, resolve_request(zoom=zoom, region=region, release="bench", catalog=world_stac),

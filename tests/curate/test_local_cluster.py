@@ -146,3 +146,32 @@ def test_a_cluster_build_cuts_its_larger_metatiles_first(world, tmp_path, monkey
     build_release(tmp_path, request, RunOptions(scheduler="threads", workers=1, signer="none", progress=False,
                                                 echo=lambda m: None))
     assert len(cut) == len(sizes) and cut == sorted(cut, reverse=True), cut
+
+
+def _env(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
+
+
+def test_the_workers_of_each_build_cluster_see_the_environment_as_it_is_when_it_starts(monkeypatch):
+    """Workers fork from a server process, which keeps the environment it started with: each cluster
+    starts its own, so what was set or removed since an earlier cluster of this process (an S3
+    endpoint, credentials) is what its workers see. Oracle: this process's os.environ."""
+    from dask.distributed import Client
+
+    monkeypatch.setenv("SCALE_ALIBI_PROBE_GONE", "set at first")
+    monkeypatch.delenv("SCALE_ALIBI_PROBE_NEW", raising=False)
+    seen = []
+    for _ in range(2):
+        cluster = start_local_cluster("local", 1)
+        try:
+            with Client(cluster) as client:
+                seen.append([client.run(_env, name) for name in ("SCALE_ALIBI_PROBE_NEW", "SCALE_ALIBI_PROBE_GONE")])
+        finally:
+            cluster.close()
+        monkeypatch.setenv("SCALE_ALIBI_PROBE_NEW", "set later")
+        monkeypatch.delenv("SCALE_ALIBI_PROBE_GONE", raising=False)
+    first, second = ([set(values.values()) for values in names] for names in seen)
+    assert first == [{None}, {"set at first"}]
+    assert second == [{"set later"}, {None}]

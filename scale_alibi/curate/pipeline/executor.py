@@ -53,13 +53,20 @@ def local_cluster_config() -> dict:
     return config
 
 
-def _preload_worker_modules() -> None:
-    """Name WORKER_PRELOAD to the forkserver (used if it is not running yet), in place of the packages
-    distributed would preload (pandas among them: nothing a build task uses)."""
+def _fresh_forkserver() -> None:
+    """Start the forkserver anew for this cluster, preloading WORKER_PRELOAD (in place of the packages
+    distributed would preload, pandas among them: nothing a build task uses). A forkserver keeps the
+    environment it started with and hands it to every process it forks: one left from an earlier
+    build in this process would give the workers yesterday's environment (an S3 endpoint or
+    credentials set since would not reach them). multiprocessing starts it again on demand."""
+    import multiprocessing.forkserver
+
     from distributed.utils import get_mp_context
 
     context = get_mp_context()  # reads the multiprocessing method from the config in force
     if context.get_start_method() == "forkserver":
+        # No public way to stop it; the stdlib's own tests use this one.
+        multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
         context.set_forkserver_preload(list(WORKER_PRELOAD))  # type: ignore[attr-defined]
 
 
@@ -73,7 +80,7 @@ def start_local_cluster(scheduler: str | None, workers: int):
         if scheduler == "threads":
             return LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=":0")
         if scheduler in (None, "local", "processes"):
-            _preload_worker_modules()
+            _fresh_forkserver()
             return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                 silence_logs=logging.ERROR)
     raise UserError(f"unknown --scheduler {scheduler!r}; use local, threads, synchronous or tcp://HOST:PORT")
