@@ -10,7 +10,8 @@ scheduler in it, the nannies and the workers; not nginx, the STAC server or the 
 server) as a ratio to the one-process run (goal <= 1.15x); with --small-fraction, also the CPU per
 tile between a smaller and the full build, which leaves out what a build costs whatever its size
 (Dask's start-up: the workers' imports, the cluster). CPU is sampled every 200 ms per
-process (psutil), so a worker that exits is counted up to its last sample.
+process (psutil), so a worker that exits is counted up to its last sample. Every run starts with this process's GDAL HTTP cache emptied, so
+the one-process run fetches the COGs as each Dask worker does.
 
     python benchmarks/build_scaling.py [--zoom 17] [--workers 2] [--repeats 2] [--small-fraction 0.5]
 
@@ -122,11 +123,26 @@ def centred(bbox: tuple[float, float, float, float], fraction: float):
                (w + e) / 2 + (e - w) * side, (s + n) / 2 + (n - s) * side)
 
 
+def clear_gdal_http_cache() -> None:
+    """Empty this process's GDAL /vsicurl/ block cache (GDAL_ENV keeps 512 MiB of it, the whole
+    world): the one-process run in this process would otherwise read its COGs from memory from its
+    second run on, while every Dask worker is a new process that fetches them."""
+    import ctypes
+
+    import rasterio  # noqa: F401  (loads libgdal)
+
+    with open("/proc/self/maps") as maps:
+        lib = next((line.split()[-1] for line in maps if "libgdal" in line), None)
+    if lib is not None:
+        ctypes.CDLL(lib).VSICurlClearCache()
+
+
 def build(world_stac: str, out: Path, zoom: int, region, scheduler: str, workers: int | None, cpu: TreeCpu) -> dict:
     """One build; tiles (PNG files), wall seconds, CPU-seconds over all its processes."""
     from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
 
     shutil.rmtree(out, ignore_errors=True)
+    clear_gdal_http_cache()
     cpu.start()
     t0 = time.perf_counter()
     result = build_release(out, resolve_request(zoom=zoom, region=region, release="bench", catalog=world_stac),
