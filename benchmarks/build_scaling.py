@@ -10,8 +10,9 @@ scheduler in it, the nannies and the workers; not nginx, the STAC server or the 
 server) as a ratio to the one-process run (goal <= 1.15x); with --small-fraction, also the CPU per
 tile between a smaller and the full build, which leaves out what a build costs whatever its size
 (Dask's start-up: the workers' imports, the cluster). CPU is sampled every 200 ms per
-process (psutil), so a worker that exits is counted up to its last sample. Every run starts with this process's GDAL HTTP cache emptied, so
-the one-process run fetches the COGs as each Dask worker does.
+process (psutil), so a worker that exits is counted up to its last sample. Every run starts with
+this process's GDAL HTTP cache emptied, so the one-process run fetches the COGs as each Dask
+worker does.
 
     python benchmarks/build_scaling.py [--zoom 17] [--workers 2] [--repeats 2] [--small-fraction 0.5]
 
