@@ -7,12 +7,17 @@
   wrapped to 0 as the paper's DN/1000*256 mapping did); linear <= 0 maps to 0.
 - ``naip``: RGBN DN -> the RGB bands, passed through.
 
-Encoding uses imagecodecs' PNG encoder at zlib level 1 with the RLE strategy and SUB filter
-(encoding bounds curation speed; `python benchmarks/encode_bench.py` measured 7.0x Pillow's default
-level 6 and 4.8x imagecodecs' default strategy at level 1, at 1.03x / 0.94x their bytes).
+Encoding writes the PNG itself: every row filtered with PNG's Up filter (difference to the row
+above) in numpy, the rows deflated by libdeflate at level 1 (imagecodecs), then the IHDR / IDAT / IEND
+chunks. Encoding bounds curation speed on one core; `python benchmarks/encode_bench.py` compares it
+with libpng through imagecodecs (zlib level 1, RLE strategy, SUB filter: the build's encoder before)
+and with Pillow's default level 6. Any PNG decoder reads the tiles; the pixels are exact (lossless).
 """
 
 from __future__ import annotations
+
+import struct
+import zlib
 
 import imagecodecs
 import numpy as np
@@ -20,11 +25,11 @@ import numpy as np
 # dB ranges of the S1 mapping (typical IW RTC values; see docs/curation.md).
 S1_VV_DB: tuple[float, float] = (-25.0, 3.0)
 S1_VH_DB: tuple[float, float] = (-30.0, -2.0)
-PNG_LEVEL = 1
-# zlib RLE strategy + SUB filter (OpenCV's fast settings): faster than zlib's default strategy
-# at level 1 on imagery, and smaller (benchmarks/encode_bench.py).
-PNG_STRATEGY = 3
-PNG_FILTER = 16
+PNG_LEVEL = 1  # libdeflate's compression level of the IDAT stream
+PNG_ENCODER = "up filter, libdeflate"  # recorded in the manifest's metadata with PNG_LEVEL
+PNG_FILTER_UP = 2  # PNG row filter type 2 (Up): on imagery as small as SUB, and cheaper to compute
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, grey+alpha, RGB, RGBA)
 
 
 def _db_to_byte(linear: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -55,9 +60,29 @@ def to_rgb8(layer: str, data: np.ndarray) -> np.ndarray:
     return rgb8(layer, np.moveaxis(np.asarray(data), 0, -1))
 
 
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
+
+
 def encode_png(rgb: np.ndarray, level: int = PNG_LEVEL) -> bytes:
-    """Encode an (H, W, 3) uint8 image as PNG bytes (deterministic for a given imagecodecs build)."""
-    return bytes(imagecodecs.png_encode(np.ascontiguousarray(rgb), level=level, strategy=PNG_STRATEGY, filter=PNG_FILTER))
+    """Encode an (H, W, 3) uint8 image (or (H, W[, 1|2|4])) as 8-bit PNG bytes (deterministic for a given
+    imagecodecs build)."""
+    img = np.asarray(rgb)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in PNG_COLOUR_TYPE or 0 in img.shape:
+        raise ValueError(f"cannot encode a {img.dtype} array of shape {img.shape} as PNG; give (H, W, 1-4) uint8")
+    h, w, c = img.shape
+    rows = img.reshape(h, w * c)
+    # Filter byte, then the row minus the row above (uint8 arithmetic wraps, as PNG's filters do).
+    filtered = np.empty((h, w * c + 1), np.uint8)
+    filtered[:, 0] = PNG_FILTER_UP
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    # A zlib stream, as IDAT holds; imagecodecs reads any buffer (its stubs name bytes only).
+    idat = imagecodecs.deflate_encode(filtered, level=level)  # type: ignore[arg-type]
+    header = struct.pack(">IIBBBBB", w, h, 8, PNG_COLOUR_TYPE[c], 0, 0, 0)
+    return b"".join((PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", bytes(idat)), _chunk(b"IEND", b"")))
 
 
 def encode_tile(layer: str, data: np.ndarray, level: int = PNG_LEVEL) -> bytes:

@@ -29,6 +29,7 @@ from scale_alibi.curate.reader import Source, transformer_from_3857
 
 TILE = 256
 NODE_STEP = 32  # output pixels between exactly transformed nodes
+OPENCV_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64))
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,9 @@ def source_maps(t: Affine, shape: tuple[int, int], src_crs, src_transform: Affin
         # weights stay far below 1e-3 px); the affine part is added exactly.
         coef, *_ = np.linalg.lstsq(design, coord.ravel(), rcond=None)
         resid = (coord - (design @ coef).reshape(coord.shape)).astype(np.float32)
-        full = cv2.resize(resid, (w + 2 * step, h + 2 * step), interpolation=cv2.INTER_LINEAR)[step:step + h, step:step + w]
-        full = np.array(full, dtype=np.float32)  # contiguous copy
-        full += (coef[0] + coef[1] * np.arange(h)).astype(np.float32)[:, None]
+        framed = cv2.resize(resid, (w + 2 * step, h + 2 * step), interpolation=cv2.INTER_LINEAR)
+        # The sum is a new contiguous array (cv2.remap needs one): no separate copy of the slice.
+        full = framed[step:step + h, step:step + w] + (coef[0] + coef[1] * np.arange(h)).astype(np.float32)[:, None]
         full += (coef[2] * np.arange(w)).astype(np.float32)[None, :]
         out.append(full)
     return out[0], out[1]
@@ -136,13 +137,18 @@ def _area_prefilter(src: Source, factor: float) -> tuple[np.ndarray, np.ndarray,
 
 def _valid_u8(src: Source) -> np.ndarray:
     if src.valid is not None:  # the sensor's rule (scale_alibi.curate.validity) already decided
-        return np.where(src.valid, 255, 0).astype(np.uint8)
+        return _bool_u8(src.valid)
     if src.nodata is None:
         return np.full(src.data.shape[1:], 255, np.uint8)
     bad = np.all(src.data == src.nodata, axis=0) if src.data.dtype == np.uint8 else np.any(src.data == src.nodata, axis=0)
     if src.data.dtype.kind == "f":
         bad |= ~np.isfinite(src.data).all(axis=0)
-    return np.where(bad, 0, 255).astype(np.uint8)
+    return _bool_u8(~bad)
+
+
+def _bool_u8(mask: np.ndarray) -> np.ndarray:
+    """255 where `mask`, else 0, in one uint8 pass (bool is stored as the bytes 0 and 1)."""
+    return np.ascontiguousarray(mask).view(np.uint8) * np.uint8(255)
 
 
 def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: str | None = None
@@ -189,13 +195,29 @@ def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: st
             out = np.full((h, w, bands), nodata, dtype=data.dtype)
         region, vreg = out[r0:r1, c0:c1], valid[r0:r1, c0:c1]
         fill = got & ~vreg
-        np.copyto(region, data, where=fill[..., None])
+        fill_where(region, data, fill)
         vreg |= fill
         if valid.all():
             break
     if out is None:
         out = np.full((h, w, 1), nodata, dtype=dtype)
     return out, valid
+
+
+def fill_where(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
+    """Copy the pixels of `src` where the (H, W) bool `mask` is set into `dst` ((H, W, bands) arrays;
+    `dst` may be a view into a larger one). OpenCV's masked copy, one pass for all bands: several
+    times faster than numpy's copyto with a mask broadcast over the bands, same result."""
+    if dst.dtype not in OPENCV_DTYPES or src.dtype != dst.dtype:
+        np.copyto(dst, src, where=mask[..., None])
+        return
+    if dst.shape[2] == 1:  # OpenCV takes a one-band image as 2-D
+        dst2, src2 = dst[..., 0], src[..., 0]
+    else:
+        dst2, src2 = dst, src
+    written = cv2.copyTo(src2, np.ascontiguousarray(mask).view(np.uint8), dst2)
+    if not np.shares_memory(written, dst):  # OpenCV could not write into this view: copied elsewhere
+        np.copyto(dst, src, where=mask[..., None])
 
 
 def _dst_window(src: Source, grid: Grid, pad: int = 2) -> tuple[int, int, int, int] | None:

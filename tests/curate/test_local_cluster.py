@@ -1,14 +1,19 @@
 """The Dask cluster a build starts itself spends less CPU on its own housekeeping: an idle
-one-worker cluster, all processes summed, measured beside one with Dask's defaults in the same run."""
+one-worker cluster, all processes summed, measured beside one with Dask's defaults in the same run;
+its workers sample no profile and start with the build's modules imported."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 
+import mercantile
 import psutil
+import pytest
+from shapely.geometry import box
 
-from scale_alibi.curate.pipeline.executor import LOCAL_CLUSTER_CONFIG
+from scale_alibi.curate.pipeline.executor import LOCAL_CLUSTER_CONFIG, start_local_cluster
 
 IDLE_S = 8.0
 
@@ -49,3 +54,124 @@ def test_an_idle_local_cluster_costs_at_most_three_quarters_of_dasks_defaults():
     tuned = idle_cluster_cpu_per_s(LOCAL_CLUSTER_CONFIG)
     print(f"idle one-worker cluster: {default * 1e3:.1f} ms CPU per s with Dask's defaults, {tuned * 1e3:.1f} with the build's")
     assert tuned <= 0.75 * default, f"{tuned * 1e3:.1f} vs {default * 1e3:.1f} ms CPU per s idle"
+
+
+
+def _busy(seconds: float) -> int:
+    end, n = time.thread_time() + seconds, 0
+    while time.thread_time() < end:
+        n += 1
+    return n
+
+
+def test_the_build_cluster_workers_sample_no_profile_while_a_task_runs():
+    """Dask's statistical profiler walks a running task's stack every 10 ms (CPU taken from the task);
+    the cluster a build starts runs without it: Dask's profile of a busy task has no samples."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.worker.profile.enabled": True}):  # the oracle: Dask samples by default
+        default = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+    counts = {}
+    for name, cluster in (("defaults", default), ("build", None)):
+        cluster = cluster or start_local_cluster("local", 1)
+        try:
+            with Client(cluster) as client:
+                client.submit(_busy, 1.0, pure=False).result()
+                counts[name] = client.profile()["count"]
+        finally:
+            cluster.close()
+    assert counts["defaults"] > 0, counts
+    assert counts["build"] == 0, counts
+
+
+def _imported(module: str) -> bool:
+    import sys
+
+    return module in sys.modules
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
+def test_the_build_cluster_workers_start_with_the_build_imported():
+    """The workers fork from a server that imported the build's modules once: a worker that has run
+    nothing yet already holds them (a spawned interpreter would import them with its first task)."""
+    from dask.distributed import Client
+
+    cluster = start_local_cluster("local", 2)
+    try:
+        with Client(cluster) as client:
+            held = client.run(_imported, "scale_alibi.curate.warp")
+            assert len(held) == 2 and all(held.values()), held
+            assert not _imported_in_a_spawned_worker()
+    finally:
+        cluster.close()
+
+
+def _imported_in_a_spawned_worker() -> bool:
+    """The oracle: the same check in a worker of Dask's default (spawned) cluster."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+    try:
+        with Client(cluster) as client:
+            return all(client.run(_imported, "scale_alibi.curate.warp").values())
+    finally:
+        cluster.close()
+
+
+def test_a_cluster_build_cuts_its_larger_metatiles_first(world, tmp_path, monkeypatch):
+    """Metatiles are submitted with their tile count as priority: on one worker thread they are cut
+    largest first (the short ones come last, so several workers finish together), whatever their
+    row order."""
+    from scale_alibi.curate.pipeline import RunOptions, build_release, executor, resolve_request
+    from scale_alibi.curate.pipeline.tiling import group_metatiles
+
+    request = resolve_request(zoom=16, region=box(*world.bbox), release="order", catalog=world.stac_url)
+    sizes = {mt: len(tiles) for mt, tiles in group_metatiles(request.plan(), request.params.metatile_levels).items()}
+    in_row_order = list(sizes.values())
+    assert in_row_order != sorted(in_row_order, reverse=True)  # the oracle: row order alone is not largest first
+    cut: list = []
+    summarize = executor.summarize
+
+    def record(result: dict):
+        z, x, y = result["metatile"]
+        cut.append(sizes[mercantile.Tile(x, y, z)])
+        return summarize(result)
+
+    monkeypatch.setattr(executor, "summarize", record)
+    build_release(tmp_path, request, RunOptions(scheduler="threads", workers=1, signer="none", progress=False,
+                                                echo=lambda m: None))
+    assert len(cut) == len(sizes) and cut == sorted(cut, reverse=True), cut
+
+
+def _env(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
+
+
+def test_the_workers_of_each_build_cluster_see_the_environment_as_it_is_when_it_starts(monkeypatch):
+    """Workers fork from a server process, which keeps the environment it started with: each cluster
+    starts its own, so what was set or removed since an earlier cluster of this process (an S3
+    endpoint, credentials) is what its workers see. Oracle: this process's os.environ."""
+    from dask.distributed import Client
+
+    monkeypatch.setenv("SCALE_ALIBI_PROBE_GONE", "set at first")
+    monkeypatch.delenv("SCALE_ALIBI_PROBE_NEW", raising=False)
+    seen = []
+    for _ in range(2):
+        cluster = start_local_cluster("local", 1)
+        try:
+            with Client(cluster) as client:
+                seen.append([client.run(_env, name) for name in ("SCALE_ALIBI_PROBE_NEW", "SCALE_ALIBI_PROBE_GONE")])
+        finally:
+            cluster.close()
+        monkeypatch.setenv("SCALE_ALIBI_PROBE_NEW", "set later")
+        monkeypatch.delenv("SCALE_ALIBI_PROBE_GONE", raising=False)
+    first, second = ([set(values.values()) for values in names] for names in seen)
+    assert first == [{None}, {"set at first"}]
+    assert second == [{"set later"}, {None}]

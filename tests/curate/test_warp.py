@@ -11,7 +11,7 @@ from affine import Affine
 from pyproj import Transformer
 
 from scale_alibi.curate.reader import Source
-from scale_alibi.curate.warp import Grid, block_grid, box_down2, choose_resampling, source_maps, warp
+from scale_alibi.curate.warp import Grid, block_grid, box_down2, choose_resampling, fill_where, source_maps, warp
 
 UTM = "EPSG:32615"  # Kansas is in UTM zone 15N
 TO_UTM = Transformer.from_crs("EPSG:3857", UTM, always_xy=True)
@@ -194,3 +194,18 @@ def test_the_first_source_wins_and_the_second_fills_only_its_gaps():
     east, west = col > cols_needed // 2 + 0.1, col < cols_needed // 2 - 1.1
     assert np.abs(data[..., 0][east] - ramp(x, y, src_t)[east]).max() < RAMP_TOL
     assert (data[..., 0][west] == 1000.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64, np.int64, bool])
+@pytest.mark.parametrize("bands", [1, 2, 3, 5])
+def test_fill_where_writes_what_numpys_masked_copy_writes_into_a_view(dtype, bands):
+    """The masked copy of the mosaic (OpenCV's copyTo where it can) against numpy's copyto, into a
+    window of a larger array, as warp fills a source's reach."""
+    rng = np.random.default_rng(bands)
+    big = rng.integers(0, 2 if dtype is bool else 200, (40, 50, bands)).astype(dtype)
+    src = rng.integers(0, 2 if dtype is bool else 200, (24, 30, bands)).astype(dtype)
+    mask = rng.random((24, 30)) > 0.4
+    expected = big.copy()
+    np.copyto(expected[8:32, 11:41], src, where=mask[..., None])
+    fill_where(big[8:32, 11:41], src, mask)
+    assert np.array_equal(big, expected)

@@ -25,7 +25,7 @@ def _render_s2(items: list[Scene], grid, read):
     Each scene's visual is masked by that scene's SCL before mosaicking, so a pixel one scene lacks
     takes both its colour and its classification from the next scene."""
     from scale_alibi.curate.validity import scl_usable
-    from scale_alibi.curate.warp import warp
+    from scale_alibi.curate.warp import fill_where, warp
 
     h, w = grid.shape
     out = np.zeros((h, w, 3), np.uint8)
@@ -44,7 +44,7 @@ def _render_s2(items: list[Scene], grid, read):
             scl, got = warp([scl_src], grid, np.uint8, 0, resampling="nearest")
             ok &= got & scl_usable(scl[..., 0])
         fill = ok & ~valid
-        np.copyto(out, data, where=fill[..., None])
+        fill_where(out, data, fill)
         valid |= fill
         if valid.all():
             break

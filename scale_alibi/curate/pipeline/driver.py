@@ -99,12 +99,13 @@ def build_release(out: str | Path, request: BuildRequest, run: RunOptions | None
                 if it["id"] in used:
                     items_meta[it["id"]] = {"collection": it["collection"], "datetime": it["datetime"],
                                             "updated": it.get("updated")}
-        from scale_alibi.curate.encode import PNG_LEVEL, S1_VH_DB, S1_VV_DB
+        from scale_alibi.curate.encode import PNG_ENCODER, PNG_LEVEL, S1_VH_DB, S1_VV_DB
 
         metadata = {
             "release": release, "zoom": zoom, "params": params_metadata(params), "catalog": request.catalog,
             "software": software_versions(), "items": dict(sorted(items_meta.items())),
-            "encoding": {"s1_vv_db": list(S1_VV_DB), "s1_vh_db": list(S1_VH_DB), "png_level": PNG_LEVEL},
+            "encoding": {"s1_vv_db": list(S1_VV_DB), "s1_vh_db": list(S1_VH_DB), "png_level": PNG_LEVEL,
+                         "png_encoder": PNG_ENCODER},
             "planned_tiles": len(tiles),
         }
         try:

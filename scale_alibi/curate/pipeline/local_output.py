@@ -28,6 +28,8 @@ from scale_alibi.curate.pipeline.staging import (
     commit_staging,
     confined,
     dirs_up_to,
+    make_dirs,
+    write_durable,
 )
 from scale_alibi.curate.pipeline.tiling import metatile_name
 
@@ -95,13 +97,10 @@ class LocalOutput(ReleaseOutput):
 
     def stage(self, mt: Metatile, files: dict[str, bytes]) -> None:
         staging = self._file(f"{BUILD_DIR}/staging/{metatile_name(mt)}")
-        staged = []
-        for rel, data in files.items():
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)  # private until the done record commits it
-            staged.append(target)
-        fsync_paths([*staged, *dirs_up_to(staged, staging.parent)])  # durable before a record names them
+        staged = {staging / rel: data for rel, data in files.items()}  # private until the done record commits them
+        make_dirs(staged)
+        write_durable(staged)
+        fsync_paths(dirs_up_to(staged, staging.parent))  # durable before a record names them
 
     def publish(self, mt: Metatile, files: dict[str, bytes], record: dict) -> None:
         self.stage(mt, files)

@@ -12,10 +12,11 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scale_alibi.contract.errors import UserError
-from scale_alibi.contract.release import confine, fsync_paths
+from scale_alibi.contract.release import FSYNC_THREADS, confine, fsync_paths
 from scale_alibi.curate.pipeline.lease import LeaseHolder
 from scale_alibi.curate.pipeline.tiling import Metatile, metatile_name
 
@@ -32,8 +33,8 @@ def confined(path: Path, root: Path) -> Path:
 def dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
     """Every directory from each file's parent up to `top`: new directories are entries to sync too."""
     dirs: set[Path] = set()
-    for f in files:
-        d = Path(f).parent
+    for parent in {os.path.dirname(f) for f in files}:  # a metatile's files share a few directories
+        d = Path(parent)
         while d not in dirs and d != top.parent:
             dirs.add(d)
             if d == top:
@@ -42,19 +43,56 @@ def dirs_up_to(files: Iterable[Path], top: Path) -> list[Path]:
     return sorted(dirs)
 
 
+def write_durable(files: dict[Path, bytes]) -> None:
+    """Write each file (created or truncated) and fsync it, several at a time: one open per file, and
+    the disk flushes overlap (each fsync waits for its own flush)."""
+    if len(files) <= 1:
+        for path, data in files.items():
+            _write_fsync(path, data)
+        return
+    with ThreadPoolExecutor(min(FSYNC_THREADS, len(files))) as pool:
+        list(pool.map(_write_fsync, files, files.values()))
+
+
+def _write_fsync(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(files: Iterable[Path]) -> None:
+    """Create the parent directories of `files`, each distinct one once."""
+    for d in {os.path.dirname(f) for f in files}:
+        os.makedirs(d, exist_ok=True)
+
+
 def commit_staging(release_dir: Path, metatile: Metatile, record: dict) -> None:
     """Move a recorded metatile's staged files into the public tree (idempotent; renames only)."""
-    staging = confined(release_dir / ".build" / "staging" / metatile_name(metatile), release_dir.parent)
+    root = release_dir.parent
+    staging = confined(release_dir / ".build" / "staging" / metatile_name(metatile), root)
     if not staging.exists():
         return
     moved = []
+    ready: set[Path] = set()  # target directories proven inside the root and created
     for rel in record["files"]:
         src = staging / rel
-        if src.exists():
-            dst = confined(release_dir / rel, release_dir.parent)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-            moved.append(dst)
+        if not src.exists():
+            continue
+        dst = release_dir / rel
+        # A path resolves inside the root when its directory does and its name is no link: the directory
+        # is checked (before it is created) once per metatile, not the whole path once per file.
+        if dst.parent not in ready:
+            confined(dst.parent, root).mkdir(parents=True, exist_ok=True)
+            ready.add(dst.parent)
+        if dst.is_symlink():
+            confined(dst, root)
+        os.replace(src, dst)
+        moved.append(dst)
     fsync_paths(dirs_up_to(moved, release_dir))  # the renames are durable before a manifest names the files
     shutil.rmtree(staging, ignore_errors=True)
 
