@@ -355,13 +355,22 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def test_tar_reader_groups_samples_and_detects_truncation():
-    import io
+def pieces(data: bytes, sizes: list[int]) -> list[bytes]:
+    """`data` cut into consecutive pieces of `sizes` (cycled), as a chunked HTTP body arrives."""
+    out, i, k = [], 0, 0
+    while i < len(data):
+        out.append(data[i : i + sizes[k % len(sizes)]])
+        i += sizes[k % len(sizes)]
+        k += 1
+    return out
 
+
+@pytest.mark.parametrize("sizes", [[1 << 20], [1], [511, 513, 7], [512], [700, 5000, 3]])
+def test_tar_reader_groups_samples_and_detects_truncation(sizes):
     long_key = "k" * 120  # forces a PAX long-name header
     data = _tar([("1_2_3.s1.png", b"a" * 700), ("1_2_3.json", b"{}"), (f"{long_key}.s2.png", b"b")])
-    samples = list(iter_samples(iter_tar(io.BytesIO(data).read)))
+    samples = list(iter_samples(iter_tar(pieces(data, sizes))))  # members inside and across pieces
     assert samples == [("1_2_3", {"s1": b"a" * 700, "json": b"{}"}), (long_key, {"s2": b"b"})]
-    for cut in (100, 512 + 300, 1536 + 10):
+    for cut in (100, 512 + 300, 1536 + 10, 1536 + 700):  # in a header, in a member, in its padding
         with pytest.raises(StreamBroken):
-            list(iter_tar(io.BytesIO(data[:cut]).read))
+            list(iter_tar(pieces(data[:cut], sizes)))
