@@ -306,6 +306,21 @@ def test_batch_layout_and_tags(server, release):
     assert torch.equal(batch["s1"][0], torch.from_numpy(s1[:, :, 1:3]).permute(2, 0, 1))
 
 
+def test_a_workers_batch_arrives_as_one_shared_buffer(server, disk_hashes):
+    """Every tensor of a batch is a view of one shared-memory buffer (one file descriptor to pass per
+    batch, not one per tensor), and each view holds its own values."""
+    loader = make_loader(TripletStream(server.url, "loadertest", **CFG), batch_size=4, num_workers=2)
+    for batch in loader:
+        tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+        assert len(tensors) == 10 and all(t.is_shared() for t in tensors)
+        assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1
+        keys = list(zip(batch["z"].tolist(), batch["x"].tolist(), batch["y"].tolist()))
+        assert [disk_hashes[k] for k in keys] == batch_hashes(batch)
+        sizes = [2 * np.pi * 6378137 * np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * (y + 0.5) / 2**z)))) / 2**z for z, _, y in keys]
+        assert batch["tile_size_m"].dtype == torch.float32 and np.allclose(batch["tile_size_m"].numpy(), sizes, rtol=1e-5)
+        assert batch["shard"].dtype == batch["offset"].dtype == torch.int64
+
+
 # ---------------------------------------------------------------------------- pure functions
 
 @pytest.mark.parametrize("n,shard_size,world_size,workers", [(32, 6, 2, 2), (7, 3, 3, 2), (50, 4, 2, 3), (5, 8, 2, 2)])
