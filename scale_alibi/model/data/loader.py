@@ -54,7 +54,8 @@ assembled from the four z+1 tiles); ``modalities=`` decodes only those a consume
 skips the 256 px naip). They stay uint8 through the DataLoader's worker->main queue and the
 host->GPU copy (4x fewer bytes than float32); `Normalize` (``curate stats`` ->
 ``<release>/stats.json``) turns them into float32 ``(x - mean) / std`` per channel on the device.
-``tile_size_m`` (B,) float32 is `scale_alibi.contract.tiles.tile_ground_size_m(z, y)`.
+``tile_size_m`` (B,) float32 is `scale_alibi.contract.tiles.tile_ground_size_m(z, y)`. A batch's
+tensors are views of one buffer (`collate_triplets`), allocated in shared memory inside the worker.
 """
 
 from __future__ import annotations
