@@ -241,6 +241,16 @@ def test_5xx_and_truncated_streams_are_retried_from_the_right_sample(server, dis
     assert ds.client.reconnects == 2 and proxy.shard_requests == len(range(0, 32, 6)) + 2
 
 
+def test_shard_streams_read_from_chunks_keep_their_connection(server, disk_hashes):
+    """Shards parsed straight from the body's chunks end cleanly: every shard of the epoch comes over
+    one kept-alive connection, and every sample has its own pixels."""
+    ds = TripletStream(server.url, "loadertest", **CFG)
+    got = {(s["z"], s["x"], s["y"]): pixel_hash(s) for s in ds}  # in-process: one client, every shard
+    assert got == disk_hashes
+    pool = ds.client.pool.connection_from_url(server.url)
+    assert pool.num_requests == 1 + len(range(0, 32, 6)) and pool.num_connections == 1
+
+
 def test_unreachable_server_at_start_is_a_clear_error():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
