@@ -7,11 +7,21 @@ core 1, serving the same PNG files: nginx (one worker, sendfile, access log off)
 FastAPI app returning `FileResponse` (uvicorn with httptools + uvloop, access log off, like
 ours) and `curate serve` (one worker). Goal: >= 10% of nginx's requests/s, p99 < 50 ms, no 5xx.
 
-Shards: MB/s of one WebDataset shard streamed by `curate serve` vs nginx sending the same bytes
-as one file (curl on core 0, best of --repeats). Goal: >= 50% of nginx, and >= 5x what a loader
-decodes (the anchor: this machine's PNG decode rate on one core, in triplets/s).
+Shards: one WebDataset shard of every triplet streamed by `curate serve` (chunked; every tile
+file opened, read and hash-checked on each request) vs nginx sending the same bytes, saved as one
+file, with sendfile (Content-Length; its usual static-file set-up). Both servers on core 1, curl on
+core 0; each round is one curl process fetching the URL --shard-requests times over one keep-alive
+connection (MB/s from curl's own transfer times, so process start-up is not counted), rounds
+alternate between the servers so that background load hits both alike, and both sides report the
+median of --repeats rounds. Beside MB/s, each server's CPU time per MB (user + system, summed over
+its process group, from /proc): on a busy machine wall-clock rates swing with other load, CPU per
+MB much less. nginx with sendfile off (a read and a write copy per byte, as ours) is printed for
+context. Goal: >= 70% of nginx, and >= 5x what a loader decodes (the anchor: this machine's PNG
+decode rate on one core, in triplets/s).
 
-Without --data a release of synthetic triplets is written to a temporary directory.
+`--baseline DIR` adds another checkout's `curate serve` (its own code) to the shard rounds, for a
+before/after in one run. Without --data a release of synthetic triplets is written to a temporary
+directory.
 Needs Debian `nginx-light`, `wrk` and `curl`.
 """
 
@@ -22,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,23 +122,24 @@ class _Subprocess:
 
 
 class Nginx(_Subprocess):
-    """nginx with one worker on core `core` (None: any), serving `root` as static files."""
+    """nginx with one worker on core `core` (None: any), serving `root` as static files (with
+    `sendfile`, or reading into its buffers and writing them when `sendfile` is False)."""
 
-    def __init__(self, root: Path, work: Path, core: str | None = SERVER_CORE):
+    def __init__(self, root: Path, work: Path, core: str | None = SERVER_CORE, sendfile: bool = True):
         self.port = free_port()
         self.work = work
-        conf = work / "nginx.conf"
+        conf = work / f"nginx-{self.port}.conf"
         conf.write_text(textwrap.dedent(f"""
             user root;
             worker_processes 1;
             daemon off;
-            pid {work}/nginx.pid;
-            error_log {work}/error.log warn;
+            pid {work}/nginx-{self.port}.pid;
+            error_log {work}/error-{self.port}.log warn;
             events {{ worker_connections 4096; }}
             http {{
                 types {{ image/png png; application/x-tar tar; }}
                 access_log off;
-                sendfile on; tcp_nopush on; tcp_nodelay on;
+                sendfile {"on" if sendfile else "off"}; output_buffers 2 1m; tcp_nopush on; tcp_nodelay on;
                 keepalive_requests 10000000; keepalive_timeout 120s;
                 client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
                 fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
@@ -149,6 +161,19 @@ class PlainFastAPI(_Subprocess):
             ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "uvicorn", "benchmarks.serve_bench:plain_app",
              "--factory", "--port", str(self.port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
              "--log-level", "warning"], env=env, cwd=ROOT, start_new_session=True)
+
+
+class CheckoutServer(_Subprocess):
+    """`curate serve` (one worker, core SERVER_CORE) of another checkout of this project, `tree`:
+    its own code (PYTHONPATH and working directory), not this one's."""
+
+    def __init__(self, tree: Path, data: Path):
+        self.port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "scale_alibi", "serve", "--data", str(data),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
@@ -174,17 +199,35 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
     }
 
 
-def curl_mbps(url: str, repeats: int) -> tuple[float, int]:
-    """Best MB/s of `repeats` downloads of `url` with curl on CLIENT_CORE, and the byte count."""
-    best, size = 0.0, 0
-    for _ in range(repeats):
-        out = subprocess.run(["taskset", "-c", CLIENT_CORE, "curl", "-s", "-o", "/dev/null", "-w",
-                              "%{size_download} %{time_total} %{http_code}", url],
-                             capture_output=True, text=True, check=True).stdout.split()
-        assert out[2] == "200", out
-        size, seconds = int(out[0]), float(out[1])
-        best = max(best, size / seconds / 1e6)
-    return best, size
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group `pgid`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state, ppid, pgrp, ..., utime (12), stime (13)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def stream_round(url: str, requests: int, pgid: int, size: int) -> tuple[float, float]:
+    """One round: `requests` GETs of `url` by one curl on CLIENT_CORE over one keep-alive connection.
+    (MB/s over curl's transfer times, server CPU microseconds per MB); each body must be `size` bytes."""
+    cpu0 = group_cpu_s(pgid)
+    out = subprocess.run(["taskset", "-c", CLIENT_CORE, "curl", "-s", "-w", "%{size_download} %{time_total} %{http_code}\n",
+                          *[arg for _ in range(requests) for arg in (url, "-o", "/dev/null")]],
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    cpu = group_cpu_s(pgid) - cpu0
+    transfers = [line.split() for line in out if line]
+    assert len(transfers) == requests and all(t[0] == str(size) and t[2] == "200" for t in transfers), transfers
+    mb = size * requests / 1e6
+    return mb / sum(float(t[1]) for t in transfers), cpu / mb * 1e6
 
 
 def decode_rate(release: Release, row: dict, seconds: float = 2.0) -> float:
@@ -225,8 +268,11 @@ def main() -> None:
     ap.add_argument("--triplets", type=int, default=48, help="synthetic release size")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=9, help="shard rounds per server (medians reported)")
+    ap.add_argument("--shard-requests", type=int, default=8, help="shard GETs per round, one keep-alive connection")
     ap.add_argument("--skip-tiles", action="store_true", help="only the shard benchmark")
+    ap.add_argument("--baseline", type=Path, help="another checkout (e.g. a worktree of an older commit) whose "
+                    "`curate serve` streams the same shard in the same rounds: before/after in one run")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "curl", "taskset"):
         if shutil.which(tool) is None:
@@ -254,8 +300,10 @@ def main() -> None:
 
         results = {}
         nginx = Nginx(args.data, work)
+        nginx_copy = Nginx(args.data, work, sendfile=False)
         plain = PlainFastAPI(args.data)
         ours = ServerProcess(args.data, workers=1, command_prefix=["taskset", "-c", SERVER_CORE])
+        baseline = CheckoutServer(args.baseline.resolve(), args.data) if args.baseline else None
         try:
             wait_http(nginx.url + tile)
             wait_http(plain.url + tile)
@@ -270,15 +318,23 @@ def main() -> None:
             static = args.data / "shard.tar"
             subprocess.run(["curl", "-s", "-o", str(static), ours.url + shard], check=True)
             size = static.stat().st_size
-            ours_mbps = nginx_mbps = 0.0
-            for _ in range(args.repeats):  # interleaved, so background load hits both alike
-                mbps, got = curl_mbps(ours.url + shard, 1)
-                assert got == size
-                ours_mbps = max(ours_mbps, mbps)
-                nginx_mbps = max(nginx_mbps, curl_mbps(nginx.url + "/shard.tar", 1)[0])
+            assert ours.proc is not None
+            sides = {"curate serve": (ours.url + shard, ours.proc.pid),
+                     "nginx": (nginx.url + "/shard.tar", nginx.proc.pid),
+                     "nginx, sendfile off": (nginx_copy.url + "/shard.tar", nginx_copy.proc.pid)}
+            if baseline is not None:
+                wait_http(baseline.url + "/health")
+                sides[f"baseline {args.baseline.name}"] = (baseline.url + shard, baseline.proc.pid)
+            rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+            for url, pgid in sides.values():  # warm-up: page cache, verdicts, connections
+                stream_round(url, 1, pgid, size)
+            for _ in range(args.repeats):  # interleaved, so background load hits all alike
+                for name, (url, pgid) in sides.items():
+                    rounds[name].append(stream_round(url, args.shard_requests, pgid, size))
         finally:
-            for s in (ours, plain, nginx):
-                s.stop()
+            for s in (ours, plain, nginx, nginx_copy, baseline):
+                if s is not None:
+                    s.stop()
 
         for case in ({} if args.skip_tiles else cases):
             print(f"\nsingle tiles, {case} (requests/s, latency)")
@@ -294,15 +350,27 @@ def main() -> None:
 
         per_triplet = size / len(rows)
         loader = decode_rate(release, row)
+        mbps = {name: statistics.median(r[0] for r in rs) for name, rs in rounds.items()}
+        cpu = {name: statistics.median(r[1] for r in rs) for name, rs in rounds.items()}
+        ours_mbps, nginx_mbps = mbps["curate serve"], mbps["nginx"]
         served = ours_mbps * 1e6 / per_triplet
-        print(f"\nshards ({len(rows)} triplets, {size / 1e6:.1f} MB, best of {args.repeats})")
-        print(f"  curate serve {ours_mbps:8.1f} MB/s vs anchor nginx (same bytes, one file) {nginx_mbps:8.1f} MB/s: "
-              f"ratio {ours_mbps / nginx_mbps:.1%} (goal >= 50%)")
-        stream_us = 1e6 / ours_mbps  # wall microseconds per MB of the shard stream
+        print(f"\nshards ({len(rows)} triplets, {size / 1e6:.1f} MB; medians of {args.repeats} rounds of "
+              f"{args.shard_requests} GETs on one connection)")
+        for name in sides:
+            low, high = min(r[0] for r in rounds[name]), max(r[0] for r in rounds[name])
+            print(f"  {name:20s} {mbps[name]:8.1f} MB/s (rounds {low:.0f}-{high:.0f})  server CPU {cpu[name]:5.0f} us/MB")
+        print(f"  curate serve {ours_mbps:8.1f} MB/s vs anchor nginx (same bytes, one file, sendfile) {nginx_mbps:8.1f} MB/s: "
+              f"ratio {ours_mbps / nginx_mbps:.1%} (goal >= 70%); server CPU per MB: nginx's is "
+              f"{cpu['nginx'] / cpu['curate serve']:.1%} of ours")
+        for name in sides:
+            if name.startswith("baseline"):
+                print(f"  vs {name}: {ours_mbps / mbps[name]:.2f}x its MB/s, {cpu['curate serve'] / cpu[name]:.2f}x its "
+                      f"CPU per MB (its ratio to nginx {mbps[name] / nginx_mbps:.1%})")
+        stream_us = cpu["curate serve"]  # server CPU microseconds per MB of the shard stream
         cost = check_cost_us_per_mb(static.read_bytes())
         print(f"  integrity check of every read: xxh3 {cost['xxh3']:.0f} us/MB = {cost['xxh3'] / stream_us:.1%} of the "
-              f"stream's {stream_us:.0f} us/MB (a sha256 of every read would cost {cost['sha256']:.0f} us/MB = "
-              f"{cost['sha256'] / stream_us:.1%})")
+              f"server's {stream_us:.0f} CPU us/MB streamed (a sha256 of every read would cost {cost['sha256']:.0f} "
+              f"us/MB = {cost['sha256'] / stream_us:.1%})")
         print(f"  = {served:,.0f} triplets/s served vs {loader:,.0f} triplets/s one core decodes "
               f"({len(HIRES_NAMES) + 3} PNGs each): {served / loader:.1f}x (goal >= 5x)")
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,17 +50,20 @@ def _write(path: Path, data: bytes) -> str:
 
 
 def make_release(root: Path, name: str, nx: int = 4, ny: int = 3, z: int = Z, x0: int = X0, y0: int = Y0,
-                 seed: int = 0, finished: bool = True, heldout_every: int = 4) -> Release:
-    """Write an nx x ny block of triplets at zoom z; with `finished`, also its manifest."""
+                 seed: int = 0, finished: bool = True, heldout_every: int = 4,
+                 tile: Callable[[int], bytes] | None = None) -> Release:
+    """Write an nx x ny block of triplets at zoom z (tiles `tile(seed)`, default `tile_png`); with
+    `finished`, also its manifest."""
+    tile = tile or tile_png
     release = Release(Path(root), name)
     rows = []
     k = 0
     for x in range(x0, x0 + nx):
         for y in range(y0, y0 + ny):
             s = seed * 1_000_003 + k * 17
-            hashes = {layer: _write(release.tile_path(layer, z, x, y), tile_png(s + i)) for i, layer in enumerate(LAYERS)}
+            hashes = {layer: _write(release.tile_path(layer, z, x, y), tile(s + i)) for i, layer in enumerate(LAYERS)}
             hires = [
-                _write(release.tile_path("naip", z + 1, 2 * x + dx, 2 * y + dy), tile_png(s + 3 + j))
+                _write(release.tile_path("naip", z + 1, 2 * x + dx, 2 * y + dy), tile(s + 3 + j))
                 for j, (dx, dy) in enumerate(HIRES_CHILDREN)
             ]
             rows.append({

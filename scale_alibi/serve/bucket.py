@@ -143,6 +143,7 @@ class FetchingSource(TileSource):
     """A source whose tiles each cost a request: a batch's tiles are fetched concurrently."""
 
     batch_triplets = BATCH_TRIPLETS
+    batch_bytes = None  # a fixed count: the GETs in flight, whatever the tiles weigh
 
     def locate_many(self, tiles: list[tuple[str, int, int, int]]) -> list[TileSpan | None]:
         # Fetched spans hold nothing open: a failure leaves nothing to close.

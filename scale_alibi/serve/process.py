@@ -61,6 +61,9 @@ class ServerProcess:
         env = {**os.environ, **(self.env or {})}
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        # `python -m` puts the working directory first on sys.path (Python >= 3.11 leaves it out with
+        # this): a checkout the caller happens to stand in must not shadow the package at `root`.
+        env["PYTHONSAFEPATH"] = "1"
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)  # own group: kill() reaches every worker

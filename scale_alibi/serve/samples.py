@@ -22,6 +22,7 @@ from scale_alibi.serve.tilesource import TileSources, TileSpan, close_all
 # depend on the release's content alone: its ETag names the same bytes from any copy of the
 # release, on any disk or in a bucket.
 MEMBER_MTIME = 0
+_ZEROS = memoryview(tarstream.ZEROS)  # padding, sliced without a copy
 
 
 class MissingFile(ScaleAlibiError):
@@ -62,19 +63,19 @@ def pack_samples(
         view = np.empty(total + (len(tarstream.END) if end else 0), dtype=np.uint8).data
         off = 0
         for name, content, size, check in plan:
-            head = tarstream.header(name, size, MEMBER_MTIME)
-            view[off : off + len(head)] = head
-            off += len(head)
+            view[off : off + tarstream.BLOCK] = tarstream.header(name, size, MEMBER_MTIME)
+            off += tarstream.BLOCK
+            data = view[off : off + size]
             if isinstance(content, bytes):
-                view[off : off + size] = content
-            elif not content.read_into(view[off : off + size]):
+                data[:] = content
+            elif not content.read_into(data):
                 raise MissingFile(f"{index.name}: {name} is shorter than it was")
             if check is not None:  # a tile: its bytes as read must hash to the manifest's
                 digest, slot, st, what = check
-                ensure_intact(index, slot, digest, view[off : off + size], st, what)
+                ensure_intact(index, slot, digest, data, st, what)
             off += size
             pad = -size % tarstream.BLOCK
-            view[off : off + pad] = tarstream.ZEROS[:pad]
+            view[off : off + pad] = _ZEROS[:pad]
             off += pad
         if end:
             view[off:] = tarstream.END

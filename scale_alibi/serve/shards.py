@@ -3,7 +3,9 @@
 The rows of shard `index` are `scale_alibi.contract.release.shard_rows` over the manifest rows of one split
 (manifest order, i.e. sorted by z, x, y), so any client that knows (n, seed, epoch, shard_size)
 can split shards across ranks and workers without overlap, and resume mid-shard with `start`.
-Files are read in a worker thread, one batch ahead of the socket.
+Files are read in a worker thread, one batch ahead of the socket, in batches whose size the tile
+source sets (~4 MiB from a disk: scale_alibi.serve.tilesource.TileSource); each batch is one chunk,
+written without a copy (scale_alibi.serve.chunks).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from starlette.responses import Response
 
 from scale_alibi.serve import tarstream
 from scale_alibi.serve.catalog import ReleaseIndex
+from scale_alibi.serve.chunks import chunk_sender
 from scale_alibi.serve.errors import RETRY_AFTER, STORE_UNAVAILABLE
 from scale_alibi.serve.files import CACHE_IMMUTABLE, CORS, JSON, TAR, etag_matches
 from scale_alibi.serve.integrity import DamagedFile
 from scale_alibi.serve.samples import MissingFile, pack_samples
 from scale_alibi.serve.stores import StoreUnavailable
+from scale_alibi.serve.tilesource import TileSource, TileSources
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +42,18 @@ def shard_etag(index: ReleaseIndex, *params: object) -> bytes:
     return b'"' + hashlib.sha256(text.encode()).hexdigest()[:40].encode() + b'"'
 
 
-def build_batch(index: ReleaseIndex, sources, rows: list[int], metas: list[dict]) -> memoryview:
+def build_batch(index: ReleaseIndex, sources: TileSources, rows: list[int], metas: list[dict]) -> memoryview:
     """Tar bytes of the triplets at manifest rows `rows` with their manifest rows `metas` (in a worker thread)."""
     return pack_samples(index, sources, [(r, m, sample_key(m) + ".") for r, m in zip(rows, metas)], "json")
 
 
-def first_batch(index: ReleaseIndex, sources, rows: np.ndarray) -> tuple[list[dict], memoryview, int]:
-    """All manifest rows of the shard (one Arrow take), the tar bytes of its first batch, and the
-    triplets per batch: one from a disk (~1 MB: cache-sized copies beat fewer thread hops, measured),
-    more from a bucket, whose tiles of a batch are fetched concurrently."""
-    size = sources.of(index).batch_triplets  # here, in a thread: opening a bucket's source lists it
+def first_batch(index: ReleaseIndex, sources: TileSources, rows: np.ndarray) -> tuple[TileSource, list[dict], memoryview]:
+    """The release's tile source, all manifest rows of the shard (one Arrow take) and the tar bytes
+    of its first batch (`batch_triplets` of the source: see TileSource for the batch sizes)."""
+    source = sources.of(index)  # here, in a thread: opening a bucket's source lists it
     metas = index.rows(rows)
-    head = rows[:size].tolist()
-    return metas, build_batch(index, sources, head, metas[:size]) if head else memoryview(b""), size
+    head = rows[: source.batch_triplets].tolist()
+    return source, metas, build_batch(index, sources, head, metas[: len(head)]) if head else memoryview(b"")
 
 
 def _failure(exc: Exception) -> tuple[int, str]:
@@ -92,7 +95,7 @@ class ShardStream(Response):
         rows = self.rows.tolist()
         # The first batch is read before the status line, so a broken shard still gets a JSON 404 (500: damaged).
         try:
-            metas, first, batch = await loop.run_in_executor(None, first_batch, self.index, self.sources, self.rows)
+            source, metas, first = await loop.run_in_executor(None, first_batch, self.index, self.sources, self.rows)
         except (MissingFile, DamagedFile, StoreUnavailable) as exc:
             status, detail = _failure(exc)
             body = json.dumps({"detail": detail}).encode()
@@ -102,7 +105,6 @@ class ShardStream(Response):
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
-        batches = [(rows[i : i + batch], metas[i : i + batch]) for i in range(0, len(rows), batch)]
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
@@ -115,16 +117,24 @@ class ShardStream(Response):
             disconnected.set()
 
         watcher = asyncio.ensure_future(watch())
+        write = chunk_sender(scope, send)
         pending = None
+        count = min(source.batch_triplets, len(rows))  # triplets in `first`
+        done = sent = 0  # triplets and bytes sent so far
         try:
-            for i in range(len(batches)):
-                if i + 1 < len(batches):
-                    pending = loop.run_in_executor(None, build_batch, self.index, self.sources, *batches[i + 1])
+            while True:
+                start = done + count  # the next batch, read while this one is sent
+                if start < len(rows):
+                    n = source.next_batch_triplets(start, sent + len(first))
+                    pending = loop.run_in_executor(None, build_batch, self.index, self.sources,
+                                                   rows[start : start + n], metas[start : start + n])
                 if disconnected.is_set():
                     return
-                await send({"type": "http.response.body", "body": first, "more_body": True})
-                if pending is not None:
-                    first, pending = await pending, None
+                await write(first)
+                done, sent = start, sent + len(first)
+                if pending is None:
+                    break
+                first, pending, count = await pending, None, n
             await send({"type": "http.response.body", "body": tarstream.END})
         except Exception:
             # Headers are gone: the only honest signal left is a truncated chunked body.

@@ -21,17 +21,14 @@ def header(name: str, size: int, mtime: int) -> bytes:
     raw = name.encode("utf-8")
     if len(raw) > 100 or size >= 8**11 or not 0 <= mtime < 8**11:
         return _tarfile_header(name, size, mtime)
-    # Built by hand: tarfile's pure-Python tobuf costs ~40 us per member, this ~2 us. The checksum
+    # Built by hand: tarfile's pure-Python tobuf costs ~40 us per member, this ~1 us. The checksum
     # (the sum of all 512 bytes) is the template's sum plus the sums of the fields filled in: summing
-    # the whole block in Python was a third of the cost.
+    # the whole block in Python was a third of the cost. One concatenation of the template's pieces
+    # and the fields: copying the template and assigning slices of it cost twice as much.
     size_field = b"%011o\0" % size
     mtime_field = b"%011o\0" % mtime
-    h = bytearray(_TEMPLATE)
-    h[0 : len(raw)] = raw
-    h[124:136] = size_field
-    h[136:148] = mtime_field
-    h[148:155] = b"%06o\0" % (_TEMPLATE_SUM + sum(raw) + sum(size_field) + sum(mtime_field))
-    return bytes(h)
+    checksum = b"%06o\0" % (_TEMPLATE_SUM + sum(raw) + sum(size_field) + sum(mtime_field))
+    return b"".join((raw, _NAME_PAD[len(raw) :], _MODE_IDS, size_field, mtime_field, checksum, _REST))
 
 
 def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
@@ -57,6 +54,11 @@ def _blank_header() -> bytes:
 
 _TEMPLATE = _blank_header()
 _TEMPLATE_SUM = sum(_TEMPLATE)
+# The template's pieces around the fields a member fills in: name [0, 100), size and mtime
+# [124, 148), checksum [148, 155) (its eighth byte stays the template's space).
+_NAME_PAD = _TEMPLATE[0:100]
+_MODE_IDS = _TEMPLATE[100:124]
+_REST = _TEMPLATE[155:BLOCK]
 
 
 def padded(size: int) -> int:

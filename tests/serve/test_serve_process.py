@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -77,3 +78,16 @@ def test_cli_rejects_a_missing_data_dir(tmp_path):
     assert r.exit_code == 2
     assert "not a directory" in r.output
     assert "Traceback" not in r.output
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH is Python 3.11+")
+def test_the_server_runs_its_own_package_whatever_the_working_directory(tmp_path, monkeypatch):
+    # `python -m scale_alibi` puts the working directory first on sys.path: started from another
+    # checkout (an older commit, for a benchmark's before/after), the server ran that checkout's code.
+    decoy = tmp_path / "elsewhere" / "scale_alibi"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    (decoy / "__main__.py").write_text("raise SystemExit('the package in the working directory ran')\n")
+    monkeypatch.chdir(decoy.parent)
+    with ServerProcess(shared_data_dir().data) as server:
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200
