@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # connection refused/reset, timeouts, truncated bodies, 5xx: worth another try
 _RETRIABLE = (urllib3.exceptions.HTTPError, http.client.HTTPException, StreamBroken, OSError)
-PIECE_BYTES = 1 << 20  # the largest piece of a shard body read at once (the server sends ~1 MB chunks)
+PIECE_BYTES = 1 << 23  # the largest piece of a shard body read at once (the server sends batches of ~4 MiB)
 
 class ShardClient:
     """HTTP access to one server: release metadata and shard streams, with retries and backoff."""
