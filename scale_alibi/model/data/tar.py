@@ -5,7 +5,8 @@ inside one piece is sliced out of it (one copy); only members that straddle piec
 Reading through a file-like object instead copied every byte three to five times on its way from
 the socket to a member (a BufferedReader over the HTTP client's reads, the join of each read, the
 slice that drops the padding): 0.57 ms of client CPU a triplet against 0.30 with the server's
-1 MB chunks, ~10% more with its ~4 MiB batches (loader_bench.py's release, busy 2-core machine).
+1 MB chunks; with its ~4 MiB batches the older path cost ~10% more (loader_bench.py's release,
+busy 2-core machine).
 """
 
 from __future__ import annotations
