@@ -241,6 +241,16 @@ def test_5xx_and_truncated_streams_are_retried_from_the_right_sample(server, dis
     assert ds.client.reconnects == 2 and proxy.shard_requests == len(range(0, 32, 6)) + 2
 
 
+def test_shard_streams_read_from_chunks_keep_their_connection(server, disk_hashes):
+    """Shards parsed straight from the body's chunks end cleanly: every shard of the epoch comes over
+    one kept-alive connection, and every sample has its own pixels."""
+    ds = TripletStream(server.url, "loadertest", **CFG)
+    got = {(s["z"], s["x"], s["y"]): pixel_hash(s) for s in ds}  # in-process: one client, every shard
+    assert got == disk_hashes
+    pool = ds.client.pool.connection_from_url(server.url)
+    assert pool.num_requests == 1 + len(range(0, 32, 6)) and pool.num_connections == 1
+
+
 def test_unreachable_server_at_start_is_a_clear_error():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -306,6 +316,21 @@ def test_batch_layout_and_tags(server, release):
     assert torch.equal(batch["s1"][0], torch.from_numpy(s1[:, :, 1:3]).permute(2, 0, 1))
 
 
+def test_a_workers_batch_arrives_as_one_shared_buffer(server, disk_hashes):
+    """Every tensor of a batch is a view of one shared-memory buffer (one file descriptor to pass per
+    batch, not one per tensor), and each view holds its own values."""
+    loader = make_loader(TripletStream(server.url, "loadertest", **CFG), batch_size=4, num_workers=2)
+    for batch in loader:
+        tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+        assert len(tensors) == 10 and all(t.is_shared() for t in tensors)
+        assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1
+        keys = list(zip(batch["z"].tolist(), batch["x"].tolist(), batch["y"].tolist()))
+        assert [disk_hashes[k] for k in keys] == batch_hashes(batch)
+        sizes = [2 * np.pi * 6378137 * np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * (y + 0.5) / 2**z)))) / 2**z for z, _, y in keys]
+        assert batch["tile_size_m"].dtype == torch.float32 and np.allclose(batch["tile_size_m"].numpy(), sizes, rtol=1e-5)
+        assert batch["shard"].dtype == batch["offset"].dtype == torch.int64
+
+
 # ---------------------------------------------------------------------------- pure functions
 
 @pytest.mark.parametrize("n,shard_size,world_size,workers", [(32, 6, 2, 2), (7, 3, 3, 2), (50, 4, 2, 3), (5, 8, 2, 2)])
@@ -355,13 +380,22 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def test_tar_reader_groups_samples_and_detects_truncation():
-    import io
+def pieces(data: bytes, sizes: list[int]) -> list[bytes]:
+    """`data` cut into consecutive pieces of `sizes` (cycled), as a chunked HTTP body arrives."""
+    out, i, k = [], 0, 0
+    while i < len(data):
+        out.append(data[i : i + sizes[k % len(sizes)]])
+        i += sizes[k % len(sizes)]
+        k += 1
+    return out
 
+
+@pytest.mark.parametrize("sizes", [[1 << 20], [1], [511, 513, 7], [512], [700, 5000, 3]])
+def test_tar_reader_groups_samples_and_detects_truncation(sizes):
     long_key = "k" * 120  # forces a PAX long-name header
     data = _tar([("1_2_3.s1.png", b"a" * 700), ("1_2_3.json", b"{}"), (f"{long_key}.s2.png", b"b")])
-    samples = list(iter_samples(iter_tar(io.BytesIO(data).read)))
+    samples = list(iter_samples(iter_tar(pieces(data, sizes))))  # members inside and across pieces
     assert samples == [("1_2_3", {"s1": b"a" * 700, "json": b"{}"}), (long_key, {"s2": b"b"})]
-    for cut in (100, 512 + 300, 1536 + 10):
+    for cut in (100, 512 + 300, 1536 + 10, 1536 + 700):  # in a header, in a member, in its padding
         with pytest.raises(StreamBroken):
-            list(iter_tar(io.BytesIO(data[:cut]).read))
+            list(iter_tar(pieces(data[:cut], sizes)))

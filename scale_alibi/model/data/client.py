@@ -10,7 +10,6 @@ raises `scale_alibi.contract.errors.UserError` at once, naming the URL.
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # connection refused/reset, timeouts, truncated bodies, 5xx: worth another try
 _RETRIABLE = (urllib3.exceptions.HTTPError, http.client.HTTPException, StreamBroken, OSError)
+PIECE_BYTES = 1 << 23  # the largest piece of a shard body read at once (the server sends batches of ~4 MiB)
 
 class ShardClient:
     """HTTP access to one server: release metadata and shard streams, with retries and backoff."""
@@ -100,8 +100,8 @@ class ShardClient:
             resp = None
             try:
                 resp = self._request(path, {**params, "start": offset}, stream=True)
-                reader = io.BufferedReader(resp, buffer_size=1 << 20)  # few, large socket reads
-                for key, members in iter_samples(iter_tar(reader.read)):
+                # the body as the server's chunks (at most PIECE_BYTES each), members sliced out of them
+                for key, members in iter_samples(iter_tar(resp.stream(PIECE_BYTES))):
                     missing = [m for m in TRIPLET_MEMBERS if m not in members]
                     if missing:
                         # the last sample of a cut stream may be partial; anything else is a server bug

@@ -6,8 +6,8 @@ thread pickles the batch; when the allocation fails there, the thread prints a t
 the batch, the worker carries on, and the main process waits for a batch that never comes or ends
 the epoch without it: a hang or a silent loss. So:
 
-* `shared_stack` and `into_shared_memory` place a batch in shared memory inside the worker's own
-  thread (as `torch.utils.data.default_collate` does for its stacks), where a full ``/dev/shm`` is an
+* `shared_buffer` places a batch in shared memory inside the worker's own thread (as
+  `torch.utils.data.default_collate` does for its stacks), where a full ``/dev/shm`` is an
   exception the DataLoader hands to the main process, instead of the feeder thread's dropped batch;
 * `Delivery` wraps a DataLoader iterator: that exception, or a worker that died (killed by the
   out-of-memory killer, a signal), becomes `BatchNotDelivered`, one line that says what to do; and
@@ -74,30 +74,18 @@ def shm_summary(path: str = SHM_DIR) -> str:
     return f"{path} is {st.f_blocks * st.f_frsize / 2**20:.0f} MiB"
 
 
-def _shared(t: torch.Tensor) -> torch.Tensor:
+def shared_buffer(nbytes: int) -> torch.Tensor:
+    """`nbytes` uninitialised bytes (uint8) for one batch; inside a DataLoader worker, allocated
+    straight in shared memory (SharedMemoryFull if it is full), not copied there afterwards."""
+    if get_worker_info() is None:
+        return torch.empty(nbytes, dtype=torch.uint8)
     try:
-        return t.share_memory_()
+        storage = torch.UntypedStorage._new_shared(nbytes)  # what default_collate allocates its stacks with
     except RuntimeError as e:  # torch: "unable to allocate shared memory(shm) ...: No space left on device (28)"
         if "No space left" in str(e) or "shared memory" in str(e):
-            raise SharedMemoryFull(f"{t.numel() * t.element_size()} bytes: {e}") from None
+            raise SharedMemoryFull(f"{nbytes} bytes: {e}") from None
         raise
-
-
-def shared_stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """torch.stack; inside a DataLoader worker, straight into shared memory (SharedMemoryFull if full)."""
-    if get_worker_info() is None:
-        return torch.stack(list(tensors))
-    out = _shared(torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype))
-    return torch.stack(list(tensors), out=out)
-
-
-def into_shared_memory(batch: dict[str, Any]) -> dict[str, Any]:
-    """Inside a DataLoader worker, move every tensor of `batch` into shared memory (in place)."""
-    if get_worker_info() is not None:
-        for k, v in batch.items():
-            if isinstance(v, torch.Tensor) and not v.is_shared():
-                batch[k] = _shared(v)
-    return batch
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
 
 
 def as_not_delivered(exc: BaseException) -> BatchNotDelivered | None:

@@ -1,25 +1,71 @@
-"""Parsing a shard's WebDataset tar stream into samples, raising `StreamBroken` when it is cut short."""
+"""Parsing a shard's WebDataset tar stream into samples, raising `StreamBroken` when it is cut short.
+
+The stream arrives as pieces of bytes (HTTP chunks of a few megabytes). A member that lies
+inside one piece is sliced out of it (one copy); only members that straddle pieces are joined.
+Reading through a file-like object instead copied every byte three to five times on its way from
+the socket to a member (a BufferedReader over the HTTP client's reads, the join of each read, the
+slice that drops the padding): 0.57 ms of client CPU a triplet against 0.30 with the server's
+1 MB chunks; with its ~4 MiB batches the older path cost ~10% more (loader_bench.py's release,
+busy 2-core machine).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 
 from scale_alibi.contract.errors import ScaleAlibiError
+
+BLOCK = 512
+_END_BLOCK = bytes(BLOCK)  # two of them end an archive
 
 
 class StreamBroken(ScaleAlibiError):
     """The shard stream ended or failed before all its samples arrived (retriable)."""
 
 
-def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
-    chunks = []
-    while n > 0:
-        chunk = read(n)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
+class _Cursor:
+    """Exact-length reads over an iterator of byte pieces, copying as little as it can."""
+
+    def __init__(self, pieces: Iterable[bytes]):
+        self.pieces = iter(pieces)
+        self.piece = b""
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        """The next `n` bytes (fewer only where the stream ends)."""
+        end = self.pos + n
+        if end <= len(self.piece):
+            out = self.piece[self.pos:end]  # the whole piece itself when it is exactly one member
+            self.pos = end
+            return out
+        parts = [self.piece[self.pos:]]
+        have = len(parts[0])
+        self.piece, self.pos = b"", 0
+        for piece in self.pieces:
+            need = n - have
+            if len(piece) >= need:
+                parts.append(piece[:need])
+                self.piece, self.pos = piece, need
+                have = n
+                break
+            parts.append(piece)
+            have += len(piece)
+        return b"".join(parts)
+
+    def skip(self, n: int) -> int:
+        """Drop the next `n` bytes (a member's padding) without copying; how many were there."""
+        skipped = 0
+        while skipped < n:
+            step = min(n - skipped, len(self.piece) - self.pos)
+            if step == 0:
+                piece = next(self.pieces, None)
+                if piece is None:
+                    break
+                self.piece, self.pos = piece, 0
+                continue
+            self.pos += step
+            skipped += step
+        return skipped
 
 
 def _octal(field: bytes) -> int:
@@ -42,14 +88,16 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
-def iter_tar(read: Callable[[int], bytes]) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular file in a tar stream; StreamBroken when it is cut short."""
+def iter_tar(pieces: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each regular file in a tar stream given as consecutive pieces of bytes
+    (of any sizes); StreamBroken when it is cut short."""
+    cursor = _Cursor(pieces)
     long_name: str | None = None
     while True:
-        header = _read_exact(read, 512)
-        if len(header) < 512:
+        header = cursor.take(BLOCK)
+        if len(header) < BLOCK:
             raise StreamBroken("tar stream ended inside a header")
-        if header == b"\0" * 512:
+        if header == _END_BLOCK:
             return  # end-of-archive marker: a complete stream
         name = header[0:100].split(b"\0", 1)[0].decode()
         prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
@@ -57,10 +105,9 @@ def iter_tar(read: Callable[[int], bytes]) -> Iterator[tuple[str, bytes]]:
             name = f"{prefix}/{name}"
         size = _octal(header[124:136])
         kind = header[156:157]
-        data = _read_exact(read, size + (-size % 512))
-        if len(data) < size + (-size % 512):
+        data = cursor.take(size)
+        if len(data) < size or cursor.skip(-size % BLOCK) < -size % BLOCK:
             raise StreamBroken(f"tar stream ended inside member {name!r}")
-        data = data[:size]
         if kind in (b"x", b"g"):
             if kind == b"x":
                 long_name = _pax_path(data)
