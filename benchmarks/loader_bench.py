@@ -1,6 +1,6 @@
 """Loader throughput: triplets/s as tensors streamed from `curate serve` vs read + decoded from local disk.
 
-    python benchmarks/loader_bench.py [--data OUT --release NAME] [--triplets 240] [--workers 2]
+    python benchmarks/loader_bench.py [--data OUT --release NAME] [--triplets 256] [--workers 2]
 
 Both sides use the same DataLoader (same workers, batch size, collate and PNG decoder); the
 anchor reads each triplet's seven PNGs straight from the release directory, the project streams
@@ -112,7 +112,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="existing data root (default: write a synthetic release)")
     ap.add_argument("--release", default="bench")
-    ap.add_argument("--triplets", type=int, default=240)
+    ap.add_argument("--triplets", type=int, default=256)  # 8 shards of 32: as many for each of 2 workers
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--shard-size", type=int, default=32)
