@@ -172,6 +172,12 @@ class ReleaseIndex:
         """The checksum of the bytes of file `slot` that last matched the manifest's sha256 (0: none yet)."""
         return 0 if self._verified is None else int(self._verified[slot])
 
+    def verified_checksums(self, row: int) -> list[int]:
+        """`verified_checksum` of each file of manifest row `row`, in TRIPLET_MEMBERS order."""
+        if self._verified is None:
+            return [0] * MEMBERS
+        return self._verified[row * MEMBERS : (row + 1) * MEMBERS].tolist()
+
     def remember_verified(self, slot: int, checksum: int) -> None:
         """Record that bytes with `checksum` (non-zero) in file `slot` matched the manifest's sha256."""
         if self._verified is None:

@@ -161,7 +161,9 @@ class SafeReader:
 
     def open_fd(self, path: str) -> tuple[int, os.stat_result] | None:
         """(fd, stat) of regular file `path` opened for reading, or None when missing or outside the root."""
-        if not self._dir_inside(os.path.dirname(path)):
+        # The directory as the text before the last "/" (os.path.dirname's generality cost a
+        # shard stream ~1 us a file); a path directly under "/" goes through dirname.
+        if not self._dir_inside(path.rpartition("/")[0] or os.path.dirname(path)):
             return None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

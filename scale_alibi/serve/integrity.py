@@ -19,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import xxhash
 
 from scale_alibi.contract.errors import ScaleAlibiError
-from scale_alibi.serve.catalog import ReleaseIndex
+from scale_alibi.serve.catalog import MEMBERS, ReleaseIndex
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,30 @@ def ensure_intact(index: ReleaseIndex, slot: int, digest: str, data, st: os.stat
         quick = checksum(data)
         if quick == index.verified_checksum(slot):
             return
+    _ensure_sha256(index, slot, digest, data, quick, what)
+
+
+def ensure_row_intact(
+    index: ReleaseIndex, row: int, digests: list[str], files: Sequence[tuple[Any, os.stat_result | None]],
+    what: Callable[[int], str],
+) -> None:
+    """`ensure_intact` of the files of manifest row `row` just read, (bytes, stat) each in
+    TRIPLET_MEMBERS order, whose sha256 the manifest records as `digests`; `what(i)` names file i
+    (built only for a file that needs its sha256 checked). The row's verdicts are looked up at once."""
+    known = index.verified_checksums(row)
+    slot = row * MEMBERS
+    for i, (data, st) in enumerate(files):
+        quick = 0
+        if st is not None:
+            quick = checksum(data)
+            if quick == known[i]:
+                continue
+        _ensure_sha256(index, slot + i, digests[i], data, quick, what(i))
+
+
+def _ensure_sha256(index: ReleaseIndex, slot: int, digest: str, data, quick: int, what: str) -> None:
+    """Raise DamagedFile unless `data` hashes to `digest`; then remember its fast checksum `quick`
+    (0: fetched from a bucket, checked at every fetch)."""
     if hashlib.sha256(data).hexdigest() != digest:
         log.error("release %s: %s is damaged (sha256 differs from the manifest); not served", index.name, what)
         raise DamagedFile(damaged_message(index.name, what))
