@@ -17,6 +17,7 @@ from PIL import Image
 from scale_alibi.cli.main import main as cli
 from scale_alibi.contract.reader import StoredRelease
 from scale_alibi.contract.release import Release
+from scale_alibi.contract.storage import remote_filesystem
 from scale_alibi.devworld import DEFAULT_WORLD
 from scale_alibi.devworld.field import CLASSES, COLOURS, S2_GAIN, S2_OFFSET, Truth
 from scale_alibi.devworld.landcover import class_fractions, tile_label
@@ -159,9 +160,12 @@ def test_trained_tiny_beats_its_untrained_self_on_world_landcover_knn(trained, s
 
 
 def test_eval_command_writes_table_csv_confusion_and_scatter(trained, served, geobench_root,
-                                                             built_release, tmp_path):
+                                                             built_release, s3_bucket, tmp_path):
+    # The world's release is read from a bucket (moto), as `--world-release s3://...` is documented.
     root, _ = geobench_root
     data_root, name = built_release
+    fs, bucket_root = remote_filesystem(f"{s3_bucket}/releases")
+    fs.put(str(Path(data_root) / name), f"{bucket_root}/{name}", recursive=True)
     _, _, stats = served
     stats_file = tmp_path / "stats.json"
     stats_file.write_text(json.dumps({"modalities": stats}))
@@ -169,13 +173,16 @@ def test_eval_command_writes_table_csv_confusion_and_scatter(trained, served, ge
     tasks = ["m-eurosat", "m-forestnet", "m-pv4ger", "world-landcover"]
     result = CliRunner().invoke(cli, [
         "eval", "--checkpoint", str(trained["run_dir"]), "--tasks", ",".join(tasks),
-        "--geobench-dir", str(root), "--world-release", str(Path(data_root) / name),
+        "--geobench-dir", str(root), "--world-release", f"{s3_bucket}/releases/{name}",
         "--stats", str(stats_file), "--mlp-epochs", "10", "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "results.csv")))
     cells = {(r["task"], r["method"], r["encoder"]) for r in rows}
     assert cells == {(t, m, e) for t in tasks for m in METHODS for e in ("SA-high", "SA-low")}
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    # Oracle: the held-out rows of the manifest on disk are the world task's test split.
+    heldout = Release(Path(data_root), name).read_manifest().column("split").to_pylist().count("heldout")
+    assert {int(r["n_test"]) for r in rows if r["task"] == "world-landcover"} == {heldout}
     table = (out / "table.md").read_text()
     assert "| method | task | SA-high | SA-low |" in table and "m-forestnet" in table
     assert "TCI" in table and "percentile" in table  # the band rule of every task is stated
