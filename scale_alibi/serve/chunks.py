@@ -5,8 +5,11 @@ the whole body per chunk, a megabyte per shard batch (`perf record` of the shard
 3-4% of the stream's CPU in that memmove). A `ChunkWriter` writes the same three pieces with one
 `writelines` (one writev; uvloop keeps references to the buffers it could not send yet, no copy),
 after the same flow-control wait and disconnect check as uvicorn's `send`. The server's protocol
-(scale_alibi.serve.protocol) puts one in each request's ASGI scope under `CHUNK_WRITER`; a response
-that finds none (another server, a test client) sends its chunks through `send` as usual.
+(scale_alibi.serve.protocol) puts one in the ASGI scope of each request for a shard (the paths under
+`CHUNKED_PATHS`), under `CHUNK_WRITER`; a response that finds none (another server, a test client,
+a path in another form) sends its chunks through `send` as usual. Only shard requests get one: a
+writer and an `extensions` dict in every request's scope cost the 760 B tile benchmark ~12 % of its
+requests/s (`python benchmarks/serve_bench.py --seconds 4`, with and without, alternated).
 
 The bytes on the wire are the same either way: `<hex size>\\r\\n<body>\\r\\n` per chunk.
 """
@@ -19,6 +22,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 CHUNK_WRITER = "scale_alibi.chunk_writer"  # key in scope["extensions"]
+CHUNKED_PATHS = b"/shards/"  # request targets whose responses are chunked streams (the shard route)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 

@@ -24,7 +24,7 @@ from typing import cast
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from scale_alibi.contract.errors import ScaleAlibiError
-from scale_alibi.serve.chunks import CHUNK_WRITER, ChunkWriter
+from scale_alibi.serve.chunks import CHUNK_WRITER, CHUNKED_PATHS, ChunkWriter
 from scale_alibi.serve.coalesce import CoalescingTransport
 from scale_alibi.serve.runner import (
     DEFAULT_HEADER_TIMEOUT,
@@ -109,7 +109,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadRefused
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:  # a request to answer (not an upgrade)
+        # a request to answer (not an upgrade) whose response streams chunks
+        if cycle is not None and cycle.scope is self.scope and self.url.startswith(CHUNKED_PATHS):
             # Speed: chunked bodies (shards) go to the socket without uvicorn's copy (scale_alibi.serve.chunks).
             self.scope.setdefault("extensions", {})[CHUNK_WRITER] = ChunkWriter(cycle)
 
