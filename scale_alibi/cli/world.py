@@ -73,6 +73,9 @@ def serve_cmd(world_dir: Path, host: str, stac_port: int, files_port: int, adver
         click.echo(f"tokens:      {w.files.token_url}  (PC_SDK_SAS_URL for the default --signer)")
         click.echo(f"bbox:        {','.join(f'{v:.5f}' for v in w.bbox)}")
         click.echo("Ctrl-C to stop.", err=True)
+        # Ctrl-C stops it even where SIGINT came ignored from the parent (a shell's background job,
+        # some CI runners): Python keeps an inherited SIG_IGN, and the servers would then outlive it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
             while w.proc.poll() is None and w.files.proc.poll() is None:

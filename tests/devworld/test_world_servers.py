@@ -159,7 +159,10 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, args):
 
 
 def test_cli_serve_prints_urls_and_stops_on_ctrl_c(world_dir):
-    p = subprocess.Popen(CURATE + ["world", "serve", str(world_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Started with SIGINT ignored, as a shell's background job or some CI runners start it: Ctrl-C
+    # must still stop it (Python keeps an inherited SIG_IGN unless the command installs its handler).
+    p = subprocess.Popen(CURATE + ["world", "serve", str(world_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         stac = p.stdout.readline().split()[-1]
         files = p.stdout.readline().split()[-1]
