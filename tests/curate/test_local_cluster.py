@@ -175,3 +175,47 @@ def test_the_workers_of_each_build_cluster_see_the_environment_as_it_is_when_it_
     first, second = ([set(values.values()) for values in names] for names in seen)
     assert first == [{None}, {"set at first"}]
     assert second == [{"set later"}, {None}]
+
+
+ALLOCATIONS, ARRAY_MIB = 50, 8
+PAGES_PER_ARRAY = ARRAY_MIB * 2**20 // 4096
+
+
+def _faults_of_allocations() -> int:
+    """Minor page faults of this process while it allocates, fills and frees ALLOCATIONS arrays in turn."""
+    import resource
+
+    import numpy as np
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(ALLOCATIONS):
+        a = np.ones(ARRAY_MIB << 20, dtype=np.uint8)
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_a_build_worker_reuses_freed_memory(monkeypatch):
+    """A build worker allocating arrays in turn reuses the memory it freed, as a plain process does:
+    its page faults stay far below one fault per page of every array (the hand count,
+    ALLOCATIONS x PAGES_PER_ARRAY), where a worker of Dask's default cluster (MALLOC_TRIM_THRESHOLD_
+    set, glibc's mmap threshold pinned) maps each array anew."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # an earlier Dask cluster sets it in os.environ
+    fresh_every_time = ALLOCATIONS * PAGES_PER_ARRAY
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+        default = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+    faults = {}
+    for name, cluster in (("defaults", default), ("build", None)):
+        monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+        cluster = cluster or start_local_cluster("local", 1)
+        try:
+            with Client(cluster) as client:
+                faults[name] = client.submit(_faults_of_allocations, pure=False).result()
+        finally:
+            cluster.close()
+    print(f"page faults for {ALLOCATIONS} arrays of {ARRAY_MIB} MiB: {faults} (one per page: {fresh_every_time})")
+    assert faults["defaults"] > fresh_every_time / 20, faults  # the oracle's cluster maps every array anew
+    assert faults["build"] < fresh_every_time / 50, faults
