@@ -60,6 +60,12 @@ def valid_pixels(layer: str, data: np.ndarray, nodata: float | None) -> np.ndarr
     return ~bad
 
 
+_SCL_USABLE = np.ones(256, bool)
+_SCL_USABLE[list(SCL_INVALID)] = False
+
+
 def scl_usable(scl: np.ndarray) -> np.ndarray:
     """True where an S2 scene classification is usable ground (not in SCL_INVALID)."""
+    if scl.dtype == np.uint8:  # a table look-up: np.isin would build an int64 copy of the scene first
+        return _SCL_USABLE[scl]
     return ~np.isin(scl, SCL_INVALID)

@@ -28,7 +28,10 @@ from scale_alibi.contract.tiles import ORIGIN_M as ORIGIN
 from scale_alibi.curate.reader import Source, transformer_from_3857
 
 TILE = 256
-NODE_STEP = 32  # output pixels between exactly transformed nodes
+NODE_STEP = 32  # output pixels between exactly transformed nodes (a power of two: see SourceMaps)
+# Largest float32 map of one remapped strip: under glibc's largest mmap threshold (32 MiB), above which
+# every allocation is a fresh mapping, faulted in and zeroed page by page.
+MAX_STRIP_BYTES = 8 << 20
 OPENCV_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64))
 
 
@@ -87,40 +90,70 @@ def choose_resampling(src_ground_res: float, dst_ground_res: float) -> str:
     return "average" if dst_ground_res > src_ground_res * 1.001 else "bilinear"
 
 
-def source_maps(t: Affine, shape: tuple[int, int], src_crs, src_transform: Affine, step: int = NODE_STEP
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """For every centre of an EPSG:3857 output grid (transform `t`, `shape`): the source array
-    coordinates (col, row; pixel i's centre is i).
+@dataclass(frozen=True)
+class SourceMaps:
+    """Where the centres of an EPSG:3857 output window (transform `t`, `shape`) fall in a source array
+    (col, row; pixel i's centre is i), fitted once per window and cut into maps strip by strip.
 
     The exact transform (PROJ) is evaluated on nodes every `step` output pixels and interpolated
     linearly in between (like GDAL's approximate transformer; over one node cell the mapping is
-    affine to < 1e-3 px at the zooms this project builds). The interpolation is cv2.resize of the
-    node grid onto a frame one node wider on each side, so no output pixel is extrapolated."""
-    h, w = shape
-    assert h % step == 0 and w % step == 0
-    nr, nc = h // step + 2, w // step + 2
-    # Node k sits where cv2.resize puts source sample k: output index (k + 0.5) * step - 0.5,
-    # in a frame shifted by one node (step pixels) up and left.
-    rpos = (np.arange(nr) + 0.5) * step - 0.5 - step
-    cpos = (np.arange(nc) + 0.5) * step - 0.5 - step
-    X, Y = np.meshgrid(t.c + (cpos + 0.5) * t.a, t.f + (rpos + 0.5) * t.e)
-    sx, sy = transformer_from_3857(CRS.from_user_input(src_crs).to_wkt()).transform(X, Y)
-    inv = ~src_transform
-    out = []
-    rr, cc = np.meshgrid(rpos, cpos, indexing="ij")
-    design = np.stack([np.ones(rr.size), rr.ravel(), cc.ravel()], 1)
-    for k in range(2):
-        coord = (inv.a * sx + inv.b * sy + inv.c - 0.5) if k == 0 else (inv.d * sx + inv.e * sy + inv.f - 0.5)
-        # Interpolate only what an affine fit leaves (small numbers: float32 and cv2's fixed-point
-        # weights stay far below 1e-3 px); the affine part is added exactly.
-        coef, *_ = np.linalg.lstsq(design, coord.ravel(), rcond=None)
-        resid = (coord - (design @ coef).reshape(coord.shape)).astype(np.float32)
-        framed = cv2.resize(resid, (w + 2 * step, h + 2 * step), interpolation=cv2.INTER_LINEAR)
-        # The sum is a new contiguous array (cv2.remap needs one): no separate copy of the slice.
-        full = framed[step:step + h, step:step + w] + (coef[0] + coef[1] * np.arange(h)).astype(np.float32)[:, None]
-        full += (coef[2] * np.arange(w)).astype(np.float32)[None, :]
-        out.append(full)
-    return out[0], out[1]
+    affine to < 1e-3 px at the zooms this project builds). Only what an affine fit of the nodes
+    leaves is interpolated (small numbers: float32 and cv2's fixed-point weights stay far below
+    1e-3 px); the affine part is added exactly. The interpolation is cv2.resize of the node grid onto
+    a frame one node wider on each side, so no output pixel is extrapolated; with `step` a power
+    of two, the maps of rows r0:r1 are bit for bit those rows of the whole window's maps."""
+
+    shape: tuple[int, int]
+    step: int
+    resid: tuple[np.ndarray, np.ndarray]  # float32 residuals at the nodes, (rows + 2, cols + 2), for col and row
+    coef: tuple[np.ndarray, np.ndarray]  # the affine fits: value = c0 + c1 * row + c2 * col
+
+    @classmethod
+    def fit(cls, t: Affine, shape: tuple[int, int], src_crs, src_transform: Affine, step: int = NODE_STEP) -> SourceMaps:
+        h, w = shape
+        assert h % step == 0 and w % step == 0
+        nr, nc = h // step + 2, w // step + 2
+        # Node k sits where cv2.resize puts source sample k: output index (k + 0.5) * step - 0.5,
+        # in a frame shifted by one node (step pixels) up and left.
+        rpos = (np.arange(nr) + 0.5) * step - 0.5 - step
+        cpos = (np.arange(nc) + 0.5) * step - 0.5 - step
+        X, Y = np.meshgrid(t.c + (cpos + 0.5) * t.a, t.f + (rpos + 0.5) * t.e)
+        sx, sy = transformer_from_3857(CRS.from_user_input(src_crs).to_wkt()).transform(X, Y)
+        inv = ~src_transform
+        rr, cc = np.meshgrid(rpos, cpos, indexing="ij")
+        design = np.stack([np.ones(rr.size), rr.ravel(), cc.ravel()], 1)
+        resid, coefs = [], []
+        for coord in (inv.a * sx + inv.b * sy + inv.c - 0.5, inv.d * sx + inv.e * sy + inv.f - 0.5):
+            coef, *_ = np.linalg.lstsq(design, coord.ravel(), rcond=None)
+            resid.append((coord - (design @ coef).reshape(coord.shape)).astype(np.float32))
+            coefs.append(coef)
+        return cls(shape, step, (resid[0], resid[1]), (coefs[0], coefs[1]))
+
+    def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (col, row) maps of window rows r0:r1 (multiples of `step`, or r1 the last row), float32."""
+        h, w = self.shape
+        s = self.step
+        k0, k1 = r0 // s, -(-r1 // s)
+        out = []
+        for resid, coef in zip(self.resid, self.coef):
+            framed = cv2.resize(resid[k0:k1 + 2], (w + 2 * s, (k1 - k0) * s + 2 * s), interpolation=cv2.INTER_LINEAR)
+            # The sum is a new contiguous array (cv2.remap needs one): no separate copy of the slice.
+            full = framed[s:s + r1 - r0, s:s + w] + (coef[0] + coef[1] * np.arange(r0, r1)).astype(np.float32)[:, None]
+            full += (coef[2] * np.arange(w)).astype(np.float32)[None, :]
+            out.append(full)
+        return out[0], out[1]
+
+    def strips(self) -> list[tuple[int, int]]:
+        """The window's rows as (r0, r1) strips of whole node cells, each of at most MAX_STRIP_BYTES per map."""
+        h, w = self.shape
+        rows = max(self.step, MAX_STRIP_BYTES // (4 * w) // self.step * self.step)
+        return [(r, min(h, r + rows)) for r in range(0, h, rows)]
+
+
+def source_maps(t: Affine, shape: tuple[int, int], src_crs, src_transform: Affine, step: int = NODE_STEP
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The (col, row) source coordinates of every centre of the output window (see SourceMaps), whole."""
+    return SourceMaps.fit(t, shape, src_crs, src_transform, step).rows(0, shape[0])
 
 
 def _area_prefilter(src: Source, factor: float) -> tuple[np.ndarray, np.ndarray, Affine]:
@@ -175,28 +208,29 @@ def warp(sources: list[Source], grid: Grid, dtype, nodata: float, resampling: st
         if img.dtype.kind == "f":
             img = np.where(np.isfinite(img) & (img != (src.nodata if src.nodata is not None else np.nan)), img, 0)
             img = img.astype(np.float32, copy=False)
-        # Only the part of the grid this source can reach is remapped (a NAIP quarter-quad
-        # covers a fraction of a metatile).
-        sub = grid.transform @ Affine.translation(c0, r0)
-        mx, my = source_maps(sub, (r1 - r0, c1 - c0), src.crs, transform)
-        interp = cv2.INTER_NEAREST if rs == "nearest" else cv2.INTER_LINEAR
-        data = cv2.remap(np.ascontiguousarray(img), mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        if img.dtype.kind == "f":
             # cv2 weighs float pixels exactly but uint8 ones on a 1/32 px lattice: a uint8 mask would
             # call a float pixel valid that still takes up to 1/64 of a nodata neighbour.
-            m = cv2.remap(mask.astype(np.float32) / 255, mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            got = m >= 1 - 1e-5
-        else:
+            mask = mask.astype(np.float32) / 255
+        img = np.ascontiguousarray(img)  # cv2.remap needs one
+        interp = cv2.INTER_NEAREST if rs == "nearest" else cv2.INTER_LINEAR
+        # Only the part of the grid this source can reach is remapped (a NAIP quarter-quad covers a
+        # fraction of a metatile), in strips of rows: every array of a strip (maps, remapped pixels and
+        # mask) stays under MAX_STRIP_BYTES, so the allocator reuses the memory of the strip before
+        # instead of mapping fresh pages (which the kernel zeroes) for each; the pixels are the same.
+        maps = SourceMaps.fit(grid.transform @ Affine.translation(c0, r0), (r1 - r0, c1 - c0), src.crs, transform)
+        for s0, s1 in maps.strips():
+            mx, my = maps.rows(s0, s1)
+            data = cv2.remap(img, mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             m = cv2.remap(mask, mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            got = m == 255
-        if data.ndim == 2:
-            data = data[..., None]
-        if out is None:
-            out = np.full((h, w, bands), nodata, dtype=data.dtype)
-        region, vreg = out[r0:r1, c0:c1], valid[r0:r1, c0:c1]
-        fill = got & ~vreg
-        fill_where(region, data, fill)
-        vreg |= fill
+            got = m >= 1 - 1e-5 if m.dtype.kind == "f" else m == 255
+            if data.ndim == 2:
+                data = data[..., None]
+            if out is None:
+                out = np.full((h, w, bands), nodata, dtype=data.dtype)
+            region, vreg = out[r0 + s0:r0 + s1, c0:c1], valid[r0 + s0:r0 + s1, c0:c1]
+            fill = got & ~vreg
+            fill_where(region, data, fill)
+            vreg |= fill
         if valid.all():
             break
     if out is None:

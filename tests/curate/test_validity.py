@@ -40,6 +40,9 @@ def test_scl_no_data_and_defective_join_the_cloud_classes():
     usable = scl_usable(scl)
     assert [int(c) for c in scl[~usable]] == [0, 1, 3, 8, 9, 10] == list(SCL_INVALID)
     assert [int(c) for c in scl[usable]] == [2, 4, 5, 6, 7, 11]  # dark, vegetation, bare, water, unclassified, snow
+    every_byte = np.arange(256, dtype=np.uint8).reshape(16, 16)  # a 2-D scene, every value a byte can hold
+    assert np.flatnonzero(~scl_usable(every_byte)).tolist() == list(SCL_INVALID)
+    assert np.flatnonzero(~scl_usable(every_byte.astype(np.int16))).tolist() == list(SCL_INVALID)
 
 
 def test_an_unknown_layer_has_no_rule():

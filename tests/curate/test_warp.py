@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import mercantile
 import numpy as np
 import pytest
 from affine import Affine
 from pyproj import Transformer
 
+from scale_alibi.curate import warp as warp_module
 from scale_alibi.curate.reader import Source
-from scale_alibi.curate.warp import Grid, block_grid, box_down2, choose_resampling, fill_where, source_maps, warp
+from scale_alibi.curate.warp import (
+    Grid,
+    SourceMaps,
+    block_grid,
+    box_down2,
+    choose_resampling,
+    fill_where,
+    source_maps,
+    warp,
+)
 
 UTM = "EPSG:32615"  # Kansas is in UTM zone 15N
 TO_UTM = Transformer.from_crs("EPSG:3857", UTM, always_xy=True)
@@ -194,6 +205,53 @@ def test_the_first_source_wins_and_the_second_fills_only_its_gaps():
     east, west = col > cols_needed // 2 + 0.1, col < cols_needed // 2 - 1.1
     assert np.abs(data[..., 0][east] - ramp(x, y, src_t)[east]).max() < RAMP_TOL
     assert (data[..., 0][west] == 1000.0).all()
+
+
+def whole_window_maps(maps: SourceMaps) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle: the maps of the whole window from one resize of its whole node grid (how they were
+    computed before strips), from the same fitted nodes."""
+    h, w = maps.shape
+    s = maps.step
+    out = []
+    for resid, coef in zip(maps.resid, maps.coef):
+        framed = cv2.resize(resid, (w + 2 * s, h + 2 * s), interpolation=cv2.INTER_LINEAR)
+        full = framed[s:s + h, s:s + w] + (coef[0] + coef[1] * np.arange(h)).astype(np.float32)[:, None]
+        out.append(full + (coef[2] * np.arange(w)).astype(np.float32)[None, :])
+    return out[0], out[1]
+
+
+def test_the_maps_of_a_strip_are_bit_for_bit_those_rows_of_the_whole_windows_maps():
+    grid = Grid(17, *mercantile.tile(-97.0, 38.0, 17)[:2], 4, 4)
+    maps = SourceMaps.fit(grid.transform, grid.shape, UTM, utm_frame(grid, margin_px=5))
+    whole_x, whole_y = whole_window_maps(maps)
+    for r0, r1 in ((0, 32), (64, 320), (992, 1024), (0, 1024)):
+        mx, my = maps.rows(r0, r1)
+        assert mx.shape == my.shape == (r1 - r0, 1024)
+        np.testing.assert_array_equal(mx, whole_x[r0:r1])
+        np.testing.assert_array_equal(my, whole_y[r0:r1])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_a_warp_in_strips_writes_the_pixels_and_mask_of_a_warp_in_one_piece(monkeypatch, dtype):
+    """Strips bound the size of each remapped array; the result is the same, bit for bit, as
+    remapping the whole window at once (one strip), data and valid mask."""
+    grid = Grid(Z, TX, TY, 4, 4)
+    src_t = utm_frame(grid, margin_px=10)
+    rows_needed = int(np.ceil((src_t.f - TO_UTM.transform_bounds(*grid.bounds)[1]) / SRC_RES)) + 10
+    cols_needed = int(np.ceil((TO_UTM.transform_bounds(*grid.bounds)[2] - src_t.c) / SRC_RES)) + 10
+    src = ramp_source(src_t, (rows_needed, cols_needed), nodata=-9999.0)
+    src.data[0, : rows_needed // 3, : cols_needed // 2] = -9999.0  # a corner of nodata: the mask matters
+    if dtype == np.uint8:
+        src = Source(np.clip(src.data * 10, 0, 255).astype(np.uint8), src_t, UTM, 0, SRC_RES)
+    results = {}
+    for name, max_bytes in (("one piece", 1 << 40), ("strips", 64 * 1024 * 4)):
+        monkeypatch.setattr(warp_module, "MAX_STRIP_BYTES", max_bytes)
+        results[name] = warp([src], grid, dtype, nodata=0)
+    assert len(SourceMaps((1024, 1024), 32, (np.zeros(0),) * 2, (np.zeros(3),) * 2).strips()) == 16  # 64 rows each
+    (one, one_valid), (strips, strips_valid) = results["one piece"], results["strips"]
+    assert 0.2 < one_valid.mean() < 0.99
+    np.testing.assert_array_equal(strips_valid, one_valid)
+    np.testing.assert_array_equal(strips, one)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64, np.int64, bool])

@@ -103,8 +103,8 @@ def choose_layer(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_fo
                 sl = _slice(grid, layer, t)
                 v = valid[sl]
                 # NAIP: every one of the four z+1 tiles must pass, not just their 512 px union.
-                frac = float(min(v[:256, :256].mean(), v[:256, 256:].mean(), v[256:, :256].mean(), v[256:, 256:].mean())
-                             if layer == "naip" else v.mean())
+                frac = (min(valid_fraction(v[:256, :256]), valid_fraction(v[:256, 256:]), valid_fraction(v[256:, :256]),
+                            valid_fraction(v[256:, 256:])) if layer == "naip" else valid_fraction(v))
                 if frac >= min_valid:
                     chosen[t] = (groups[key], data[sl], frac)
                 else:
@@ -113,6 +113,11 @@ def choose_layer(layer: str, tiles: list[tuple[int, int]], ranked: dict, grid_fo
                         still.append(t)
         pending = still
     return chosen
+
+
+def valid_fraction(mask: np.ndarray) -> float:
+    """The fraction of True in a bool mask (the mean, without a float copy of the mask)."""
+    return np.count_nonzero(mask) / mask.size
 
 
 def _slice(grid, layer, t):
