@@ -182,16 +182,24 @@ PAGES_PER_ARRAY = ARRAY_MIB * 2**20 // 4096
 
 
 def _faults_of_allocations() -> int:
-    """Minor page faults of this process while it allocates, fills and frees ALLOCATIONS arrays in turn."""
+    """Minor page faults of this process while it allocates, fills and frees ALLOCATIONS arrays in turn.
+    numpy's transparent-huge-page hint is off meanwhile: where the kernel can back a fresh mapping with
+    2 MiB pages (depending on how fragmented memory is at the time) it takes 512x fewer faults, and
+    the count would say more about the machine's memory than about malloc's reuse."""
     import resource
 
     import numpy as np
+    from numpy._core.multiarray import _set_madvise_hugepage
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(ALLOCATIONS):
-        a = np.ones(ARRAY_MIB << 20, dtype=np.uint8)
-        del a
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    hinted = _set_madvise_hugepage(False)
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(ALLOCATIONS):
+            a = np.ones(ARRAY_MIB << 20, dtype=np.uint8)
+            del a
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    finally:
+        _set_madvise_hugepage(hinted)
 
 
 def test_a_build_worker_reuses_freed_memory(monkeypatch):
@@ -217,5 +225,7 @@ def test_a_build_worker_reuses_freed_memory(monkeypatch):
         finally:
             cluster.close()
     print(f"page faults for {ALLOCATIONS} arrays of {ARRAY_MIB} MiB: {faults} (one per page: {fresh_every_time})")
-    assert faults["defaults"] > fresh_every_time / 20, faults  # the oracle's cluster maps every array anew
-    assert faults["build"] < fresh_every_time / 50, faults
+    assert faults["defaults"] > fresh_every_time / 2, faults  # the oracle's cluster maps every array anew
+    # glibc maps the first array, raises its mmap threshold when it is freed and takes the second from
+    # the heap, which it keeps: about two arrays' pages in all, against fifty
+    assert faults["build"] < fresh_every_time / 10, faults
