@@ -21,9 +21,9 @@ worker does.
     python benchmarks/build_scaling.py [--zoom 18] [--workers 2] [--repeats 2] [--small-fraction 0.5]
 
 The default zoom is 18 (1,089 tiles, 7,210 PNGs: about 18 s on one core, 10 s on two): a Dask build
-pays about 0.8 s before its first metatile starts (the cluster's start-up, its server process
+pays a fixed start-up before its first metatile starts (the cluster's start-up, its server process
 importing `distributed` and the build, the first searches), whatever its size; at z17 (1,701 PNGs,
-about 4 s on two workers) it is a fifth of the 2-worker build's wall time. Users' builds run for
+about 4 s on two workers) it is a large share of the 2-worker build's wall time. Users' builds run for
 minutes to hours, where it is nothing; `--zoom 17` shows the small-build figure.
 
 Needs Debian `nginx-light`. Best of --repeats for each configuration, interleaved. Every build
