@@ -189,7 +189,11 @@ def _faults_of_allocations() -> int:
     import resource
 
     import numpy as np
-    from numpy._core.multiarray import _set_madvise_hugepage
+
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # numpy 1.26, which pyproject.toml still allows
+        from numpy.core.multiarray import _set_madvise_hugepage
 
     hinted = _set_madvise_hugepage(False)
     try:
