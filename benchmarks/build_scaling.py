@@ -18,13 +18,17 @@ process (psutil), so a worker that exits is counted up to its last sample. Every
 this process's GDAL HTTP cache emptied, so the one-process run fetches the COGs as each Dask
 worker does.
 
-    python benchmarks/build_scaling.py [--zoom 18] [--workers 2] [--repeats 2] [--small-fraction 0.5]
+    python benchmarks/build_scaling.py [--zoom 18] [--workers 2] [--repeats 2] [--small-fraction 0.5] [--cold]
 
 The default zoom is 18 (1,089 tiles, 7,210 PNGs: about 18 s on one core, 10 s on two): a Dask build
 pays a fixed start-up before its first metatile starts (the cluster's start-up, its server process
 importing `distributed` and the build, the first searches), whatever its size; at z17 (1,701 PNGs,
 about 4 s on two workers) it is a large share of the 2-worker build's wall time. Users' builds run for
-minutes to hours, where it is nothing; `--zoom 17` shows the small-build figure.
+minutes to hours, where it is nothing; `--zoom 17` shows the small-build figure. The builds run one
+after another in this process, as in a notebook: the worker forkserver the first Dask build starts
+is kept by the later ones (scale_alibi/curate/pipeline/local_cluster.py), so the best of
+--repeats is a build that does not pay its imports; `--cold` starts it anew for every build, as
+`curate build` in a new process does.
 
 Needs Debian `nginx-light`. Best of --repeats for each configuration, interleaved. Every build
 writes its own directory, all removed at the end: ext4 skips inodes freed in the last minute when it
@@ -152,11 +156,16 @@ def clear_gdal_http_cache() -> None:
         ctypes.CDLL(lib).VSICurlClearCache()
 
 
-def build(world_stac: str, out: Path, zoom: int, region, scheduler: str, workers: int | None, cpu: TreeCpu) -> dict:
-    """One build into `out` (a new directory); tiles (PNG files), wall seconds, CPU-seconds over all its processes."""
+def build(world_stac: str, out: Path, zoom: int, region, scheduler: str, workers: int | None, cpu: TreeCpu,
+          cold: bool) -> dict:
+    """One build into `out` (a new directory); tiles (PNG files), wall seconds, CPU-seconds over all its
+    processes. `cold`: its workers' forkserver started anew, as in a new process."""
     from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
+    from scale_alibi.curate.pipeline.local_cluster import stop_worker_forkserver
 
     clear_gdal_http_cache()
+    if cold:
+        stop_worker_forkserver()
     cpu.start()
     t0 = time.perf_counter()
     result = build_release(out, resolve_request(zoom=zoom, region=region, release="bench", catalog=world_stac),
@@ -216,6 +225,9 @@ def main() -> None:
     ap.add_argument("--small-fraction", type=float, default=0.5,
                     help="area of a second, smaller build per configuration (0: none): the CPU per tile "
                          "between the two sizes leaves out what a build costs whatever its size")
+    ap.add_argument("--cold", action="store_true",
+                    help="start every Dask build's worker forkserver anew, as `curate build` in a new process does "
+                         "(default: kept from the previous build of this process, as in a notebook)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     try:
@@ -235,7 +247,8 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
     best: dict[str, dict] = {}
     marginal: dict[str, float] = {}  # CPU-seconds per tile between the small and the full build
     outs = (tmp / f"out-{i}" for i in itertools.count())
-    print(f"world {world.bbox}, zoom {args.zoom}; COGs from nginx {nginx_url}; {os.cpu_count()} cores", flush=True)
+    print(f"world {world.bbox}, zoom {args.zoom}; COGs from nginx {nginx_url}; {os.cpu_count()} cores; "
+          f"worker forkserver {'started anew for every build' if args.cold else 'kept between builds'}", flush=True)
 
     def keep(name: str, r: dict, rep: int, note: str = "") -> None:
         print(f"  run {rep + 1} {name:<32} {r['tiles']:>6} tiles {r['seconds']:7.1f} s wall "
@@ -245,10 +258,10 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
 
     for rep in range(args.repeats):  # interleaved: background load hits every configuration alike
         for name, (scheduler, workers) in runs.items():
-            r = build(world.stac_url, next(outs), args.zoom, region, scheduler, workers, cpu)
+            r = build(world.stac_url, next(outs), args.zoom, region, scheduler, workers, cpu, args.cold)
             keep(name, r, rep)
             if args.small_fraction > 0:
-                q = build(world.stac_url, next(outs), args.zoom, small, scheduler, workers, cpu)
+                q = build(world.stac_url, next(outs), args.zoom, small, scheduler, workers, cpu, args.cold)
                 per_tile = (r["cpu"] - q["cpu"]) / max(r["tiles"] - q["tiles"], 1)
                 print(f"  run {rep + 1} {name:<32} {q['tiles']:>6} tiles {q['seconds']:7.1f} s wall "
                       f"{1e3 * q['cpu'] / q['tiles']:7.2f} ms CPU/tile (smaller area); between the two: "

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from shapely.geometry import box
 
-from scale_alibi.curate.pipeline.executor import LOCAL_CLUSTER_CONFIG, start_local_cluster
+from scale_alibi.curate.pipeline.local_cluster import LOCAL_CLUSTER_CONFIG, start_local_cluster
 
 IDLE_S = 8.0
 
@@ -154,27 +154,64 @@ def _env(name: str) -> str | None:
     return os.environ.get(name)
 
 
-def test_the_workers_of_each_build_cluster_see_the_environment_as_it_is_when_it_starts(monkeypatch):
-    """Workers fork from a server process, which keeps the environment it started with: each cluster
-    starts its own, so what was set or removed since an earlier cluster of this process (an S3
-    endpoint, credentials) is what its workers see. Oracle: this process's os.environ."""
+def _parent_pid() -> int:
+    import os
+
+    return os.getppid()
+
+
+def _workers_parents_and_env(names: tuple[str, ...]) -> tuple[set[int], list[set[str | None]]]:
+    """A new build cluster of 2 workers: the parent pids of its workers (the forkserver's) and, for each
+    of `names`, the values its workers see."""
     from dask.distributed import Client
 
+    cluster = start_local_cluster("local", 2)
+    try:
+        with Client(cluster) as client:
+            return (set(client.run(_parent_pid).values()),
+                    [set(client.run(_env, name).values()) for name in names])
+    finally:
+        cluster.close()
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
+def test_the_workers_of_each_build_cluster_see_the_environment_as_it_is_when_it_starts(monkeypatch):
+    """Workers fork from a server process, which keeps the environment it started with: a cluster
+    whose environment differs from the server's starts a new one, so what was set or removed since
+    an earlier cluster of this process (an S3 endpoint, credentials) is what its workers see.
+    Oracle: this process's os.environ."""
+    names = ("SCALE_ALIBI_PROBE_NEW", "SCALE_ALIBI_PROBE_GONE")
     monkeypatch.setenv("SCALE_ALIBI_PROBE_GONE", "set at first")
     monkeypatch.delenv("SCALE_ALIBI_PROBE_NEW", raising=False)
-    seen = []
-    for _ in range(2):
-        cluster = start_local_cluster("local", 1)
-        try:
-            with Client(cluster) as client:
-                seen.append([client.run(_env, name) for name in ("SCALE_ALIBI_PROBE_NEW", "SCALE_ALIBI_PROBE_GONE")])
-        finally:
-            cluster.close()
-        monkeypatch.setenv("SCALE_ALIBI_PROBE_NEW", "set later")
-        monkeypatch.delenv("SCALE_ALIBI_PROBE_GONE", raising=False)
-    first, second = ([set(values.values()) for values in names] for names in seen)
+    first_parents, first = _workers_parents_and_env(names)
+    monkeypatch.setenv("SCALE_ALIBI_PROBE_NEW", "set later")
+    monkeypatch.delenv("SCALE_ALIBI_PROBE_GONE", raising=False)
+    second_parents, second = _workers_parents_and_env(names)
     assert first == [{None}, {"set at first"}]
     assert second == [{"set later"}, {None}]
+    assert len(first_parents) == len(second_parents) == 1 and first_parents != second_parents
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
+def test_a_later_build_cluster_forks_from_the_same_server_until_the_package_changes_on_disk():
+    """A second cluster with the same environment forks its workers from the server of the first (its
+    imports are not paid again: both workers' parent is one process, and it is the same one); once a
+    module of the package is modified on disk, the next cluster's workers fork from a new server,
+    which imports the edited code."""
+    import os
+
+    import scale_alibi.curate.encode as module
+
+    first, _ = _workers_parents_and_env(())
+    again, _ = _workers_parents_and_env(())
+    stat = os.stat(module.__file__)
+    os.utime(module.__file__, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # an edit
+    try:
+        edited, _ = _workers_parents_and_env(())
+    finally:
+        os.utime(module.__file__, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(first) == 1 and again == first
+    assert len(edited) == 1 and edited != first
 
 
 ALLOCATIONS, ARRAY_MIB = 50, 8

@@ -14,6 +14,7 @@ from scale_alibi.contract.errors import UserError
 from scale_alibi.contract.release import LAYERS, MANIFEST_NAME, manifest_metadata
 from scale_alibi.contract.storage import StoreTimeouts
 from scale_alibi.curate.pipeline.executor import run_graph, search_blocks
+from scale_alibi.curate.pipeline.local_cluster import LOCAL_PROCESS_SCHEDULERS, start_worker_forkserver
 from scale_alibi.curate.pipeline.manifest import manifest_batches, manifest_columns, params_metadata, software_versions
 from scale_alibi.curate.pipeline.open_output import open_output
 from scale_alibi.curate.pipeline.output import ReleaseOutput
@@ -59,6 +60,8 @@ def build_release(out: str | Path, request: BuildRequest, run: RunOptions | None
                 echo(f"release {release} is already complete ({n} triplets): nothing to do")
             return BuildResult(output.location, n, n, 0, 0, already_finished=True, seconds=time.time() - t0)
 
+        if run.scheduler in LOCAL_PROCESS_SCHEDULERS:  # its imports run while the catalog is opened and the region planned
+            start_worker_forkserver()
         from scale_alibi.curate.search import open_catalog
 
         client = open_catalog(request.catalog, run.timeout_s)  # fail fast, with one line, before planning or starting any cluster

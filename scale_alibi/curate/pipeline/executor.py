@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import mercantile
 
 from scale_alibi.contract.errors import UserError
+from scale_alibi.curate.pipeline.local_cluster import start_local_cluster
 from scale_alibi.curate.pipeline.manifest import MetatileSummary, summarize
 from scale_alibi.curate.pipeline.metatile import MetatileJob, cut_metatile
 from scale_alibi.curate.pipeline.output import ReleaseOutput
@@ -20,77 +21,6 @@ from scale_alibi.curate.pipeline.tiling import Metatile, lonlat_bounds, metatile
 from scale_alibi.curate.scene import Scene, format_time
 
 SEARCH_ZOOM = 9  # one STAC search per layer per z9 block (~78 km): bounded result pages anywhere
-
-# Housekeeping intervals of the Dask cluster a build starts itself: the defaults wake every process
-# every 20 ms (an event-loop lag probe) and check worker memory every 100 ms: an idle one-worker
-# cluster spent 68.4 ms of CPU per second, 35.8 with these (`pytest -s tests/curate/test_local_cluster.py`,
-# busy 2-core machine), so a build's CPU per tile grew with its wall time. Memory is still checked
-# twice a second. Each worker's statistical profiler (the dashboard's Profile page) is off too: it
-# wakes every 10 ms and walks the running task's stack; without it the idle cluster of that test
-# spent 10.0 ms per second against 57.5 with Dask's defaults (same run, busy machine).
-LOCAL_CLUSTER_CONFIG = {
-    "distributed.admin.tick.interval": "1s",
-    "distributed.worker.memory.monitor-interval": "500ms",
-    "distributed.admin.system-monitor.interval": "2s",
-    "distributed.scheduler.work-stealing-interval": "1s",
-    "distributed.worker.profile.enabled": False,
-    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the OS for its
-    # memory monitor). Setting it pins glibc's mmap threshold at 128 KiB: every array a task frees is
-    # unmapped and the next one is faulted in anew, page by page (a metatile allocates hundreds of
-    # megabytes of them). Without it a worker reuses freed memory as this process does: the test
-    # tests/curate/test_local_cluster.py::test_a_build_worker_reuses_freed_memory counts the faults.
-    # A MALLOC_TRIM_THRESHOLD_ the user sets in the environment still reaches the workers.
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-}
-# The worker processes of that cluster are forked from one server process that imported `distributed`
-# and the build's modules once, instead of each freshly spawned interpreter importing them again
-# (about 0.4 CPU-seconds per worker; where the platform has no forkserver, workers are spawned).
-WORKER_PRELOAD = ("distributed", "scale_alibi.curate.pipeline.metatile", "scale_alibi.curate.pipeline.choose",
-                  "scale_alibi.curate.reader", "scale_alibi.curate.warp", "scale_alibi.curate.encode",
-                  "scale_alibi.curate.selection", "scale_alibi.curate.search")
-
-
-def local_cluster_config() -> dict:
-    """LOCAL_CLUSTER_CONFIG, with forked workers where the platform can (see WORKER_PRELOAD)."""
-    import multiprocessing
-
-    config: dict = dict(LOCAL_CLUSTER_CONFIG)
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        config["distributed.worker.multiprocessing-method"] = "forkserver"
-    return config
-
-
-def _fresh_forkserver() -> None:
-    """Start the forkserver anew for this cluster, preloading WORKER_PRELOAD (in place of the packages
-    distributed would preload, pandas among them: nothing a build task uses). A forkserver keeps the
-    environment it started with and hands it to every process it forks: one left from an earlier
-    build in this process would give the workers yesterday's environment (an S3 endpoint or
-    credentials set since would not reach them). multiprocessing starts it again on demand."""
-    import multiprocessing.forkserver
-
-    from distributed.utils import get_mp_context
-
-    context = get_mp_context()  # reads the multiprocessing method from the config in force
-    if context.get_start_method() == "forkserver":
-        # No public way to stop it; the stdlib's own tests use this one.
-        multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
-        context.set_forkserver_preload(list(WORKER_PRELOAD))  # type: ignore[attr-defined]
-
-
-def start_local_cluster(scheduler: str | None, workers: int):
-    """The cluster a build starts itself: `workers` one-thread worker processes (scheduler None, "local"
-    or "processes") or one worker process with `workers` threads ("threads"), with local_cluster_config()."""
-    import dask
-    from dask.distributed import LocalCluster
-
-    with dask.config.set(local_cluster_config()):  # read by the scheduler, nannies and workers as they start
-        if scheduler == "threads":
-            return LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=":0")
-        if scheduler in (None, "local", "processes"):
-            _fresh_forkserver()
-            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                silence_logs=logging.ERROR)
-    raise UserError(f"unknown --scheduler {scheduler!r}; use local, threads, synchronous or tcp://HOST:PORT")
 
 
 def search_blocks(metatiles: Iterable[Metatile]) -> dict[mercantile.Tile, list[Metatile]]:
