@@ -115,7 +115,8 @@ def start_worker_forkserver() -> None:
     environ = dict(os.environ)
     if _forkserver_basis is None or _forkserver_basis[0] != environ or \
             _forkserver_basis[1] != _package_mtimes(list(_forkserver_basis[1])):
-        server._stop()  # no public way to stop it (one of another library too); the stdlib's tests use this
+        # No public way to stop it (a server another library started, too); the stdlib's own tests use this.
+        server._stop()  # type: ignore[attr-defined]
         context.set_forkserver_preload(list(WORKER_PRELOAD))  # type: ignore[attr-defined]
         _forkserver_basis = (environ, _package_mtimes())
     server.ensure_running()  # starts it again if it died
