@@ -30,7 +30,8 @@ is kept by the later ones (scale_alibi/curate/pipeline/local_cluster.py), so the
 --repeats is a build that does not pay its imports; `--cold` starts it anew for every build, as
 `curate build` in a new process does.
 
-Needs Debian `nginx-light`. Best of --repeats for each configuration, interleaved. Every build
+Needs Debian `nginx-light`. Best of --repeats for each configuration, interleaved; beside each best,
+how much longer the same configuration's slowest run took: the machine's noise, to read the ratios by. Every build
 writes its own directory, all removed at the end: ext4 skips inodes freed in the last minute when it
 allocates new ones, so deleting the last build's 7,000 files would make the next build's file
 creation cost more kernel CPU than its own.
@@ -245,6 +246,7 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
             f"Dask, {args.workers} workers": ("local", args.workers)}
     ceiling = f"{args.workers} one-process builds at once"
     best: dict[str, dict] = {}
+    slowest: dict[str, float] = {}  # wall seconds of each configuration's slowest run: the machine's noise
     marginal: dict[str, float] = {}  # CPU-seconds per tile between the small and the full build
     outs = (tmp / f"out-{i}" for i in itertools.count())
     print(f"world {world.bbox}, zoom {args.zoom}; COGs from nginx {nginx_url}; {os.cpu_count()} cores; "
@@ -255,6 +257,7 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
               f"{1e3 * r['cpu'] / r['tiles']:7.2f} ms CPU/tile{note}", flush=True)
         if name not in best or r["seconds"] < best[name]["seconds"]:
             best[name] = r
+        slowest[name] = max(slowest.get(name, 0.0), r["seconds"])
 
     for rep in range(args.repeats):  # interleaved: background load hits every configuration alike
         for name, (scheduler, workers) in runs.items():
@@ -272,7 +275,7 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
     print(f"\nbest of {args.repeats}:")
     for name, r in best.items():
         print(f"  {name:<32} {r['tiles'] / r['seconds']:8.1f} tiles/s  {1e3 * r['cpu'] / r['tiles']:7.2f} ms CPU/tile "
-              f"(all processes)")
+              f"(all processes); its slowest run took {slowest[name] / r['seconds']:.2f}x as long")
 
     def rate(r: dict) -> float:
         return r["tiles"] / r["seconds"]
