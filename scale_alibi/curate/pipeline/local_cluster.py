@@ -115,22 +115,21 @@ def start_worker_forkserver() -> None:
     environ = dict(os.environ)
     if _forkserver_basis is None or _forkserver_basis[0] != environ or \
             _forkserver_basis[1] != _package_mtimes(list(_forkserver_basis[1])):
-        # No public way to stop it (a server another library started, too); the stdlib's own tests use this.
-        server._stop()  # type: ignore[attr-defined]
+        stop_worker_forkserver()  # one another library started too: it preloads what that library chose
         context.set_forkserver_preload(list(WORKER_PRELOAD))  # type: ignore[attr-defined]
         _forkserver_basis = (environ, _package_mtimes())
     server.ensure_running()  # starts it again if it died
 
 
 def stop_worker_forkserver() -> None:
-    """Stop the forkserver start_worker_forkserver started, if it runs (the next build starts a new one,
-    as a build in a new process does): it holds its imports' memory until this process exits."""
+    """Stop this process's forkserver, if one runs (the next build starts a new one, as a build in a new
+    process does): it holds its imports' memory until this process exits."""
     global _forkserver_basis
     import multiprocessing.forkserver
 
-    if _forkserver_basis is not None:
-        multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
-        _forkserver_basis = None
+    # No public way to stop it; the stdlib's own tests use this one (a no-op when none runs).
+    multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
+    _forkserver_basis = None
 
 
 def start_local_cluster(scheduler: str | None, workers: int):
