@@ -1,29 +1,38 @@
-"""CPU training step time with freed memory kept in the heap (`scale_alibi.model.train.host_memory`) vs glibc's default.
+"""Freed memory kept in the heap (`scale_alibi.contract.host_memory`) vs glibc's default allocator.
 
-    python benchmarks/host_memory_bench.py [--config tiny] [--batch 32] [--steps 8] [--repeats 2]
+    python benchmarks/host_memory_bench.py [--workload train] [--config tiny] [--batch 32] [--steps 8] [--repeats 2]
+    python benchmarks/host_memory_bench.py --workload build [--zoom 18] [--repeats 2]
 
-Each side runs in its own fresh process (an allocator setting cannot be undone in-process) on the
-same synthetic batch: forward, backward and an AdamW step of the given config. Sides alternate and
-the best of --repeats median step times is kept for each. Anchor: the default allocator, measured
-in the same run. Prints ms/step and kernel (sys) seconds per step for both, and their ratio.
+- `train`: CPU training steps (forward, backward and an AdamW step of the given config on one
+  synthetic batch); the median step time of --steps after two warm-up steps.
+- `build`: a one-process build (`--scheduler synchronous`) of the default synthetic world at
+  --zoom, its COGs served by nginx as in benchmarks/build_scaling.py; CPU-seconds per tile.
+
+Each side runs in its own fresh process (an allocator setting cannot be undone in-process), the
+anchor with SCALE_ALIBI_RETAIN_FREED_MEMORY=0 (glibc's defaults), the project as it ships. Sides
+alternate and the best of --repeats is kept for each. Prints time, kernel (sys) time and minor page
+faults per step or per tile for both, and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(config: str, batch: int, steps: int, retain: bool) -> dict[str, float]:
-    """Median step seconds and sys seconds per step of `steps` training steps, in this process."""
+def measure_training(config: str, batch: int, steps: int) -> dict[str, float]:
+    """Median step seconds, sys seconds and minor faults per step of `steps` training steps, here."""
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -31,8 +40,7 @@ def measure(config: str, batch: int, steps: int, retain: bool) -> dict[str, floa
     from scale_alibi.model.nn.scale_alibi import ScaleAlibiModel
     from scale_alibi.model.train.host_memory import retain_freed_memory
 
-    if retain:
-        retain_freed_memory()
+    retain_freed_memory()  # as the trainer does on CPU (a no-op on the anchor's side)
     torch.manual_seed(0)
     model = ScaleAlibiModel(get_config(config))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -40,49 +48,106 @@ def measure(config: str, batch: int, steps: int, retain: bool) -> dict[str, floa
     batch_t = {"s1": torch.randn(batch, 2, px, px), "s2": torch.randn(batch, 3, px, px),
                "naip_hires": torch.randn(batch, 3, 2 * px, 2 * px), "tile_size_m": torch.full((batch,), 300.0)}
     times = []
-    sys0 = None
+    r0 = None
     for i in range(steps + 2):  # two warm-up steps
         if i == 2:
-            sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         model(batch_t)["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= 2:
             times.append(time.perf_counter() - t0)
-    sys_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0) / steps
-    return {"step_s": statistics.median(times), "sys_s": sys_per_step}
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    assert r0 is not None
+    return {"time_s": statistics.median(times), "sys_s": (r1.ru_stime - r0.ru_stime) / steps,
+            "faults": (r1.ru_minflt - r0.ru_minflt) / steps}
 
 
-def run_side(args: argparse.Namespace, retain: bool) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--child", "retain" if retain else "default", "--config", args.config,
-           "--batch", str(args.batch), "--steps", str(args.steps)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+def measure_build(stac_url: str, bbox: str, zoom: int, out: str) -> dict[str, float]:
+    """CPU seconds, sys seconds and minor faults per tile of a one-process build into `out`, here."""
+    sys.path.insert(0, str(ROOT))
+    from shapely.geometry import box
+
+    from scale_alibi.curate.pipeline import RunOptions, build_release, resolve_request
+
+    request = resolve_request(zoom=zoom, region=box(*map(float, bbox.split(","))), release="bench", catalog=stac_url)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    result = build_release(out, request, RunOptions(signer="none", scheduler="synchronous", progress=False,
+                                                    echo=lambda m: None))
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    tiles = result.triplets * 7
+    cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    return {"time_s": cpu / tiles, "sys_s": (r1.ru_stime - r0.ru_stime) / tiles,
+            "faults": (r1.ru_minflt - r0.ru_minflt) / tiles, "tiles": tiles}
+
+
+def run_side(child_args: list[str], retain: bool) -> dict[str, float]:
+    """One measurement in a fresh process: the project's allocator setting, or glibc's defaults."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if retain:
+        env.pop("SCALE_ALIBI_RETAIN_FREED_MEMORY", None)
+    else:
+        env["SCALE_ALIBI_RETAIN_FREED_MEMORY"] = "0"
+    out = subprocess.run([sys.executable, __file__, *child_args], check=True, stdout=subprocess.PIPE,
+                         text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace, child_args, unit: str) -> None:
+    """Alternate the two sides --repeats times; print the best of each and their ratio."""
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(args.repeats):
+        for side in ("default", "retain"):
+            r = run_side(child_args(), side == "retain")
+            if side not in best or r["time_s"] < best[side]["time_s"]:
+                best[side] = r
+    d, p = best["default"], best["retain"]
+    for name, r in (("anchor  glibc default      ", d), ("project retain_freed_memory", p)):
+        print(f"  {name}: {r['time_s'] * 1e3:8.2f} ms/{unit}, {r['sys_s'] * 1e3:7.2f} ms sys/{unit}, "
+              f"{r['faults']:8.1f} minor faults/{unit}")
+    print(f"  speed ratio (anchor / project {'step time' if unit == 'step' else 'CPU per tile'}): "
+          f"{d['time_s'] / p['time_s']:.2f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", choices=["train", "build"], default="train")
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--zoom", type=int, default=18)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--child", choices=["retain", "default"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--stac", help=argparse.SUPPRESS)
+    ap.add_argument("--bbox", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure(args.config, args.batch, args.steps, args.child == "retain")))
+        r = measure_training(args.config, args.batch, args.steps) if args.workload == "train" else \
+            measure_build(args.stac, args.bbox, args.zoom, args.out)
+        print(json.dumps(r))
         return
-    best: dict[str, dict[str, float]] = {}
-    for _ in range(args.repeats):
-        for side in ("default", "retain"):
-            r = run_side(args, side == "retain")
-            if side not in best or r["step_s"] < best[side]["step_s"]:
-                best[side] = r
-    d, p = best["default"], best["retain"]
-    print(f"{args.config} batch {args.batch}, {args.steps} steps, best of {args.repeats}")
-    print(f"  anchor  glibc default     : {d['step_s'] * 1e3:7.0f} ms/step, {d['sys_s'] * 1e3:5.0f} ms sys/step")
-    print(f"  project retain_freed_memory: {p['step_s'] * 1e3:7.0f} ms/step, {p['sys_s'] * 1e3:5.0f} ms sys/step")
-    print(f"  speed ratio (anchor / project step time): {d['step_s'] / p['step_s']:.2f}x")
+    if args.workload == "train":
+        print(f"training: {args.config} batch {args.batch}, {args.steps} steps, best of {args.repeats}")
+        compare(args, lambda: ["--child", "--workload", "train", "--config", args.config, "--batch", str(args.batch),
+                               "--steps", str(args.steps)], "step")
+        return
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from build_scaling import world_on_nginx
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-host-memory-"))
+    try:
+        with world_on_nginx(tmp) as (world, nginx_url):
+            bbox = ",".join(repr(v) for v in world.bbox)
+            outs = iter(range(10**6))
+            print(f"one-process build: world {world.bbox}, zoom {args.zoom}, COGs from nginx {nginx_url}; "
+                  f"best of {args.repeats}")
+            # Every build writes a new directory (see build_scaling.py on ext4 and freed inodes).
+            compare(args, lambda: ["--child", "--workload", "build", "--zoom", str(args.zoom), "--stac",
+                                   world.stac_url, f"--bbox={bbox}", "--out", str(tmp / f"out-{next(outs)}")], "tile")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

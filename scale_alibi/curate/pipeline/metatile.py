@@ -8,6 +8,7 @@ from typing import Any
 import mercantile
 
 from scale_alibi.contract.errors import ScaleAlibiError
+from scale_alibi.contract.host_memory import retain_freed_memory
 from scale_alibi.contract.layout import tile_name  # the one writer of tiles (pyproject: the layout contract)
 from scale_alibi.contract.release import HIRES_CHILDREN, content_hash
 from scale_alibi.curate.pipeline.choose import choose_layer, describe_choice
@@ -73,6 +74,10 @@ def cut_metatile(job: MetatileJob, s2_items: list, s1_items: list, naip_items: l
     from scale_alibi.curate.selection import groups_touching, make_groups, rank_by_gap, rank_naip
     from scale_alibi.curate.warp import block_grid, box_down2
 
+    # The tens-of-megabytes arrays of one metatile reuse the heap the previous one freed instead of
+    # being mapped and zeroed anew (scale_alibi.contract.host_memory); applied once per process,
+    # whichever process cuts: this one, a Dask worker here or on a cluster.
+    retain_freed_memory()
     signer = resolve_signer(job.signer)
 
     def read(href: str, bounds, res: float, **options):
