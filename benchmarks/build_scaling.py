@@ -18,7 +18,7 @@ process (psutil), so a worker that exits is counted up to its last sample. Every
 this process's GDAL HTTP cache emptied, so the one-process run fetches the COGs as each Dask
 worker does.
 
-    python benchmarks/build_scaling.py [--zoom 18] [--workers 2] [--repeats 2] [--small-fraction 0.5] [--cold]
+    python benchmarks/build_scaling.py [--zoom 18] [--workers 2] [--repeats 3] [--small-fraction 0.5] [--cold]
 
 The default zoom is 18 (1,089 tiles, 7,210 PNGs: about 18 s on one core, 10 s on two): a Dask build
 pays a fixed start-up before its first metatile starts (the cluster's start-up, its server process
@@ -30,8 +30,10 @@ is kept by the later ones (scale_alibi/curate/pipeline/local_cluster.py), so the
 --repeats is a build that does not pay its imports; `--cold` starts it anew for every build, as
 `curate build` in a new process does.
 
-Needs Debian `nginx-light`. Best of --repeats for each configuration, interleaved; beside each best,
-how much longer the same configuration's slowest run took: the machine's noise, to read the ratios by. Every build
+Needs Debian `nginx-light`. Best of --repeats for each configuration, interleaved: the fastest run for
+tiles/s, the lowest CPU per tile for CPU (each figure's own best: a busy machine only ever adds to
+either); beside each best, how much longer the same configuration's slowest run took: the machine's
+noise, to read the ratios by. The load average before the runs is printed first. Every build
 writes its own directory, all removed at the end: ext4 skips inodes freed in the last minute when it
 allocates new ones, so deleting the last build's 7,000 files would make the next build's file
 creation cost more kernel CPU than its own.
@@ -222,7 +224,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoom", type=int, default=18)
     ap.add_argument("--workers", type=int, default=2, help="Dask workers of the scaled run")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--small-fraction", type=float, default=0.5,
                     help="area of a second, smaller build per configuration (0: none): the CPU per tile "
                          "between the two sizes leaves out what a build costs whatever its size")
@@ -247,10 +249,12 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
     ceiling = f"{args.workers} one-process builds at once"
     best: dict[str, dict] = {}
     slowest: dict[str, float] = {}  # wall seconds of each configuration's slowest run: the machine's noise
+    cpu_per_tile: dict[str, float] = {}  # each configuration's lowest CPU-seconds per tile over its runs
     marginal: dict[str, float] = {}  # CPU-seconds per tile between the small and the full build
     outs = (tmp / f"out-{i}" for i in itertools.count())
     print(f"world {world.bbox}, zoom {args.zoom}; COGs from nginx {nginx_url}; {os.cpu_count()} cores; "
-          f"worker forkserver {'started anew for every build' if args.cold else 'kept between builds'}", flush=True)
+          f"worker forkserver {'started anew for every build' if args.cold else 'kept between builds'}; "
+          f"load average before the runs {os.getloadavg()[0]:.2f} (1 min)", flush=True)
 
     def keep(name: str, r: dict, rep: int, note: str = "") -> None:
         print(f"  run {rep + 1} {name:<32} {r['tiles']:>6} tiles {r['seconds']:7.1f} s wall "
@@ -258,6 +262,7 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
         if name not in best or r["seconds"] < best[name]["seconds"]:
             best[name] = r
         slowest[name] = max(slowest.get(name, 0.0), r["seconds"])
+        cpu_per_tile[name] = min(cpu_per_tile.get(name, float("inf")), r["cpu"] / r["tiles"])
 
     for rep in range(args.repeats):  # interleaved: background load hits every configuration alike
         for name, (scheduler, workers) in runs.items():
@@ -274,7 +279,7 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
     one, w1, wn = (best[n] for n in runs)
     print(f"\nbest of {args.repeats}:")
     for name, r in best.items():
-        print(f"  {name:<32} {r['tiles'] / r['seconds']:8.1f} tiles/s  {1e3 * r['cpu'] / r['tiles']:7.2f} ms CPU/tile "
+        print(f"  {name:<32} {r['tiles'] / r['seconds']:8.1f} tiles/s  {1e3 * cpu_per_tile[name]:7.2f} ms CPU/tile "
               f"(all processes); its slowest run took {slowest[name] / r['seconds']:.2f}x as long")
 
     def rate(r: dict) -> float:
@@ -284,8 +289,7 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
     print(f"  the machine's ceiling: {ceiling} give {rate(best[ceiling]) / rate(one):.2f}x the tiles/s of one; "
           f"{args.workers} Dask workers reach {rate(wn) / rate(best[ceiling]):.0%} of it")
     for name in [*list(runs)[1:], ceiling]:
-        r = best[name]
-        ratio = (r["cpu"] / r["tiles"]) / (one["cpu"] / one["tiles"])
+        ratio = cpu_per_tile[name] / cpu_per_tile[list(runs)[0]]
         print(f"CPU per tile: {name} {ratio:.2f}x the one-process run" + ("" if name == ceiling else " (goal <= 1.15x)"))
         if name in marginal:
             print(f"  without what a build costs whatever its size (between the two areas): "
