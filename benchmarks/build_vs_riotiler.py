@@ -2,7 +2,9 @@
 
 Both produce the same PNG tiles (same zoom, layers, scenes, resampling family, PNG encoder and
 level), restricted to one core (one process, one thread; CPU affinity pinned to one core), and
-the baseline keeps one warm GDAL cache. Reported: PNG tiles/s, HTTP requests and bytes fetched
+the baseline keeps one warm GDAL cache. The baseline runs after the project's one-core build in the
+same process, so it allocates under the same allocator setting (freed memory kept in the heap,
+scale_alibi.contract.host_memory, which the build applies). Reported: PNG tiles/s, HTTP requests and bytes fetched
 from the world's file server; then the project on all cores, and its cost per tile from ~100 to
 several thousand tiles.
 

@@ -11,7 +11,8 @@
 Each side runs in its own fresh process (an allocator setting cannot be undone in-process), the
 anchor with SCALE_ALIBI_RETAIN_FREED_MEMORY=0 (glibc's defaults), the project as it ships. Sides
 alternate and the best of --repeats is kept for each. Prints time, kernel (sys) time and minor page
-faults per step or per tile for both, and their ratio.
+faults per step or per tile for both, each process's peak resident size (the price: freed memory
+stays in the process), and their ratio.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def measure_training(config: str, batch: int, steps: int) -> dict[str, float]:
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     assert r0 is not None
     return {"time_s": statistics.median(times), "sys_s": (r1.ru_stime - r0.ru_stime) / steps,
-            "faults": (r1.ru_minflt - r0.ru_minflt) / steps}
+            "faults": (r1.ru_minflt - r0.ru_minflt) / steps, "peak_rss_mib": r1.ru_maxrss / 1024}
 
 
 def measure_build(stac_url: str, bbox: str, zoom: int, out: str) -> dict[str, float]:
@@ -79,7 +80,7 @@ def measure_build(stac_url: str, bbox: str, zoom: int, out: str) -> dict[str, fl
     tiles = result.triplets * 7
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
     return {"time_s": cpu / tiles, "sys_s": (r1.ru_stime - r0.ru_stime) / tiles,
-            "faults": (r1.ru_minflt - r0.ru_minflt) / tiles, "tiles": tiles}
+            "faults": (r1.ru_minflt - r0.ru_minflt) / tiles, "peak_rss_mib": r1.ru_maxrss / 1024}
 
 
 def run_side(child_args: list[str], retain: bool) -> dict[str, float]:
@@ -105,7 +106,7 @@ def compare(args: argparse.Namespace, child_args, unit: str) -> None:
     d, p = best["default"], best["retain"]
     for name, r in (("anchor  glibc default      ", d), ("project retain_freed_memory", p)):
         print(f"  {name}: {r['time_s'] * 1e3:8.2f} ms/{unit}, {r['sys_s'] * 1e3:7.2f} ms sys/{unit}, "
-              f"{r['faults']:8.1f} minor faults/{unit}")
+              f"{r['faults']:8.1f} minor faults/{unit}, peak resident {r['peak_rss_mib']:6.0f} MiB")
     print(f"  speed ratio (anchor / project {'step time' if unit == 'step' else 'CPU per tile'}): "
           f"{d['time_s'] / p['time_s']:.2f}x")
 
