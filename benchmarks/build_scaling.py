@@ -8,8 +8,7 @@ sendfile: almost no CPU), so that the figures are the build's alone, side by sid
   run's is what N cores of this machine give this work (memory bandwidth, caches, the kernel's
   page zeroing and file system are shared); the N-worker build is reported against it too.
 
-Reported: wall-clock tiles/s and the speed-up of N workers over 1 (goal >= 1.7x for 2), how long
-each build took to write its first tile (its start-up: what it pays whatever its size), and
+Reported: wall-clock tiles/s and the speed-up of N workers over 1 (goal >= 1.7x for 2), and
 CPU-seconds per tile summed over every process of the build (this driver process with the Dask
 scheduler in it, the nannies and the workers; not nginx, the STAC server or the idle file
 server) as a ratio to the one-process run (goal <= 1.15x); with --small-fraction, also the CPU per
@@ -171,15 +170,12 @@ def build(world_stac: str, out: Path, zoom: int, region, scheduler: str, workers
     if cold:
         stop_worker_forkserver()
     cpu.start()
-    started, t0 = time.time(), time.perf_counter()
+    t0 = time.perf_counter()
     result = build_release(out, resolve_request(zoom=zoom, region=region, release="bench", catalog=world_stac),
                            RunOptions(signer="none", scheduler=scheduler, workers=workers, progress=False,
                                       echo=lambda m: None))
     seconds = time.perf_counter() - t0
-    cpu_s = cpu.stop()
-    # The build's start-up, whatever its size: until its first tile file was written (file times).
-    first_tile_s = min(p.stat().st_mtime for p in out.rglob("*.png")) - started
-    return {"tiles": result.triplets * 7, "seconds": seconds, "cpu": cpu_s, "first_tile_s": first_tile_s}
+    return {"tiles": result.triplets * 7, "seconds": seconds, "cpu": cpu.stop()}
 
 
 # One one-process build in its own interpreter: imports first, then waits for a line on stdin, so that
@@ -261,9 +257,8 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
           f"load average before the runs {os.getloadavg()[0]:.2f} (1 min)", flush=True)
 
     def keep(name: str, r: dict, rep: int, note: str = "") -> None:
-        first = f", first tile after {r['first_tile_s']:.2f} s" if "first_tile_s" in r else ""
         print(f"  run {rep + 1} {name:<32} {r['tiles']:>6} tiles {r['seconds']:7.1f} s wall "
-              f"{1e3 * r['cpu'] / r['tiles']:7.2f} ms CPU/tile{first}{note}", flush=True)
+              f"{1e3 * r['cpu'] / r['tiles']:7.2f} ms CPU/tile{note}", flush=True)
         if name not in best or r["seconds"] < best[name]["seconds"]:
             best[name] = r
         slowest[name] = max(slowest.get(name, 0.0), r["seconds"])
@@ -284,9 +279,8 @@ def scale(args, world, nginx_url: str, tmp: Path) -> None:
     one, w1, wn = (best[n] for n in runs)
     print(f"\nbest of {args.repeats}:")
     for name, r in best.items():
-        first = f"; first tile after {r['first_tile_s']:.2f} s" if "first_tile_s" in r else ""
         print(f"  {name:<32} {r['tiles'] / r['seconds']:8.1f} tiles/s  {1e3 * cpu_per_tile[name]:7.2f} ms CPU/tile "
-              f"(all processes){first}; its slowest run took {slowest[name] / r['seconds']:.2f}x as long")
+              f"(all processes); its slowest run took {slowest[name] / r['seconds']:.2f}x as long")
 
     def rate(r: dict) -> float:
         return r["tiles"] / r["seconds"]
