@@ -32,10 +32,12 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the OS for its
     # memory monitor). Setting it pins glibc's mmap threshold at 128 KiB: every array a task frees is
-    # unmapped and the next one is faulted in anew, page by page (a metatile allocates hundreds of
-    # megabytes of them). Without it a worker reuses freed memory as this process does: the test
-    # tests/curate/test_local_cluster.py::test_a_build_worker_reuses_freed_memory counts the faults.
-    # A MALLOC_TRIM_THRESHOLD_ the user sets in the environment still reaches the workers.
+    # unmapped and the next one is faulted in anew, page by page. Without it a worker reuses freed
+    # memory as this process does from its first task on (the test
+    # tests/curate/test_local_cluster.py::test_a_build_worker_reuses_freed_memory counts the faults);
+    # cut_metatile then keeps even the arrays above glibc's largest threshold
+    # (scale_alibi.contract.host_memory), on any cluster. A MALLOC_TRIM_THRESHOLD_ the user sets in the
+    # environment still reaches the workers.
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
 }
 # What the forkserver imports before it forks any worker (in place of the packages distributed would
